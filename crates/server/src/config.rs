@@ -1,0 +1,255 @@
+//! Configuration: flags, then `PYXIS_*` environment variables, then an optional
+//! TOML file, then defaults — in that order of precedence.
+//!
+//! clap reads flags and environment variables together (`Args`); every field is
+//! optional there so that the TOML file (`FileConfig`) can fill what neither
+//! gave; `Config` is the validated result the rest of the server uses.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+/// Flags and environment variables of `pyxis serve` (and of the other
+/// subcommands that need the same paths).
+#[derive(Debug, Default, Clone, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Address and port to listen on.
+    #[arg(long, env = "PYXIS_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Directory for the token, workspaces and other state.
+    #[arg(long, env = "PYXIS_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Directory of the Python runtime (virtual environment and driver).
+    #[arg(long, env = "PYXIS_RUNTIME_DIR")]
+    pub runtime_dir: Option<PathBuf>,
+    /// API token. Generated and stored in the data directory when unset.
+    #[arg(long, env = "PYXIS_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Path of libpyxis_sandbox.so (default: beside the executable).
+    #[arg(long, env = "PYXIS_SANDBOX_LIB")]
+    pub sandbox_lib: Option<PathBuf>,
+    /// Idle sandboxes kept ready for new sessions.
+    #[arg(long, env = "PYXIS_POOL_MIN_IDLE")]
+    pub pool_min_idle: Option<usize>,
+    /// Most live sessions at once; beyond it creation answers 503.
+    #[arg(long, env = "PYXIS_MAX_SESSIONS")]
+    pub max_sessions: Option<usize>,
+    /// Seconds of inactivity after which a session is released.
+    #[arg(long, env = "PYXIS_IDLE_TIMEOUT_S")]
+    pub idle_timeout_s: Option<u64>,
+    /// Default time limit of one execution, in seconds.
+    #[arg(long, env = "PYXIS_EXEC_TIMEOUT_S")]
+    pub exec_timeout_s: Option<f64>,
+    /// Highest time limit a client may ask for, in seconds.
+    #[arg(long, env = "PYXIS_MAX_EXEC_TIMEOUT_S")]
+    pub max_exec_timeout_s: Option<f64>,
+    /// Seconds an interrupted cell gets to stop before its kernel is killed.
+    #[arg(long, env = "PYXIS_INTERRUPT_GRACE_S")]
+    pub interrupt_grace_s: Option<f64>,
+    /// Bytes of output (text and rich data) kept per execution.
+    #[arg(long, env = "PYXIS_MAX_OUTPUT_BYTES")]
+    pub max_output_bytes: Option<u64>,
+    /// Requests that may wait for a busy session before 409.
+    #[arg(long, env = "PYXIS_MAX_QUEUE")]
+    pub max_queue: Option<usize>,
+    /// Memory limit of a session in MiB (no swap).
+    #[arg(long, env = "PYXIS_MEMORY_MB")]
+    pub memory_mb: Option<u64>,
+    /// Process limit of a session.
+    #[arg(long, env = "PYXIS_PIDS")]
+    pub pids: Option<u64>,
+    /// CPU limit of a session in cores (0.5 = half a core).
+    #[arg(long, env = "PYXIS_CPUS")]
+    pub cpus: Option<f64>,
+    /// Workspace quota of a session in MiB.
+    #[arg(long, env = "PYXIS_DISK_MB")]
+    pub disk_mb: Option<u64>,
+    /// Size of a session's /tmp (and /dev/shm) in MiB, charged to its memory.
+    #[arg(long, env = "PYXIS_TMP_MB")]
+    pub tmp_mb: Option<u64>,
+    /// Largest request body in bytes.
+    #[arg(long, env = "PYXIS_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// First uid of the range given to sandboxes.
+    #[arg(long, env = "PYXIS_UID_BASE")]
+    pub uid_base: Option<u32>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub runtime_dir: PathBuf,
+    #[serde(skip)]
+    pub token: Option<String>,
+    pub sandbox_lib: PathBuf,
+    pub pool_min_idle: usize,
+    pub max_sessions: usize,
+    pub idle_timeout: Duration,
+    pub exec_timeout: Duration,
+    pub max_exec_timeout: Duration,
+    pub interrupt_grace: Duration,
+    pub max_output_bytes: u64,
+    pub max_queue: usize,
+    pub memory_bytes: u64,
+    pub pids: u64,
+    pub cpu_millicores: u64,
+    pub disk_bytes: u64,
+    pub tmp_bytes: u64,
+    pub max_body_bytes: usize,
+    pub uid_base: u32,
+}
+
+const MIB: u64 = 1024 * 1024;
+/// Default data directory.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/pyxis";
+/// Default runtime directory.
+pub const DEFAULT_RUNTIME_DIR: &str = "/opt/pyxis/runtime";
+
+impl Settings {
+    /// Fill every field not set by flags or environment from `other`.
+    fn or(self, other: Settings) -> Settings {
+        macro_rules! pick {
+            ($($f:ident),*) => { Settings { $($f: self.$f.or(other.$f)),* } };
+        }
+        pick!(
+            listen,
+            data_dir,
+            runtime_dir,
+            token,
+            sandbox_lib,
+            pool_min_idle,
+            max_sessions,
+            idle_timeout_s,
+            exec_timeout_s,
+            max_exec_timeout_s,
+            interrupt_grace_s,
+            max_output_bytes,
+            max_queue,
+            memory_mb,
+            pids,
+            cpus,
+            disk_mb,
+            tmp_mb,
+            max_body_bytes,
+            uid_base
+        )
+    }
+}
+
+fn secs(name: &str, v: f64) -> anyhow::Result<Duration> {
+    if !(v.is_finite() && v > 0.0) {
+        bail!("{name} must be a positive number of seconds");
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+impl Config {
+    /// Merge flags/environment with the TOML file (if any) and validate.
+    pub fn load(args: Settings, file: Option<&Path>) -> anyhow::Result<Config> {
+        let from_file = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config file {}", path.display()))?;
+                toml::from_str::<Settings>(&text)
+                    .with_context(|| format!("parsing config file {}", path.display()))?
+            }
+            None => Settings::default(),
+        };
+        Self::validate(args.or(from_file))
+    }
+
+    fn validate(s: Settings) -> anyhow::Result<Config> {
+        let sandbox_lib = match s.sandbox_lib {
+            Some(p) => p,
+            None => std::env::current_exe()
+                .context("locating the executable")?
+                .with_file_name("libpyxis_sandbox.so"),
+        };
+        let cpus = s.cpus.unwrap_or(1.0);
+        if !(cpus.is_finite() && cpus > 0.0 && cpus <= 1024.0) {
+            bail!("cpus must be between 0 and 1024");
+        }
+        let max_sessions = s.max_sessions.unwrap_or(64);
+        if max_sessions == 0 {
+            bail!("max_sessions must be at least 1");
+        }
+        let cfg = Config {
+            listen: s
+                .listen
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            data_dir: s.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
+            runtime_dir: s.runtime_dir.unwrap_or_else(|| DEFAULT_RUNTIME_DIR.into()),
+            token: s.token.filter(|t| !t.is_empty()),
+            sandbox_lib,
+            pool_min_idle: s.pool_min_idle.unwrap_or(2),
+            max_sessions,
+            idle_timeout: Duration::from_secs(s.idle_timeout_s.unwrap_or(1800).max(1)),
+            exec_timeout: secs("exec_timeout_s", s.exec_timeout_s.unwrap_or(60.0))?,
+            max_exec_timeout: secs("max_exec_timeout_s", s.max_exec_timeout_s.unwrap_or(600.0))?,
+            interrupt_grace: secs("interrupt_grace_s", s.interrupt_grace_s.unwrap_or(2.0))?,
+            max_output_bytes: s.max_output_bytes.unwrap_or(4 * MIB),
+            max_queue: s.max_queue.unwrap_or(8),
+            memory_bytes: s.memory_mb.unwrap_or(1024) * MIB,
+            pids: s.pids.unwrap_or(256),
+            cpu_millicores: (cpus * 1000.0).round() as u64,
+            disk_bytes: s.disk_mb.unwrap_or(512) * MIB,
+            tmp_bytes: s.tmp_mb.unwrap_or(256) * MIB,
+            max_body_bytes: s.max_body_bytes.unwrap_or(16 * MIB as usize),
+            uid_base: s.uid_base.unwrap_or(200_000),
+        };
+        if cfg.memory_bytes < 64 * MIB {
+            bail!("memory_mb must be at least 64");
+        }
+        if cfg.pids < 8 {
+            bail!("pids must be at least 8");
+        }
+        if cfg.uid_base < 1000 {
+            bail!("uid_base must be at least 1000: sandboxes never share a system uid");
+        }
+        Ok(cfg)
+    }
+
+    /// Where the API token is stored when it is generated.
+    pub fn token_path(&self) -> PathBuf {
+        self.data_dir.join("token")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_file_and_defaults_fill_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pyxis.toml");
+        std::fs::write(&file, "max_sessions = 7\nmemory_mb = 300\n").unwrap();
+        let args = Settings {
+            memory_mb: Some(200),
+            ..Default::default()
+        };
+        let cfg = Config::load(args, Some(&file)).unwrap();
+        assert_eq!(cfg.max_sessions, 7);
+        assert_eq!(cfg.memory_bytes, 200 * MIB);
+        assert_eq!(cfg.pids, 256);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pyxis.toml");
+        std::fs::write(&file, "max_sesions = 7\n").unwrap();
+        assert!(Config::load(Settings::default(), Some(&file)).is_err());
+        let args = Settings {
+            cpus: Some(-1.0),
+            ..Default::default()
+        };
+        assert!(Config::load(args, None).is_err());
+    }
+}

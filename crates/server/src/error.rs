@@ -1,0 +1,128 @@
+//! The HTTP layer's one error type. Every error answers with the same JSON
+//! envelope; unexpected ones are logged in full and answered with a bare 500,
+//! so host paths and errno values never reach clients.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use crate::model::{ErrorBody, ErrorDetail};
+
+/// An error answer.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    retry_after: Option<u64>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// 400 or 422 for input that is not acceptable.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)
+    }
+
+    /// 401.
+    pub fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong token: send Authorization: Bearer <token> or X-Auth-Token",
+        )
+    }
+
+    /// 404 for an unknown session.
+    pub fn session_not_found(id: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "session_not_found",
+            format!("no session with id {id:?}"),
+        )
+    }
+
+    /// 404 for an unknown route.
+    pub fn not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+    }
+
+    /// 409 when too many requests already wait for a session.
+    pub fn busy() -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "session_busy",
+            "the session is running a cell and its queue is full; retry later",
+        )
+    }
+
+    /// 503 with `Retry-After` when no sandbox can be had.
+    pub fn exhausted(message: impl Into<String>) -> Self {
+        Self {
+            retry_after: Some(1),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "capacity_exhausted", message)
+        }
+    }
+
+    /// 413.
+    pub fn too_large(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message)
+    }
+
+    /// 500: logs the cause, tells the client nothing about it.
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
+    }
+
+    /// The status code.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_string(),
+                message: self.message,
+            },
+        };
+        let mut resp = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp
+    }
+}
+
+/// Turn axum's body rejections into the envelope (422 for bad JSON, 413 for
+/// too large, 415 for a wrong content type).
+impl From<axum::extract::rejection::JsonRejection> for ApiError {
+    fn from(rej: axum::extract::rejection::JsonRejection) -> Self {
+        let status = rej.status();
+        match status {
+            StatusCode::PAYLOAD_TOO_LARGE => Self::too_large("request body too large"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => Self::new(
+                status,
+                "unsupported_media_type",
+                "send a JSON body with Content-Type: application/json",
+            ),
+            _ => Self::bad_request(rej.body_text()),
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! Running code: a cell in a session, or one-shot in a throwaway sandbox.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::Json;
+
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::handlers::sessions::{session_options, validate_env};
+use crate::handlers::timeout_from;
+use crate::model::{CreateSession, ErrorBody, ExecuteRequest, Execution, OneShotRequest};
+
+/// Run one cell in the session. State (variables, imports) carries over to
+/// the next cell. A Python error is a 200 with `status: "error"`.
+#[utoipa::path(post, path = "/v1/sessions/{id}/execute", params(("id" = String, Path)),
+    request_body = ExecuteRequest,
+    responses(
+        (status = 200, body = Execution),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "too many cells waiting"),
+        (status = 422, body = ErrorBody),
+    ), security(("token" = [])), tag = "execute")]
+pub async fn execute_cell(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<ExecuteRequest>, JsonRejection>,
+) -> Result<Json<Execution>, ApiError> {
+    let Json(req) = body?;
+    let session = app.sessions.get(&id)?;
+    let timeout = timeout_from(
+        req.timeout_s,
+        session_timeout(&app, &session),
+        app.config.max_exec_timeout,
+    )?;
+    Ok(Json(app.sessions.execute(&session, req.code, timeout).await?))
+}
+
+fn session_timeout(app: &AppState, s: &std::sync::Arc<crate::sessions::Session>) -> std::time::Duration {
+    s.default_timeout().min(app.config.max_exec_timeout)
+}
+
+/// Run code once in a fresh sandbox that is destroyed afterwards.
+#[utoipa::path(post, path = "/v1/execute", request_body = OneShotRequest,
+    responses(
+        (status = 200, body = Execution),
+        (status = 422, body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    ), security(("token" = [])), tag = "execute")]
+pub async fn execute_one_shot(
+    State(app): State<AppState>,
+    body: Result<Json<OneShotRequest>, JsonRejection>,
+) -> Result<Json<Execution>, ApiError> {
+    let Json(req) = body?;
+    validate_env(&req.env)?;
+    let opts = session_options(
+        &app,
+        CreateSession {
+            env: req.env,
+            timeout_s: req.timeout_s,
+            ..Default::default()
+        },
+    )?;
+    let timeout = opts.timeout;
+    Ok(Json(app.sessions.one_shot(opts, req.code, timeout).await?))
+}

@@ -1,0 +1,64 @@
+//! Health, readiness, status, capabilities and the OpenAPI document.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use utoipa::OpenApi;
+
+use crate::app::AppState;
+use crate::model::{Capabilities, Status};
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "alive")), tag = "ops")]
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Readiness: sessions can be created now.
+#[utoipa::path(get, path = "/readyz",
+    responses((status = 200, description = "ready"), (status = 503, description = "not ready")), tag = "ops")]
+pub async fn readyz(State(app): State<AppState>) -> (StatusCode, &'static str) {
+    if app.sessions.is_ready() {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    }
+}
+
+/// Sessions and warm pool counters.
+#[utoipa::path(get, path = "/v1/status", responses((status = 200, body = Status)),
+    security(("token" = [])), tag = "ops")]
+pub async fn status(State(app): State<AppState>) -> Json<Status> {
+    Json(app.sessions.status())
+}
+
+/// Languages, preinstalled libraries, default limits and network policy.
+#[utoipa::path(get, path = "/v1/capabilities", responses((status = 200, body = Capabilities)),
+    security(("token" = [])), tag = "ops")]
+pub async fn capabilities(State(app): State<AppState>) -> Json<Capabilities> {
+    let info = app.zygote.info();
+    let cfg = &app.config;
+    let defaults = crate::sessions::SessionOptions {
+        env: Default::default(),
+        timeout: cfg.exec_timeout,
+        limits: app.sessions.factory().default_limits(),
+        metadata: None,
+    };
+    Json(Capabilities {
+        languages: vec!["python".into()],
+        python_version: info.python,
+        libraries: info.libraries,
+        limits: app.sessions.limits_of(&defaults),
+        max_output_bytes: cfg.max_output_bytes,
+        max_timeout_s: cfg.max_exec_timeout.as_secs_f64(),
+        network: "none: sandboxes have only a loopback interface".into(),
+        cgroup_version: format!("{:?}", app.sessions.factory().cgroup_version()).to_lowercase(),
+    })
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", responses((status = 200, description = "OpenAPI 3.1 document")),
+    security(("token" = [])), tag = "ops")]
+pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(crate::router::ApiDoc::openapi())
+}

@@ -1,0 +1,181 @@
+//! `pyxis`: the code interpreter server.
+//!
+//! `pyxis serve` (the default) installs the Python runtime if it is missing,
+//! starts the zygote, and serves the HTTP API. `pyxis doctor` reports what this
+//! host can do. `pyxis setup` only installs the runtime.
+
+mod app;
+mod config;
+mod error;
+mod handlers;
+mod kernel;
+mod middleware;
+mod model;
+mod router;
+mod runtime;
+mod sandboxes;
+mod sessions;
+mod zygote;
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, Settings};
+
+#[derive(Parser)]
+#[command(name = "pyxis", version, about = "Stateful, sandboxed Python over HTTP")]
+struct Cli {
+    /// TOML configuration file (flags and PYXIS_* variables override it).
+    #[arg(long, short, env = "PYXIS_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    settings: Settings,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve the API (the default).
+    Serve,
+    /// Install the Python runtime and exit.
+    Setup,
+    /// Report what this host supports and how to fix what it lacks.
+    Doctor,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PYXIS_LOG")
+                .unwrap_or_else(|_| "info,tower_http=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cfg = Config::load(cli.settings, cli.config.as_deref())?;
+    match cli.command.unwrap_or(Cmd::Serve) {
+        Cmd::Serve => serve(cfg),
+        Cmd::Setup => runtime::Runtime::new(&cfg.runtime_dir).ensure(),
+        Cmd::Doctor => doctor(&cfg),
+    }
+}
+
+fn doctor(cfg: &Config) -> anyhow::Result<()> {
+    let report = pyxis_sandbox::probe();
+    let rt = runtime::Runtime::new(&cfg.runtime_dir);
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+    let rt_ok = rt.is_installed();
+    writeln!(
+        out,
+        "runtime {}: {}",
+        cfg.runtime_dir.display(),
+        if rt_ok {
+            "installed".to_string()
+        } else {
+            "missing — run `pyxis setup` (or just start the server)".to_string()
+        }
+    )?;
+    let lib_ok = cfg.sandbox_lib.exists();
+    writeln!(
+        out,
+        "sandbox library {}: {}",
+        cfg.sandbox_lib.display(),
+        if lib_ok { "found" } else { "missing — build the workspace (`cargo build --release`) or set PYXIS_SANDBOX_LIB" }
+    )?;
+    if !(report.all_ok() && rt_ok && lib_ok) {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// The configured token, or the stored one, or a new one stored 0600.
+fn load_token(cfg: &Config) -> anyhow::Result<String> {
+    if let Some(t) = &cfg.token {
+        return Ok(t.clone());
+    }
+    let path = cfg.token_path();
+    if let Ok(t) = std::fs::read_to_string(&path) {
+        let t = t.trim().to_string();
+        if !t.is_empty() {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+            return Ok(t);
+        }
+    }
+    use rand::Rng;
+    let bytes: [u8; 32] = rand::thread_rng().gen();
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(token.as_bytes())?;
+    // Printed once, on the start that generated it.
+    eprintln!("pyxis: generated API token (stored in {}): {token}", path.display());
+    Ok(token)
+}
+
+fn serve(cfg: Config) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    std::fs::set_permissions(&cfg.data_dir, std::fs::Permissions::from_mode(0o700))?;
+    let token = load_token(&cfg)?;
+    tracing::info!(config = %serde_json::to_string(&cfg)?, "effective configuration (token masked)");
+    let rt = runtime::Runtime::new(&cfg.runtime_dir);
+    rt.ensure().context("installing the Python runtime")?;
+    anyhow::ensure!(
+        cfg.sandbox_lib.exists(),
+        "sandbox library not found at {} (build the workspace or set PYXIS_SANDBOX_LIB)",
+        cfg.sandbox_lib.display()
+    );
+    // The zygote's thread is started from here, before the async runtime.
+    let zygote = zygote::Zygote::start(zygote::ZygoteCommand {
+        runtime: rt,
+        sandbox_lib: cfg.sandbox_lib.clone(),
+    })?;
+    let cfg = Arc::new(cfg);
+    let factory = sandboxes::SandboxFactory::new(cfg.clone(), zygote.clone())?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(async move {
+            let sessions = sessions::Sessions::new(cfg.clone(), factory);
+            sessions.start_background();
+            let app = Arc::new(app::App {
+                config: cfg.clone(),
+                sessions: sessions.clone(),
+                zygote,
+                token,
+            });
+            let listener = tokio::net::TcpListener::bind(cfg.listen)
+                .await
+                .with_context(|| format!("binding {}", cfg.listen))?;
+            tracing::info!(addr = %listener.local_addr()?, "listening");
+            axum::serve(listener, router::build(app))
+                .with_graceful_shutdown(shutdown_signal())
+                .await?;
+            tracing::info!("shutting down: releasing every session");
+            sessions.shutdown().await;
+            Ok(())
+        })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+}

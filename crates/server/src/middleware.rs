@@ -1,0 +1,55 @@
+//! Every layer of the HTTP stack, in one place: tracing, panic catching, the
+//! body size limit, and token authentication.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use subtle::ConstantTimeEq;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::app::{App, AppState};
+use crate::error::ApiError;
+
+/// Paths that answer without a token.
+const OPEN_PATHS: &[&str] = &["/healthz", "/readyz"];
+
+/// Wrap the router with every layer.
+pub fn apply(router: Router<AppState>, app: Arc<App>) -> Router {
+    let limit = app.config.max_body_bytes;
+    router
+        .layer(axum::middleware::from_fn_with_state(app.clone(), auth))
+        .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::internal("a handler panicked").into_response()
+        }))
+        .layer(TraceLayer::new_for_http())
+        .with_state(app)
+}
+
+/// Accept `Authorization: Bearer <token>` or `X-Auth-Token: <token>`,
+/// compared in constant time.
+async fn auth(State(app): State<AppState>, req: Request, next: Next) -> Response {
+    if OPEN_PATHS.contains(&req.uri().path()) {
+        return next.run(req).await;
+    }
+    let headers = req.headers();
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+    let x_auth = headers.get("x-auth-token").and_then(|v| v.to_str().ok());
+    let ok = [bearer, x_auth]
+        .into_iter()
+        .flatten()
+        .any(|given| bool::from(given.trim().as_bytes().ct_eq(app.token.as_bytes())));
+    if ok {
+        next.run(req).await
+    } else {
+        ApiError::unauthorized().into_response()
+    }
+}

@@ -1,0 +1,245 @@
+//! The JSON shapes of the v1 API (requests and responses), with their OpenAPI
+//! schemas.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Per-session resource limits a client may ask for (each at most the
+/// server's default).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsRequest {
+    /// Memory limit in MiB.
+    pub memory_mb: Option<u64>,
+    /// Process limit.
+    pub pids: Option<u64>,
+    /// CPU limit in cores.
+    pub cpus: Option<f64>,
+}
+
+/// `POST /v1/sessions` body.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSession {
+    /// Only `python` is supported.
+    pub language: Option<String>,
+    /// Environment variables of the interpreter.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Default time limit of this session's executions, in seconds.
+    pub timeout_s: Option<f64>,
+    /// Resource limits (lower than the server's defaults).
+    pub limits: Option<LimitsRequest>,
+    /// Free-form client data, returned as given.
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// Effective limits of a session.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Limits {
+    /// Memory limit in bytes.
+    pub memory_bytes: u64,
+    /// Process limit.
+    pub pids: u64,
+    /// CPU limit in cores.
+    pub cpus: f64,
+    /// Workspace quota in bytes.
+    pub disk_bytes: u64,
+    /// Default execution time limit in seconds.
+    pub timeout_s: f64,
+}
+
+/// Current resource use of a session.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Usage {
+    /// Memory in use (bytes).
+    pub memory_bytes: u64,
+    /// Highest memory use seen (bytes).
+    pub memory_peak_bytes: u64,
+    /// Live processes.
+    pub pids: u64,
+    /// CPU time used (microseconds).
+    pub cpu_usec: u64,
+    /// Workspace bytes used.
+    pub disk_bytes: u64,
+}
+
+/// A session as `GET /v1/sessions/{id}` describes it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SessionInfo {
+    /// Session id.
+    pub id: String,
+    /// Always `python`.
+    pub language: String,
+    /// `idle` or `busy`.
+    pub state: String,
+    /// Creation time (RFC 3339, UTC).
+    pub created_at: String,
+    /// Last execution or creation time (RFC 3339, UTC).
+    pub last_active_at: String,
+    /// Cells executed.
+    pub execution_count: u64,
+    /// Effective limits.
+    pub limits: Limits,
+    /// Resource use, when it could be read.
+    pub usage: Option<Usage>,
+    /// Client data given at creation.
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// `GET /v1/sessions` answer.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SessionList {
+    /// Live sessions.
+    pub sessions: Vec<SessionInfo>,
+}
+
+/// `POST /v1/sessions/{id}/execute` body.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecuteRequest {
+    /// Python source of one cell.
+    pub code: String,
+    /// Time limit in seconds (default: the session's).
+    pub timeout_s: Option<f64>,
+}
+
+/// `POST /v1/execute` body: one cell in a fresh sandbox, destroyed after.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OneShotRequest {
+    /// Python source.
+    pub code: String,
+    /// Time limit in seconds.
+    pub timeout_s: Option<f64>,
+    /// Environment variables.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+/// How an execution ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecStatus {
+    /// The cell ran to the end.
+    Ok,
+    /// The cell raised (see `error`), or was interrupted.
+    Error,
+    /// The time limit was reached.
+    Timeout,
+    /// The interpreter was killed (out of memory, or it exited).
+    Killed,
+}
+
+/// One rich output.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ResultItem {
+    /// `execute_result` (the last expression) or `display_data`.
+    pub kind: String,
+    /// MIME bundle: `text/plain`, `text/html`, `image/png` (base64), …
+    #[schema(value_type = Object)]
+    pub data: serde_json::Map<String, serde_json::Value>,
+    /// Per-MIME metadata.
+    #[schema(value_type = Object)]
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+/// An error raised by the code (or reported for it).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ExecError {
+    /// Exception name, e.g. `ZeroDivisionError`; `OutOfMemory`, `Timeout`,
+    /// `KernelDied` for what the service reports.
+    pub name: String,
+    /// Exception value.
+    pub value: String,
+    /// Plain-text traceback lines.
+    pub traceback: Vec<String>,
+}
+
+/// The outcome of one cell.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Execution {
+    /// How it ended.
+    pub status: ExecStatus,
+    /// The session's execution counter after this cell.
+    pub execution_count: u64,
+    /// Everything written to stdout.
+    pub stdout: String,
+    /// Everything written to stderr.
+    pub stderr: String,
+    /// Rich outputs in order.
+    pub results: Vec<ResultItem>,
+    /// The error, when `status` is not `ok`.
+    pub error: Option<ExecError>,
+    /// Wall time of the execution in milliseconds.
+    pub duration_ms: f64,
+    /// Output beyond the cap was dropped.
+    pub truncated: bool,
+    /// The interpreter was restarted: variables are gone (files stay).
+    pub state_lost: bool,
+}
+
+/// `POST /v1/sessions/{id}/interrupt` answer.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct InterruptReply {
+    /// Whether a cell was running and was sent the interrupt.
+    pub interrupted: bool,
+}
+
+/// `GET /v1/status` answer.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Status {
+    /// Live sessions.
+    pub sessions: usize,
+    /// Sessions running a cell now.
+    pub busy_sessions: usize,
+    /// Most live sessions.
+    pub max_sessions: usize,
+    /// Sandboxes ready in the warm pool.
+    pub pool_idle: usize,
+    /// Target size of the warm pool.
+    pub pool_min_idle: usize,
+    /// Seconds since start.
+    pub uptime_s: f64,
+    /// Cells executed since start.
+    pub executions_total: u64,
+}
+
+/// `GET /v1/capabilities` answer.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Capabilities {
+    /// Supported languages.
+    pub languages: Vec<String>,
+    /// Python version.
+    pub python_version: String,
+    /// Preinstalled libraries and versions.
+    pub libraries: BTreeMap<String, String>,
+    /// Default limits of a session.
+    pub limits: Limits,
+    /// Bytes of output kept per execution.
+    pub max_output_bytes: u64,
+    /// Highest time limit a client may ask for, in seconds.
+    pub max_timeout_s: f64,
+    /// Network policy inside sandboxes.
+    pub network: String,
+    /// Cgroup version used on this host.
+    pub cgroup_version: String,
+}
+
+/// The single error envelope: `{"error": {"code": "...", "message": "..."}}`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// Code and message of an error.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Machine-readable code, e.g. `session_not_found`.
+    pub code: String,
+    /// Human-readable message.
+    pub message: String,
+}

@@ -1,0 +1,75 @@
+//! Every route of the server, and the OpenAPI document generated from the
+//! handlers.
+
+use std::sync::Arc;
+
+use axum::routing::{get, post};
+use axum::Router;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::app::App;
+use crate::error::ApiError;
+use crate::handlers::{execute, sessions, system};
+use crate::model;
+
+/// The OpenAPI document.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Pyxis", description = "Stateful, sandboxed Python over HTTP."),
+    paths(
+        sessions::create_session, sessions::list_sessions, sessions::get_session,
+        sessions::delete_session, sessions::interrupt_session, sessions::restart_session,
+        execute::execute_cell, execute::execute_one_shot,
+        system::healthz, system::readyz, system::status, system::capabilities, system::openapi,
+    ),
+    components(schemas(
+        model::CreateSession, model::LimitsRequest, model::Limits, model::Usage,
+        model::SessionInfo, model::SessionList, model::ExecuteRequest, model::OneShotRequest,
+        model::ExecStatus, model::ResultItem, model::ExecError, model::Execution,
+        model::InterruptReply, model::Status, model::Capabilities, model::ErrorBody,
+        model::ErrorDetail,
+    )),
+    modifiers(&Security),
+)]
+pub struct ApiDoc;
+
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        let components = api.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "token",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        components.add_security_scheme(
+            "x_auth_token",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-Auth-Token"))),
+        );
+    }
+}
+
+/// The complete application.
+pub fn build(app: Arc<App>) -> Router {
+    let routes = Router::new()
+        .route("/healthz", get(system::healthz))
+        .route("/readyz", get(system::readyz))
+        .route("/openapi.json", get(system::openapi))
+        .route("/v1/status", get(system::status))
+        .route("/v1/capabilities", get(system::capabilities))
+        .route(
+            "/v1/sessions",
+            post(sessions::create_session).get(sessions::list_sessions),
+        )
+        .route(
+            "/v1/sessions/{id}",
+            get(sessions::get_session).delete(sessions::delete_session),
+        )
+        .route("/v1/sessions/{id}/execute", post(execute::execute_cell))
+        .route("/v1/sessions/{id}/interrupt", post(sessions::interrupt_session))
+        .route("/v1/sessions/{id}/restart", post(sessions::restart_session))
+        .route("/v1/execute", post(execute::execute_one_shot))
+        .fallback(|| async { ApiError::not_found() });
+    crate::middleware::apply(routes, app)
+}

@@ -1,0 +1,351 @@
+//! Sandboxes: a cgroup, a workspace and a uid, with a kernel forked into them
+//! by the zygote. This is the supervisor: it turns "a sandbox with these
+//! limits" into a `SandboxSpec` and hands it off; the sandbox crate and the
+//! zygote do the privileged work.
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use pyxis_protocol::KernelEvent;
+use pyxis_sandbox::{
+    Cgroup, CgroupRoot, CgroupUsage, ResourceLimits, Rlimits, SandboxSpec, Workspace,
+};
+use rand::Rng;
+
+use crate::config::Config;
+use crate::kernel::{KernelConn, KernelError};
+use crate::zygote::{SpawnError, Zygote};
+
+/// Read-only host paths every sandbox sees at the same place.
+const HOST_RO_BINDS: &[&str] = &[
+    "/usr",
+    "/lib",
+    "/lib64",
+    "/lib32",
+    "/libx32",
+    "/bin",
+    "/sbin",
+    "/etc/ld.so.cache",
+    "/etc/alternatives",
+    "/etc/fonts",
+    "/etc/localtime",
+    "/etc/mime.types",
+];
+/// Paths inside the sandbox that lead to the workspace (names used by the
+/// services Pyxis replaces).
+const WORKSPACE_ALIASES: &[&str] = &["/sandbox", "/code"];
+/// Inodes per MiB of workspace quota (bounds inode exhaustion).
+const INODES_PER_MIB: u64 = 64;
+
+/// Why a sandbox could not be made or used.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// Creating or changing the cgroup failed.
+    #[error("cgroup: {0}")]
+    Cgroup(#[from] pyxis_sandbox::CgroupError),
+    /// Creating the workspace failed.
+    #[error("workspace: {0}")]
+    Workspace(#[from] pyxis_sandbox::WorkspaceError),
+    /// Forking the kernel failed.
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
+    /// The kernel did not come up.
+    #[error("kernel did not start: {0}")]
+    Kernel(#[from] KernelError),
+    /// Socket setup failed.
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    /// No uid is free (more sandboxes than configured).
+    #[error("no free sandbox slot")]
+    NoSlot,
+    /// A blocking task failed.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+/// Makes and destroys sandboxes.
+pub struct SandboxFactory {
+    cfg: Arc<Config>,
+    cgroups: CgroupRoot,
+    zygote: Arc<Zygote>,
+    slots: Mutex<Vec<bool>>,
+    root_mountpoint: PathBuf,
+    workspaces: PathBuf,
+    ro_binds: Vec<PathBuf>,
+}
+
+/// One sandbox: its cgroup, workspace and uid. The kernel process lives in it
+/// and can be replaced (restart) without losing the workspace.
+pub struct Sandbox {
+    /// Random id; also the session id.
+    pub id: String,
+    slot: usize,
+    uid: u32,
+    cgroup: Cgroup,
+    workspace: Workspace,
+    init_pid: AtomicI32,
+}
+
+impl Sandbox {
+    /// Host pid of the sandbox's init (0 when no kernel runs).
+    pub fn init_pid(&self) -> i32 {
+        self.init_pid.load(Ordering::Acquire)
+    }
+
+    /// Send SIGINT to the kernel (through the sandbox's init, which forwards it).
+    pub fn interrupt(&self) {
+        let pid = self.init_pid();
+        if pid > 0 {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGINT,
+            );
+        }
+    }
+
+    /// Kill every process in the sandbox (the workspace stays).
+    pub async fn kill_processes(self: &Arc<Self>) {
+        let me = self.clone();
+        self.init_pid.store(0, Ordering::Release);
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Err(e) = me.cgroup.kill() {
+                tracing::error!(error = %e, id = %me.id, "killing the sandbox failed");
+            }
+        })
+        .await;
+    }
+
+    /// How many times the OOM killer struck in this sandbox.
+    pub fn oom_kills(&self) -> u64 {
+        self.cgroup.oom_kills().unwrap_or(0)
+    }
+
+    /// Memory, processes and CPU used.
+    pub fn usage(&self) -> Option<CgroupUsage> {
+        self.cgroup.usage().ok()
+    }
+
+    /// Bytes used and quota of the workspace.
+    pub fn disk_usage(&self) -> Option<(u64, u64)> {
+        self.workspace.usage().ok()
+    }
+
+    /// Change the cgroup limits (a pooled sandbox taken with custom limits).
+    pub fn set_limits(&self, limits: &ResourceLimits) -> Result<(), SandboxError> {
+        Ok(self.cgroup.set_limits(limits)?)
+    }
+
+    /// The workspace's host path (for the files API).
+    pub fn workspace_path(&self) -> &Path {
+        self.workspace.path()
+    }
+}
+
+impl SandboxFactory {
+    /// Prepare the instance's cgroup tree and directories, and clean up what an
+    /// earlier, killed run of this instance left behind.
+    pub fn new(cfg: Arc<Config>, zygote: Arc<Zygote>) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let cgroups = CgroupRoot::detect(&format!("pyxis/{}", instance_name(&cfg.data_dir)))
+            .context("setting up cgroups")?;
+        let left = cgroups
+            .cleanup_leftovers()
+            .context("cleaning up leftover cgroups")?;
+        let workspaces = cfg.data_dir.join("workspaces");
+        std::fs::create_dir_all(&workspaces).context("creating the workspaces dir")?;
+        let left_ws = Workspace::cleanup_leftovers(&workspaces)
+            .context("cleaning up leftover workspaces")?;
+        if left + left_ws > 0 {
+            tracing::warn!(
+                cgroups = left,
+                workspaces = left_ws,
+                "cleaned up what an earlier run left behind"
+            );
+        }
+        let root_mountpoint = cfg.data_dir.join("root");
+        std::fs::create_dir_all(&root_mountpoint).context("creating the root mountpoint")?;
+        let mut ro_binds: Vec<PathBuf> = HOST_RO_BINDS.iter().map(PathBuf::from).collect();
+        ro_binds.push(cfg.runtime_dir.clone());
+        // One-shot sessions and the pool need slots beyond max_sessions.
+        let slots = cfg.max_sessions + cfg.pool_min_idle + 8;
+        tracing::info!(version = ?cgroups.version(), "cgroups ready");
+        Ok(Self {
+            cfg,
+            cgroups,
+            zygote,
+            slots: Mutex::new(vec![false; slots]),
+            root_mountpoint,
+            workspaces,
+            ro_binds,
+        })
+    }
+
+    /// The cgroup version in use.
+    pub fn cgroup_version(&self) -> pyxis_sandbox::CgroupVersion {
+        self.cgroups.version()
+    }
+
+    /// The default resource limits.
+    pub fn default_limits(&self) -> ResourceLimits {
+        ResourceLimits {
+            memory_bytes: self.cfg.memory_bytes,
+            pids: self.cfg.pids,
+            cpu_millicores: self.cfg.cpu_millicores,
+        }
+    }
+
+    fn take_slot(&self) -> Result<usize, SandboxError> {
+        let mut slots = self
+            .slots
+            .lock()
+            .map_err(|_| SandboxError::Internal("slot table poisoned".into()))?;
+        let i = slots
+            .iter()
+            .position(|used| !used)
+            .ok_or(SandboxError::NoSlot)?;
+        slots[i] = true;
+        Ok(i)
+    }
+
+    fn free_slot(&self, slot: usize) {
+        if let Ok(mut slots) = self.slots.lock() {
+            if let Some(s) = slots.get_mut(slot) {
+                *s = false;
+            }
+        }
+    }
+
+    /// Make a sandbox with a running kernel.
+    pub async fn create(
+        &self,
+        limits: &ResourceLimits,
+    ) -> Result<(Arc<Sandbox>, KernelConn), SandboxError> {
+        let slot = self.take_slot()?;
+        let id = new_id();
+        let uid = self.cfg.uid_base + slot as u32;
+        let cg_name = id.clone();
+        let ws_path = self.workspaces.join(&id);
+        let limits2 = *limits;
+        let disk = self.cfg.disk_bytes;
+        let cgroups = self.cgroups.clone();
+        let made = tokio::task::spawn_blocking(move || -> Result<_, SandboxError> {
+            let cgroup = cgroups.create(&cg_name, &limits2)?;
+            let inodes = (disk / (1024 * 1024)).max(16) * INODES_PER_MIB;
+            match Workspace::create(&ws_path, uid, uid, disk, inodes) {
+                Ok(ws) => Ok((cgroup, ws)),
+                Err(e) => {
+                    let _ = cgroup.remove();
+                    Err(e.into())
+                }
+            }
+        })
+        .await
+        .map_err(|e| SandboxError::Internal(e.to_string()));
+        let (cgroup, workspace) = match made {
+            Ok(Ok(x)) => x,
+            Ok(Err(e)) | Err(e) => {
+                self.free_slot(slot);
+                return Err(e);
+            }
+        };
+        let sb = Arc::new(Sandbox {
+            id,
+            slot,
+            uid,
+            cgroup,
+            workspace,
+            init_pid: AtomicI32::new(0),
+        });
+        match self.start_kernel(&sb).await {
+            Ok(conn) => Ok((sb, conn)),
+            Err(e) => {
+                self.destroy(sb).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Fork a fresh kernel into an existing sandbox (first start or restart).
+    pub async fn start_kernel(&self, sb: &Arc<Sandbox>) -> Result<KernelConn, SandboxError> {
+        let spec = SandboxSpec {
+            uid: sb.uid,
+            gid: sb.uid,
+            hostname: "pyxis".into(),
+            cgroup_procs: sb.cgroup.procs_files(),
+            root_mountpoint: self.root_mountpoint.clone(),
+            ro_binds: self.ro_binds.clone(),
+            workspace: sb.workspace.path().to_path_buf(),
+            workspace_aliases: WORKSPACE_ALIASES.iter().map(PathBuf::from).collect(),
+            tmp_bytes: self.cfg.tmp_bytes,
+            rlimits: Rlimits {
+                fsize_bytes: self.cfg.disk_bytes,
+                nofile: 1024,
+                nproc: self.cfg.pids,
+            },
+            kernel_fd: 3,
+            report_fd: 4,
+            loopback: true,
+        };
+        let spec = serde_json::to_value(&spec)
+            .map_err(|e| SandboxError::Internal(format!("spec: {e}")))?;
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+        let pid = self.zygote.spawn(spec, OwnedFd::from(theirs)).await?;
+        sb.init_pid.store(pid, Ordering::Release);
+        ours.set_nonblocking(true)?;
+        let stream = tokio::net::UnixStream::from_std(ours)?;
+        let mut conn = KernelConn::new(stream, self.max_frame());
+        let first = tokio::time::timeout(std::time::Duration::from_secs(30), conn.next_event())
+            .await
+            .map_err(|_| SandboxError::Internal("kernel start timed out".into()))??;
+        match first {
+            KernelEvent::Ready {} => Ok(conn),
+            other => Err(SandboxError::Internal(format!(
+                "unexpected first kernel message {other:?}"
+            ))),
+        }
+    }
+
+    /// Largest frame accepted from a kernel: the output cap plus room for JSON
+    /// escaping and base64.
+    pub fn max_frame(&self) -> usize {
+        (self.cfg.max_output_bytes as usize).saturating_mul(2) + (1 << 20)
+    }
+
+    /// Kill everything in the sandbox and remove its cgroup and workspace.
+    pub async fn destroy(&self, sb: Arc<Sandbox>) {
+        sb.init_pid.store(0, Ordering::Release);
+        let slot = sb.slot;
+        let res = tokio::task::spawn_blocking(move || {
+            if let Err(e) = sb.cgroup.remove() {
+                tracing::error!(error = %e, id = %sb.id, "removing the cgroup failed");
+            }
+            if let Err(e) = sb.workspace.remove() {
+                tracing::error!(error = %e, id = %sb.id, "removing the workspace failed");
+            }
+        })
+        .await;
+        if res.is_ok() {
+            self.free_slot(slot);
+        }
+    }
+}
+
+/// A stable short name for this server instance, derived from its data
+/// directory, so that two servers on one host never clean up each other's
+/// cgroups.
+fn instance_name(data_dir: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    let canon = data_dir
+        .canonicalize()
+        .unwrap_or_else(|_| data_dir.to_path_buf());
+    let digest = Sha256::digest(canon.as_os_str().as_encoded_bytes());
+    digest[..6].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A random id for a session.
+pub fn new_id() -> String {
+    let bytes: [u8; 12] = rand::thread_rng().gen();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

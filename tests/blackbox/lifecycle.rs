@@ -1,0 +1,89 @@
+//! Start, stop, and a hard kill: nothing is left behind.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use pyxis_tests::TestServer;
+
+/// Host pids whose real uid is in the server's sandbox range.
+fn sandbox_processes(uid_base: u32) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
+            continue;
+        };
+        let uid = status
+            .lines()
+            .find(|l| l.starts_with("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|u| u.parse::<u32>().ok());
+        if let Some(uid) = uid {
+            if (uid_base..uid_base + 1000).contains(&uid) {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
+fn workspace_mounts(data_dir: &Path) -> usize {
+    let prefix = data_dir.join("workspaces").display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(&prefix))
+        .count()
+}
+
+#[test]
+fn a_server_killed_with_sigkill_leaves_nothing_and_restarts_clean() {
+    let dir = tempfile::Builder::new().prefix("pyxis-kill9-").tempdir().unwrap();
+    let mut s = TestServer::start_in(dir.path().to_path_buf(), &[("PYXIS_POOL_MIN_IDLE", "1")]);
+    let uid_base = s.uid_base;
+    {
+        let a = s.session();
+        let b = s.session();
+        a.ok("import subprocess\nsubprocess.Popen(['sleep', '1000'])\nsubprocess.Popen(['sh', '-c', 'setsid sleep 1001 &'])");
+        b.ok("x = 1");
+        assert!(sandbox_processes(uid_base).len() >= 4, "sandboxes are running");
+        assert!(workspace_mounts(&s.data_dir) >= 2);
+        std::mem::forget(a);
+        std::mem::forget(b);
+    }
+    s.kill9();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sandbox_processes(uid_base).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        sandbox_processes(uid_base),
+        Vec::<i32>::new(),
+        "no sandbox process outlives the server"
+    );
+    // The next start on the same data directory cleans up the rest.
+    let s2 = TestServer::start_in(dir.path().to_path_buf(), &[("PYXIS_POOL_MIN_IDLE", "0")]);
+    assert_eq!(workspace_mounts(&s2.data_dir), 0, "leftover workspaces unmounted");
+    let left = std::fs::read_dir(s2.data_dir.join("workspaces")).unwrap().count();
+    assert_eq!(left, 0, "leftover workspaces removed");
+    let sess = s2.session();
+    assert_eq!(sess.ok("print('clean')"), "clean\n");
+}
+
+#[test]
+fn graceful_shutdown_releases_every_sandbox() {
+    let dir = tempfile::Builder::new().prefix("pyxis-term-").tempdir().unwrap();
+    let s = TestServer::start_in(dir.path().to_path_buf(), &[("PYXIS_POOL_MIN_IDLE", "1")]);
+    let uid_base = s.uid_base;
+    let data_dir = s.data_dir.clone();
+    {
+        let a = s.session();
+        a.ok("import subprocess\nsubprocess.Popen(['sleep', '1000'])");
+        std::mem::forget(a);
+    }
+    drop(s); // SIGTERM and wait
+    assert_eq!(sandbox_processes(uid_base), Vec::<i32>::new());
+    assert_eq!(workspace_mounts(&data_dir), 0);
+}

@@ -1,0 +1,7 @@
+//! Black-box tests: each one starts (or shares) a real `pyxis` server with
+//! real sandboxes and the real Python runtime, and asserts what a client sees.
+
+mod api;
+mod execution;
+mod isolation;
+mod lifecycle;

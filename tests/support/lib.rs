@@ -1,0 +1,285 @@
+//! Helpers for black-box tests: start a real `pyxis` server on a random
+//! loopback port with its own data directory, and talk to it over HTTP.
+//!
+//! The server binary is `target/<profile>/pyxis` of this workspace (or
+//! `$PYXIS_BIN`); the Python runtime is the shared one in
+//! `/opt/pyxis/runtime` (or `$PYXIS_RUNTIME_DIR`), installed by `pyxis setup`
+//! before the tests run.
+
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use reqwest::blocking::{Client, Response};
+use serde_json::{json, Value};
+
+/// A running server.
+pub struct TestServer {
+    /// Base URL, e.g. `http://127.0.0.1:12345`.
+    pub base: String,
+    /// The API token.
+    pub token: String,
+    /// The data directory (kept until drop).
+    pub data_dir: PathBuf,
+    /// First uid of its sandboxes.
+    pub uid_base: u32,
+    pid: i32,
+    child: Option<Child>,
+    _dir: Option<tempfile::TempDir>,
+    client: Client,
+}
+
+/// Path of the built `pyxis` binary.
+pub fn pyxis_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("PYXIS_BIN") {
+        return PathBuf::from(p);
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    target.join(profile).join("pyxis")
+}
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// Spawn processes from one thread that lives as long as the test binary, so
+/// `PR_SET_PDEATHSIG` (which fires when the spawning *thread* exits) only fires
+/// when the whole test process ends — then servers get SIGTERM and clean up.
+fn spawn_detached(mut cmd: Command) -> Child {
+    static SPAWNER: OnceLock<mpsc::Sender<(Command, mpsc::Sender<Child>)>> = OnceLock::new();
+    let tx = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<(Command, mpsc::Sender<Child>)>();
+        std::thread::spawn(move || {
+            for (mut cmd, back) in rx {
+                // SAFETY: prctl is async-signal-safe; nothing else runs in the child.
+                unsafe {
+                    cmd.pre_exec(|| {
+                        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                        Ok(())
+                    });
+                }
+                let child = cmd.spawn().expect("spawn pyxis");
+                let _ = back.send(child);
+            }
+            // Keep the thread (and so the servers) alive until the process ends.
+            loop {
+                std::thread::park();
+            }
+        });
+        tx
+    });
+    let (back_tx, back_rx) = mpsc::channel();
+    // Move the command to the spawner thread.
+    let owned = std::mem::replace(&mut cmd, Command::new("true"));
+    tx.send((owned, back_tx)).expect("spawner thread alive");
+    back_rx.recv().expect("spawned")
+}
+
+impl TestServer {
+    /// Start a server with extra `PYXIS_*` settings.
+    pub fn start(settings: &[(&str, &str)]) -> TestServer {
+        let dir = tempfile::Builder::new()
+            .prefix("pyxis-test-")
+            .tempdir()
+            .expect("tempdir");
+        let data_dir = dir.path().to_path_buf();
+        let mut s = Self::start_in(data_dir, settings);
+        s._dir = Some(dir);
+        s
+    }
+
+    /// Start a server on an existing data directory.
+    pub fn start_in(data_dir: PathBuf, settings: &[(&str, &str)]) -> TestServer {
+        let port = free_port();
+        let token = format!("test-token-{}", rand::thread_rng().gen::<u64>());
+        let uid_base = 300_000 + rand::thread_rng().gen_range(0..500) * 1000;
+        let mut cmd = Command::new(pyxis_bin());
+        cmd.arg("serve")
+            .env("PYXIS_LISTEN", format!("127.0.0.1:{port}"))
+            .env("PYXIS_DATA_DIR", &data_dir)
+            .env("PYXIS_TOKEN", &token)
+            .env("PYXIS_UID_BASE", uid_base.to_string())
+            .env("PYXIS_POOL_MIN_IDLE", "1")
+            .env("PYXIS_TEST_SECRET", "s3cr3t-host-environment-value")
+            .stdin(Stdio::null());
+        if std::env::var_os("PYXIS_TEST_QUIET").is_some() {
+            cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        }
+        for (k, v) in settings {
+            cmd.env(k, v);
+        }
+        let child = spawn_detached(cmd);
+        let pid = child.id() as i32;
+        let server = TestServer {
+            base: format!("http://127.0.0.1:{port}"),
+            token,
+            data_dir,
+            uid_base,
+            pid,
+            child: Some(child),
+            _dir: None,
+            client: Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()
+                .expect("client"),
+        };
+        server.wait_ready(Duration::from_secs(300));
+        server
+    }
+
+    /// The server shared by the tests that need no special settings.
+    pub fn shared() -> &'static TestServer {
+        static SHARED: OnceLock<TestServer> = OnceLock::new();
+        SHARED.get_or_init(|| TestServer::start(&[("PYXIS_POOL_MIN_IDLE", "2")]))
+    }
+
+    fn wait_ready(&self, limit: Duration) {
+        let start = Instant::now();
+        loop {
+            if let Ok(r) = self.client.get(format!("{}/healthz", self.base)).send() {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            assert!(start.elapsed() < limit, "server did not become healthy");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The server's pid.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Kill the server with SIGKILL (no cleanup) and reap it.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// A request builder with the token.
+    pub fn req(&self, method: reqwest::Method, path: &str) -> reqwest::blocking::RequestBuilder {
+        self.client
+            .request(method, format!("{}{}", self.base, path))
+            .bearer_auth(&self.token)
+    }
+
+    /// A request builder without any token.
+    pub fn anon(&self, method: reqwest::Method, path: &str) -> reqwest::blocking::RequestBuilder {
+        self.client.request(method, format!("{}{}", self.base, path))
+    }
+
+    /// GET with the token.
+    pub fn get(&self, path: &str) -> Response {
+        self.req(reqwest::Method::GET, path).send().expect("GET")
+    }
+
+    /// POST JSON with the token.
+    pub fn post(&self, path: &str, body: &Value) -> Response {
+        self.req(reqwest::Method::POST, path)
+            .json(body)
+            .send()
+            .expect("POST")
+    }
+
+    /// DELETE with the token.
+    pub fn delete(&self, path: &str) -> Response {
+        self.req(reqwest::Method::DELETE, path)
+            .send()
+            .expect("DELETE")
+    }
+
+    /// Create a session with `body` and return its id.
+    pub fn session_with(&self, body: Value) -> Session<'_> {
+        let r = self.post("/v1/sessions", &body);
+        let status = r.status();
+        let v: Value = r.json().expect("json");
+        assert_eq!(status, 201, "create session: {v}");
+        Session {
+            server: self,
+            id: v["id"].as_str().expect("id").to_string(),
+        }
+    }
+
+    /// Create a session with default settings.
+    pub fn session(&self) -> Session<'_> {
+        self.session_with(json!({}))
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: plain kill(2) on our own child's pid.
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGTERM);
+            }
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A session of a test server; released on drop.
+pub struct Session<'a> {
+    /// The server.
+    pub server: &'a TestServer,
+    /// Session id.
+    pub id: String,
+}
+
+impl Session<'_> {
+    /// Run a cell and return the Execution JSON (asserting HTTP 200).
+    pub fn exec(&self, code: &str) -> Value {
+        self.exec_with(json!({ "code": code }))
+    }
+
+    /// Run a cell with a full request body.
+    pub fn exec_with(&self, body: Value) -> Value {
+        let r = self
+            .server
+            .post(&format!("/v1/sessions/{}/execute", self.id), &body);
+        let status = r.status();
+        let v: Value = r.json().expect("execution json");
+        assert_eq!(status, 200, "execute: {v}");
+        v
+    }
+
+    /// Run a cell that must succeed; returns its stdout.
+    pub fn ok(&self, code: &str) -> String {
+        let v = self.exec(code);
+        assert_eq!(v["status"], "ok", "cell failed: {code}\n{v:#}");
+        v["stdout"].as_str().unwrap_or_default().to_string()
+    }
+}
+
+impl Drop for Session<'_> {
+    fn drop(&mut self) {
+        let _ = self
+            .server
+            .req(reqwest::Method::DELETE, &format!("/v1/sessions/{}", self.id))
+            .send();
+    }
+}
