@@ -1,0 +1,222 @@
+//! The sandbox specification: what [`crate::enter`] builds, as plain serializable data.
+
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+type Result<T> = std::result::Result<T, SpecError>;
+
+/// An invalid [`SandboxSpec`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpecError {
+    /// The JSON text is not a spec.
+    #[error("parse sandbox spec: {0}")]
+    Parse(#[from] serde_json::Error),
+    /// A field has a value `enter` refuses.
+    #[error("invalid sandbox spec field {field}: {reason}")]
+    Invalid {
+        /// The field's name.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// Resource limits set with `setrlimit` (soft = hard). `RLIMIT_CORE` is always 0.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Rlimits {
+    /// `RLIMIT_FSIZE`: the largest file the sandbox can write, in bytes.
+    pub fsize_bytes: u64,
+    /// `RLIMIT_NOFILE`: open files per process.
+    pub nofile: u64,
+    /// `RLIMIT_NPROC`: processes of the sandbox uid.
+    pub nproc: u64,
+}
+
+/// Everything [`crate::enter`] needs; travels as JSON from the server through the Python
+/// zygote.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct SandboxSpec {
+    /// Unprivileged uid of this sandbox (distinct per live sandbox).
+    pub uid: u32,
+    /// Unprivileged gid of this sandbox.
+    pub gid: u32,
+    /// Hostname in the new UTS namespace.
+    pub hostname: String,
+    /// `cgroup.procs` files the process writes its own pid into before unsharing.
+    pub cgroup_procs: Vec<PathBuf>,
+    /// An existing empty host directory; the new root tmpfs is mounted on it (in the new mount
+    /// namespace only).
+    pub root_mountpoint: PathBuf,
+    /// Host paths bind-mounted read-only, nosuid, nodev (recursively) at the same path.
+    /// Missing paths are skipped; symlinks are recreated as symlinks; files are bound onto
+    /// empty files.
+    pub ro_binds: Vec<PathBuf>,
+    /// Host directory bound read-write (nosuid, nodev) at `/workspace`, the working directory.
+    pub workspace: PathBuf,
+    /// Symlinks to `/workspace` (e.g. `/sandbox`, `/code`).
+    pub workspace_aliases: Vec<PathBuf>,
+    /// `size=` of the private `/tmp` and `/dev/shm` tmpfs.
+    pub tmp_bytes: u64,
+    /// Resource limits.
+    pub rlimits: Rlimits,
+    /// The kernel's socket; kept open.
+    pub kernel_fd: i32,
+    /// Where the setup report (`pid N`, `ok`, `err ...`) is written; kept open until setup
+    /// ends.
+    pub report_fd: i32,
+    /// Bring `lo` up in the new network namespace.
+    pub loopback: bool,
+}
+
+/// Longest hostname `sethostname` accepts (`HOST_NAME_MAX`).
+const HOST_NAME_MAX: usize = 64;
+
+/// Paths `enter` builds itself; a bind or alias there would hide or break them.
+const RESERVED: [&str; 5] = ["/", "/proc", "/dev", "/tmp", "/workspace"];
+
+impl SandboxSpec {
+    /// Parses and validates a spec from JSON.
+    pub fn from_json(json: &[u8]) -> Result<SandboxSpec> {
+        let spec: SandboxSpec = serde_json::from_slice(json)?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// Checks the invariants `enter` relies on.
+    pub fn validate(&self) -> Result<()> {
+        if self.uid == 0 || self.gid == 0 {
+            return invalid("uid", "the sandbox uid and gid must not be 0");
+        }
+        let hostname_ok = !self.hostname.is_empty()
+            && self.hostname.len() <= HOST_NAME_MAX
+            && self
+                .hostname
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        if !hostname_ok {
+            return invalid("hostname", "1 to 64 characters of [A-Za-z0-9.-]");
+        }
+        if self.kernel_fd < 3 || self.report_fd < 3 || self.kernel_fd == self.report_fd {
+            return invalid(
+                "kernel_fd",
+                "kernel_fd and report_fd must be distinct and > 2",
+            );
+        }
+        check_path("root_mountpoint", &self.root_mountpoint)?;
+        check_path("workspace", &self.workspace)?;
+        for path in &self.cgroup_procs {
+            check_path("cgroup_procs", path)?;
+        }
+        for path in &self.ro_binds {
+            check_path("ro_binds", path)?;
+            check_not_reserved("ro_binds", path)?;
+        }
+        for path in &self.workspace_aliases {
+            check_path("workspace_aliases", path)?;
+            check_not_reserved("workspace_aliases", path)?;
+        }
+        if self.tmp_bytes == 0 {
+            return invalid("tmp_bytes", "must be positive");
+        }
+        Ok(())
+    }
+}
+
+fn invalid(field: &'static str, reason: &str) -> Result<()> {
+    Err(SpecError::Invalid {
+        field,
+        reason: reason.to_owned(),
+    })
+}
+
+/// Absolute, without `.` or `..` components.
+fn check_path(field: &'static str, path: &Path) -> Result<()> {
+    let normal = path.is_absolute()
+        && path
+            .components()
+            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+    if normal {
+        Ok(())
+    } else {
+        Err(SpecError::Invalid {
+            field,
+            reason: format!("{} must be absolute and normalized", path.display()),
+        })
+    }
+}
+
+fn check_not_reserved(field: &'static str, path: &Path) -> Result<()> {
+    let reserved = RESERVED
+        .iter()
+        .any(|r| path == Path::new(r) || (*r != "/" && path.starts_with(r)));
+    if reserved {
+        Err(SpecError::Invalid {
+            field,
+            reason: format!("{} is built by the sandbox itself", path.display()),
+        })
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> SandboxSpec {
+        SandboxSpec {
+            uid: 10_001,
+            gid: 10_001,
+            hostname: "pyxis".into(),
+            cgroup_procs: vec!["/sys/fs/cgroup/pyxis/a/cgroup.procs".into()],
+            root_mountpoint: "/run/pyxis/root/a".into(),
+            ro_binds: vec!["/usr".into(), "/lib".into(), "/etc/ld.so.cache".into()],
+            workspace: "/var/lib/pyxis/ws/a".into(),
+            workspace_aliases: vec!["/sandbox".into(), "/code".into()],
+            tmp_bytes: 64 << 20,
+            rlimits: Rlimits {
+                fsize_bytes: 1 << 30,
+                nofile: 1024,
+                nproc: 256,
+            },
+            kernel_fd: 3,
+            report_fd: 4,
+            loopback: true,
+        }
+    }
+
+    #[test]
+    fn json_round_trip() {
+        let spec = sample();
+        let json = serde_json::to_vec(&spec).expect("a spec serializes");
+        let back = SandboxSpec::from_json(&json).expect("round trip");
+        assert_eq!(spec, back);
+        let value: serde_json::Value = serde_json::from_slice(&json).expect("valid json");
+        assert_eq!(value["rlimits"]["nofile"], 1024);
+        assert_eq!(value["kernel_fd"], 3);
+    }
+
+    #[test]
+    fn rejects_bad_specs() {
+        let mut spec = sample();
+        spec.uid = 0;
+        assert!(spec.validate().is_err());
+        let mut spec = sample();
+        spec.hostname = "a\nb".into();
+        assert!(spec.validate().is_err());
+        let mut spec = sample();
+        spec.ro_binds.push("/".into());
+        assert!(spec.validate().is_err());
+        let mut spec = sample();
+        spec.ro_binds.push("/usr/../root".into());
+        assert!(spec.validate().is_err());
+        let mut spec = sample();
+        spec.workspace_aliases.push("/proc/x".into());
+        assert!(spec.validate().is_err());
+        let mut spec = sample();
+        spec.report_fd = 3;
+        assert!(spec.validate().is_err());
+    }
+}

@@ -1,0 +1,357 @@
+//! Every raw syscall and every `unsafe` block of the crate, behind safe wrappers.
+//!
+//! The rest of the crate uses `nix` where it offers a safe API and these functions where it
+//! does not (`close_range`, `mount_setattr`, `PR_CAPBSET_DROP`, the interface-flags ioctl,
+//! `_exit`, `fork`, and the C ABI's raw pointers).
+
+use std::ffi::{c_char, c_int, c_uint, c_ulong, CString};
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::Path;
+
+use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::Pid;
+
+/// `AT_RECURSIVE` from `linux/fcntl.h`: apply `mount_setattr` to the whole subtree.
+const AT_RECURSIVE: c_uint = 0x8000;
+/// `MOUNT_ATTR_RDONLY` from `linux/mount.h`.
+pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
+/// `MOUNT_ATTR_NOSUID` from `linux/mount.h`.
+pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
+/// `MOUNT_ATTR_NODEV` from `linux/mount.h`.
+pub const MOUNT_ATTR_NODEV: u64 = 0x4;
+
+/// `struct mount_attr` from `linux/mount.h` (`MOUNT_ATTR_SIZE_VER0`).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// Result of [`fork`].
+#[derive(Debug, Clone, Copy)]
+pub enum Forked {
+    /// In the parent; the child's pid.
+    Parent(Pid),
+    /// In the child.
+    Child,
+}
+
+/// Number of threads of the calling process (entries of `/proc/self/task`).
+pub fn thread_count() -> io::Result<usize> {
+    Ok(std::fs::read_dir("/proc/self/task")?.count())
+}
+
+/// `fork(2)`, refused unless the calling process has exactly one thread.
+pub fn fork() -> io::Result<Forked> {
+    let threads = thread_count()?;
+    if threads != 1 {
+        return Err(io::Error::other(format!(
+            "fork needs a single-threaded process, this one has {threads} threads"
+        )));
+    }
+    // SAFETY: the process has a single thread (checked just above, and only this thread could
+    // start another), so the child cannot inherit a lock held by a thread that does not exist
+    // in it; any code may run in the child.
+    match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
+        nix::unistd::ForkResult::Parent { child } => Ok(Forked::Parent(child)),
+        nix::unistd::ForkResult::Child => Ok(Forked::Child),
+    }
+}
+
+/// `_exit(2)`: ends the process at once, without atexit handlers or stdio flushing, which
+/// belong to the process we were forked from (the Python zygote).
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: `_exit` takes no pointers and cannot fail; skipping destructors is the point.
+    unsafe { libc::_exit(code) }
+}
+
+/// `close_range(2)` over every fd except those in `keep`.
+pub fn close_fds_except(keep: &[RawFd]) -> io::Result<()> {
+    let mut keep: Vec<c_uint> = keep
+        .iter()
+        .filter_map(|&fd| c_uint::try_from(fd).ok())
+        .collect();
+    keep.sort_unstable();
+    keep.dedup();
+    let mut first: c_uint = 0;
+    for fd in keep {
+        if fd > first {
+            close_range(first, fd - 1)?;
+        }
+        first = fd.saturating_add(1);
+    }
+    if first < c_uint::MAX {
+        close_range(first, c_uint::MAX)?;
+    }
+    Ok(())
+}
+
+fn close_range(first: c_uint, last: c_uint) -> io::Result<()> {
+    // SAFETY: close_range takes plain integers; closing fds we do not own is the caller's
+    // stated intent (every Rust object owning one of them is leaked or forgotten by then).
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0 as c_uint) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Writes all of `data` to the raw fd `fd`, which the caller does not own as a Rust object
+/// (the report fd handed over by the zygote).
+pub fn write_all_raw(fd: RawFd, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        // SAFETY: `data` is a valid slice; `write` only reads `data.len()` bytes of it. Writing
+        // to an fd not owned by any Rust object cannot invalidate one.
+        let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        let n = usize::try_from(n).unwrap_or(0);
+        if n == 0 {
+            return Err(io::Error::from(io::ErrorKind::WriteZero));
+        }
+        data = &data[n..];
+    }
+    Ok(())
+}
+
+/// Closes the raw fd `fd`, which no Rust object owns.
+pub fn close_raw(fd: RawFd) -> io::Result<()> {
+    // SAFETY: integer argument; the fd was handed over as a number and is owned by no Rust
+    // object that could later use or close it again.
+    if unsafe { libc::close(fd) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Resets `SIGCHLD` to its default action. An inherited `SIG_IGN` would make the kernel reap
+/// children itself, and the init process could never learn the kernel's exit status.
+pub fn default_sigchld() -> io::Result<()> {
+    // SAFETY: installing SIG_DFL runs no handler code, so no signal-safety concern arises.
+    unsafe {
+        nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGCHLD,
+            nix::sys::signal::SigHandler::SigDfl,
+        )
+    }
+    .map(drop)
+    .map_err(io::Error::from)
+}
+
+/// `prctl(PR_CAPBSET_DROP, cap)`.
+pub fn capbset_drop(cap: u32) -> io::Result<()> {
+    // SAFETY: integer arguments only.
+    let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as c_ulong, 0, 0, 0) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)`.
+pub fn clear_ambient_caps() -> io::Result<()> {
+    // SAFETY: integer arguments only.
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `mount_setattr(path, AT_RECURSIVE, {attr_set})`: set mount attributes on a whole subtree
+/// (a recursive bind's submounts included, which `MS_REMOUNT` cannot do).
+pub fn mount_setattr_recursive(path: &Path, attr_set: u64) -> io::Result<()> {
+    let cpath = path_cstring(path)?;
+    let attr = MountAttr {
+        attr_set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: `cpath` is a valid NUL-terminated string and `attr` a valid `mount_attr` whose
+    // size is passed; the kernel only reads both during the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            cpath.as_ptr(),
+            AT_RECURSIVE,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Sets `IFF_UP` on the network interface `name` (`SIOCGIFFLAGS` + `SIOCSIFFLAGS`).
+pub fn set_interface_up(name: &str) -> io::Result<()> {
+    let sock = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(io::Error::from)?;
+    // SAFETY: `ifreq` is a plain C struct for which all-zeroes is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    if name.len() >= req.ifr_name.len() {
+        return Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+    }
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as c_char;
+    }
+    // SAFETY: `sock` is an open socket and `req` a valid `ifreq` the kernel fills in.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: SIOCGIFFLAGS initialised the `ifru_flags` member of the union.
+    let flags = unsafe { req.ifr_ifru.ifru_flags };
+    req.ifr_ifru.ifru_flags = flags | (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+    // SAFETY: as above; the kernel only reads `req`.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// What [`succeeds_in_child`] tries.
+#[derive(Debug)]
+pub enum ChildProbe {
+    /// `unshare(flags)`.
+    Unshare(c_int),
+    /// In a new mount namespace: mount a tmpfs on `dir`, create `dir/old`, `pivot_root`.
+    PivotRoot {
+        /// An existing empty directory.
+        dir: CString,
+        /// `dir` + "/old".
+        old: CString,
+    },
+}
+
+/// Runs `probe` in a forked child and says whether it succeeded. The child runs only raw,
+/// async-signal-safe syscalls, so this is sound in a multi-threaded process.
+pub fn succeeds_in_child(probe: &ChildProbe) -> io::Result<bool> {
+    // SAFETY: the child only makes raw syscalls (no allocation, no locks) and `_exit`s, which
+    // is async-signal-safe and therefore sound after fork in a multi-threaded process.
+    match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
+        nix::unistd::ForkResult::Child => {
+            let ok = match probe {
+                // SAFETY: integer argument only.
+                ChildProbe::Unshare(flags) => unsafe { libc::unshare(*flags) == 0 },
+                // SAFETY: all pointers are valid NUL-terminated strings or NULL, as the
+                // syscalls accept; this child's mount namespace is private to it.
+                ChildProbe::PivotRoot { dir, old } => unsafe {
+                    libc::unshare(libc::CLONE_NEWNS) == 0
+                        && libc::mount(
+                            std::ptr::null(),
+                            c"/".as_ptr(),
+                            std::ptr::null(),
+                            libc::MS_REC | libc::MS_PRIVATE,
+                            std::ptr::null(),
+                        ) == 0
+                        && libc::mount(
+                            c"tmpfs".as_ptr(),
+                            dir.as_ptr(),
+                            c"tmpfs".as_ptr(),
+                            0,
+                            std::ptr::null(),
+                        ) == 0
+                        && libc::mkdir(old.as_ptr(), 0o700) == 0
+                        && libc::syscall(libc::SYS_pivot_root, dir.as_ptr(), old.as_ptr()) == 0
+                },
+            };
+            exit_now(if ok { 0 } else { 1 })
+        }
+        nix::unistd::ForkResult::Parent { child } => loop {
+            match waitpid(child, None) {
+                Ok(WaitStatus::Exited(_, code)) => return Ok(code == 0),
+                Ok(WaitStatus::Signaled(..)) => return Ok(false),
+                Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+                Err(err) => return Err(err.into()),
+            }
+        },
+    }
+}
+
+/// The `len` bytes at `ptr`.
+///
+/// # Safety
+///
+/// `ptr` must be valid for reads of `len` bytes for the lifetime `'a` (or `len` must be 0).
+pub unsafe fn bytes_from_raw<'a>(ptr: *const c_char, len: usize) -> &'a [u8] {
+    if ptr.is_null() || len == 0 {
+        return &[];
+    }
+    // SAFETY: guaranteed by the caller.
+    unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), len) }
+}
+
+/// Writes `msg` into the C buffer `buf` of `len` bytes, truncated and NUL-terminated.
+///
+/// # Safety
+///
+/// `buf` must be NULL or valid for writes of `len` bytes.
+pub unsafe fn write_c_message(buf: *mut c_char, len: usize, msg: &str) {
+    if buf.is_null() || len == 0 {
+        return;
+    }
+    let mut n = msg.len().min(len - 1);
+    while !msg.is_char_boundary(n) {
+        n -= 1;
+    }
+    // SAFETY: the caller guarantees `len` writable bytes at `buf`; we write `n + 1 <= len`.
+    unsafe {
+        std::ptr::copy_nonoverlapping(msg.as_ptr(), buf.cast::<u8>(), n);
+        *buf.add(n) = 0;
+    }
+}
+
+/// `path` as a C string.
+pub fn path_cstring(path: &Path) -> io::Result<CString> {
+    use std::os::unix::ffi::OsStrExt;
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::CStr;
+
+    #[test]
+    fn write_c_message_truncates_and_terminates() {
+        let mut buf = [1 as c_char; 6];
+        // SAFETY: `buf` has 6 writable bytes.
+        unsafe { write_c_message(buf.as_mut_ptr(), buf.len(), "hello world") };
+        // SAFETY: write_c_message NUL-terminated it within the buffer.
+        let s = unsafe { CStr::from_ptr(buf.as_ptr()) };
+        assert_eq!(s.to_str(), Ok("hello"));
+    }
+}
