@@ -1,0 +1,319 @@
+"""The zygote: preloads the libraries once, then forks sandboxed kernels on request.
+
+Started by the server with its control socket on fd 3 (`python -m pyxis_runtime.zygote`).
+It stays single-threaded and never runs user code: each child enters its sandbox through
+the sandbox library's C ABI and only then becomes a kernel.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import gc
+import json
+import os
+import platform
+import select
+import signal
+import socket
+import sys
+import time
+
+from . import framing
+
+CONTROL_FD = 3
+KERNEL_FD = 3
+REPORT_FD = 4
+REPORT_TIMEOUT = 10.0
+REAP_INTERVAL = 1.0
+ERRLEN = 4096
+
+
+def log(text: str) -> None:
+    """A line on the zygote's stderr (the server's log)."""
+    try:
+        os.write(2, f"pyxis-zygote[{os.getpid()}]: {text}\n".encode("utf-8", "replace"))
+    except OSError:
+        pass
+
+
+class SandboxLib:
+    """The C ABI of the sandbox crate."""
+
+    def __init__(self, path: str) -> None:
+        self.lib = ctypes.CDLL(path)
+        self.lib.pyxis_sandbox_prepare.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+        self.lib.pyxis_sandbox_prepare.restype = ctypes.c_int
+        self.lib.pyxis_sandbox_enter.argtypes = [
+            ctypes.c_char_p,
+            ctypes.c_size_t,
+            ctypes.c_char_p,
+            ctypes.c_size_t,
+        ]
+        self.lib.pyxis_sandbox_enter.restype = ctypes.c_int
+
+    def prepare(self) -> None:
+        """Calls pyxis_sandbox_prepare once; raises RuntimeError on failure."""
+        err = ctypes.create_string_buffer(ERRLEN)
+        if self.lib.pyxis_sandbox_prepare(err, ERRLEN) != 0:
+            raise RuntimeError(err.value.decode("utf-8", "replace") or "prepare failed")
+
+    def enter(self, spec: bytes) -> str | None:
+        """Enters the sandbox; None on success, else the error text."""
+        err = ctypes.create_string_buffer(ERRLEN)
+        if self.lib.pyxis_sandbox_enter(spec, len(spec), err, ERRLEN) != 0:
+            return err.value.decode("utf-8", "replace") or "enter failed"
+        return None
+
+
+def reap() -> None:
+    """Collects every exited child."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        except InterruptedError:
+            continue
+        if pid == 0:
+            return
+
+
+def _child(ctrl: socket.socket, lib: SandboxLib, kernel_fd: int, report_w: int, spec: dict):
+    """In the forked child: become the kernel. Never returns."""
+    code = 1
+    try:
+        ctrl.detach()  # fd 3 is about to become the kernel socket
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
+        high_kernel = _dup_high(kernel_fd)
+        high_report = _dup_high(report_w)
+        os.close(kernel_fd)
+        os.close(report_w)
+        null = os.open("/dev/null", os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        if null > 2:
+            os.close(null)
+        os.dup2(high_kernel, KERNEL_FD)
+        os.dup2(high_report, REPORT_FD)
+        os.close(high_kernel)
+        os.close(high_report)
+        spec = dict(spec, kernel_fd=KERNEL_FD, report_fd=REPORT_FD)
+        error = lib.enter(json.dumps(spec).encode())
+        if error is not None:
+            _report(f"err {error}")
+            os._exit(1)
+        _report("ok")
+        try:
+            os.close(REPORT_FD)
+        except OSError:
+            pass
+        from . import kernel  # pylint: disable=import-outside-toplevel
+
+        kernel.main(KERNEL_FD)
+        code = 0
+    except BaseException as exc:  # pylint: disable=broad-except
+        _report(f"err {type(exc).__name__}: {exc}")
+    finally:
+        os._exit(code)
+
+
+def _dup_high(fd: int) -> int:
+    import fcntl  # pylint: disable=import-outside-toplevel
+
+    return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 100)
+
+
+def _report(line: str) -> None:
+    """Writes a report line to fd 4 if it is still the report pipe."""
+    try:
+        import stat  # pylint: disable=import-outside-toplevel
+
+        if stat.S_ISFIFO(os.fstat(REPORT_FD).st_mode):
+            os.write(REPORT_FD, (line.replace("\n", " ") + "\n").encode("utf-8", "replace"))
+    except OSError:
+        pass
+
+
+def read_report(fd: int, child: int) -> tuple[int | None, str | None]:
+    """Reads `pid N` / `ok` / `err msg` lines; returns (pid, error)."""
+    deadline = time.monotonic() + REPORT_TIMEOUT
+    buf = b""
+    pid = None
+    while True:
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            text = line.decode("utf-8", "replace").strip()
+            if text.startswith("pid "):
+                try:
+                    pid = int(text[4:])
+                except ValueError:
+                    return pid, f"bad report line: {text[:200]}"
+            elif text == "ok":
+                return pid if pid is not None else child, None
+            elif text.startswith("err"):
+                return pid, text[3:].strip() or "sandbox setup failed"
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return pid, "timed out waiting for the sandbox to start"
+        try:
+            ready, _, _ = select.select([fd], [], [], left)
+        except InterruptedError:
+            continue
+        if not ready:
+            continue
+        try:
+            data = os.read(fd, 4096)
+        except InterruptedError:
+            continue
+        if not data:
+            return pid, "the sandbox exited during setup"
+        buf += data
+
+
+class Zygote:
+    """The control loop."""
+
+    def __init__(self, ctrl: socket.socket, lib: SandboxLib) -> None:
+        self.ctrl = ctrl
+        self.lib = lib
+        self.buffer = framing.FrameBuffer()
+        self.fds: list[int] = []
+
+    def send(self, msg: dict) -> None:
+        """One control frame; exits if the server is gone."""
+        try:
+            framing.send(self.ctrl, msg)
+        except OSError:
+            sys.exit(0)
+
+    def receive(self) -> bool:
+        """Reads what is available (with any fds); False at EOF."""
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(self.ctrl, 1 << 20, 16)
+        except InterruptedError:
+            return True
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+                return True
+            raise
+        self.fds.extend(fds)
+        if not data:
+            return False
+        self.buffer.feed(data)
+        return True
+
+    def spawn(self, msg: dict) -> None:
+        """Forks a kernel into a sandbox."""
+        ident = str(msg.get("id", ""))
+        spec = msg.get("spec")
+        if not self.fds:
+            self.send({"type": "spawn_failed", "id": ident, "error": "no socket attached"})
+            return
+        kernel_fd = self.fds.pop(0)
+        if not isinstance(spec, dict):
+            os.close(kernel_fd)
+            self.send({"type": "spawn_failed", "id": ident, "error": "spec is not an object"})
+            return
+        report_r, report_w = os.pipe()
+        try:
+            child = os.fork()
+        except OSError as exc:
+            for fd in (kernel_fd, report_r, report_w):
+                os.close(fd)
+            self.send({"type": "spawn_failed", "id": ident, "error": f"fork: {exc}"})
+            return
+        if child == 0:
+            os.close(report_r)
+            _child(self.ctrl, self.lib, kernel_fd, report_w, spec)
+        os.close(kernel_fd)
+        os.close(report_w)
+        try:
+            pid, error = read_report(report_r, child)
+        finally:
+            os.close(report_r)
+        if error is not None:
+            try:
+                os.kill(child, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            reap()
+            self.send({"type": "spawn_failed", "id": ident, "error": error})
+            return
+        self.send({"type": "spawned", "id": ident, "pid": pid})
+        reap()
+
+    def handle(self, msg: dict) -> None:
+        """One control request."""
+        kind = msg.get("type")
+        if kind == "spawn":
+            self.spawn(msg)
+        else:
+            self.send({"type": "error", "error": f"unknown request type {kind!r}"})
+
+    def run(self) -> None:
+        """Loops until the server closes the socket."""
+        while True:
+            try:
+                ready, _, _ = select.select([self.ctrl], [], [], REAP_INTERVAL)
+            except InterruptedError:
+                ready = []
+            reap()
+            if not ready:
+                continue
+            if not self.receive():
+                return
+            while True:
+                try:
+                    msg = self.buffer.next_frame()
+                except framing.FrameError as exc:
+                    log(f"closing: {exc}")
+                    return
+                if msg is None:
+                    break
+                self.handle(msg)
+            # fds that arrived with nothing to claim them would leak.
+            if self.fds and not self.buffer.pending():
+                for fd in self.fds:
+                    os.close(fd)
+                self.fds.clear()
+
+
+def main() -> None:
+    """Entry point."""
+    ctrl = socket.socket(fileno=CONTROL_FD)
+    ctrl.setblocking(True)
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    # pylint: disable=import-outside-toplevel
+    from . import kernel
+
+    kernel.prepare()
+    lib_path = os.environ.get("PYXIS_SANDBOX_LIB")
+    if not lib_path:
+        log("PYXIS_SANDBOX_LIB is not set")
+        sys.exit(2)
+    try:
+        lib = SandboxLib(lib_path)
+        lib.prepare()
+    except (OSError, AttributeError, RuntimeError) as exc:
+        log(f"sandbox library: {exc}")
+        framing.send(ctrl, {"type": "error", "error": f"sandbox library: {exc}"})
+        sys.exit(2)
+    gc.collect()
+    gc.freeze()  # keeps the preloaded objects' pages shared with the kernels
+    framing.send(
+        ctrl,
+        {
+            "type": "ready",
+            "pid": os.getpid(),
+            "python": platform.python_version(),
+            "libraries": kernel.library_versions(),
+        },
+    )
+    Zygote(ctrl, lib).run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""The zygote end to end with the real sandbox library (skipped where it is not built)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, of_type, reply, stop_process, stream
+from pyxis_runtime import framing
+
+LIB = Path(os.environ.get("PYXIS_TEST_SANDBOX_LIB", "/work/main/target/debug/libpyxis_sandbox.so"))
+UID = 61234
+
+pytestmark = [
+    pytest.mark.skipif(not LIB.exists(), reason=f"sandbox library not built at {LIB}"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="building a sandbox needs root"),
+]
+
+
+class Zygote:
+    """A zygote process and its control socket."""
+
+    def __init__(self, tmp: Path) -> None:
+        parent, child = socket.socketpair()
+        env = {
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "LANG": "C.UTF-8",
+            "HOME": str(tmp),
+            "MPLBACKEND": "Agg",
+            "MPLCONFIGDIR": os.environ.get("MPLCONFIGDIR", str(tmp / "mpl")),
+            "PYTHONPATH": str(ROOT),
+            "PYXIS_SANDBOX_LIB": str(LIB),
+        }
+        fd = child.fileno()
+        # the zygote's control socket must be fd 3
+        self.proc = subprocess.Popen(  # pylint: disable=consider-using-with
+            [
+                sys.executable,
+                "-c",
+                f"import os; os.dup2({fd}, 3); os.close({fd}) if {fd} != 3 else None; "
+                "from pyxis_runtime.zygote import main; main()",
+            ],
+            pass_fds=[fd],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        child.close()
+        parent.settimeout(120)
+        self.sock = parent
+        self.reader = framing.FrameReader(parent)
+
+    def close(self) -> None:
+        """EOF on the control socket ends the zygote."""
+        self.sock.close()
+        stop_process(self.proc)
+
+
+def make_spec(tmp: Path) -> dict:
+    root = tmp / "root"
+    root.mkdir()
+    workspace = tmp / "ws"
+    workspace.mkdir()
+    os.chown(workspace, UID, UID)
+    return {
+        "uid": UID,
+        "gid": UID,
+        "hostname": "pyxis-test",
+        "cgroup_procs": [],
+        "root_mountpoint": str(root),
+        "ro_binds": [
+            "/usr",
+            "/lib",
+            "/lib64",
+            "/bin",
+            "/sbin",
+            "/etc/ld.so.cache",
+            "/etc/alternatives",
+            "/etc/fonts",
+            "/opt/pyxis/runtime",
+            str(ROOT),
+        ],
+        "workspace": str(workspace),
+        "workspace_aliases": ["/sandbox", "/code"],
+        "tmp_bytes": 64 << 20,
+        "rlimits": {"fsize_bytes": 1 << 30, "nofile": 1024, "nproc": 256},
+        "kernel_fd": 3,
+        "report_fd": 4,
+        "loopback": True,
+    }
+
+
+def test_zygote_spawns_a_sandboxed_kernel(tmp_path):
+    zygote = Zygote(tmp_path)
+    try:
+        ready = zygote.reader.read()
+        assert ready is not None, zygote.proc.stderr.read().decode()
+        assert ready["type"] == "ready", ready
+        assert ready["pid"] == zygote.proc.pid
+        assert ready["python"].startswith("3.11")
+        assert "numpy" in ready["libraries"] and "pandas" in ready["libraries"]
+
+        zygote.sock.sendall(framing.encode({"type": "bogus"}))
+        assert zygote.reader.read()["type"] == "error"
+
+        ours, theirs = socket.socketpair()
+        started = time.monotonic()
+        frame = framing.encode({"type": "spawn", "id": "k1", "spec": make_spec(tmp_path)})
+        socket.send_fds(zygote.sock, [frame], [theirs.fileno()])
+        theirs.close()
+        answer = zygote.reader.read()
+        assert answer["type"] == "spawned", answer
+        assert answer["id"] == "k1" and answer["pid"] > 0
+        spawn_ms = (time.monotonic() - started) * 1000
+
+        ours.settimeout(60)
+        kernel = framing.FrameReader(ours)
+        assert kernel.read() == {"type": "ready"}
+        framing.send(
+            ours,
+            {
+                "type": "execute_request",
+                "id": "e1",
+                "code": "import os, socket, pandas as pd\n"
+                "print(os.getcwd(), os.getuid(), socket.gethostname())\n"
+                "open('out.txt', 'w').write('hi')\n"
+                "pd.DataFrame({'a': [1]})",
+                "max_output_bytes": 1 << 20,
+            },
+        )
+        events = []
+        while True:
+            msg = kernel.read()
+            assert msg is not None
+            events.append(msg)
+            if msg["type"] == "execute_reply":
+                break
+        assert reply(events)["status"] == "ok", json.dumps(events)[:2000]
+        assert stream(events) == f"/workspace {UID} pyxis-test\n"
+        assert "text/html" in of_type(events, "execute_result")[0]["data"]
+        assert (tmp_path / "ws" / "out.txt").read_text() == "hi"
+        print(f"spawn round trip {spawn_ms:.1f} ms")
+
+        # a bad spec is reported, and the zygote keeps going
+        ours2, theirs2 = socket.socketpair()
+        bad = dict(make_spec(tmp_path / "x") if (tmp_path / "x").mkdir() is None else {})
+        bad["uid"] = 0
+        frame = framing.encode({"type": "spawn", "id": "k2", "spec": bad})
+        socket.send_fds(zygote.sock, [frame], [theirs2.fileno()])
+        theirs2.close()
+        answer = zygote.reader.read()
+        assert answer["type"] == "spawn_failed" and answer["id"] == "k2", answer
+        assert answer["error"]
+        ours2.close()
+
+        framing.send(ours, {"type": "shutdown"})
+        assert kernel.read() is None
+        ours.close()
+    finally:
+        zygote.close()
