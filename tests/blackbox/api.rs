@@ -115,7 +115,10 @@ fn status_capabilities_and_openapi() {
     let s = TestServer::shared();
     let v: Value = s.get("/v1/capabilities").json().unwrap();
     assert_eq!(v["languages"][0], "python");
-    assert!(v["python_version"].as_str().unwrap().starts_with("3."), "{v}");
+    assert!(
+        v["python_version"].as_str().unwrap().starts_with("3."),
+        "{v}"
+    );
     for lib in ["numpy", "pandas", "matplotlib", "ipython"] {
         assert!(v["libraries"][lib].is_string(), "{lib} missing in {v}");
     }
@@ -124,7 +127,10 @@ fn status_capabilities_and_openapi() {
     let v: Value = s.get("/openapi.json").json().unwrap();
     assert!(v["openapi"].as_str().unwrap().starts_with("3."));
     for p in ["/v1/sessions", "/v1/sessions/{id}/execute", "/v1/execute"] {
-        assert!(v["paths"][p].is_object(), "{p} missing from the OpenAPI document");
+        assert!(
+            v["paths"][p].is_object(),
+            "{p} missing from the OpenAPI document"
+        );
     }
 }
 
@@ -141,7 +147,10 @@ fn one_shot_execute_runs_in_a_sandbox_that_is_gone_after() {
     assert_eq!(v["status"], "ok", "{v}");
     assert_eq!(v["stdout"], "['x']\n");
     let after: Value = s.get("/v1/status").json().unwrap();
-    assert_eq!(before["sessions"], after["sessions"], "one-shot leaves no session");
+    assert_eq!(
+        before["sessions"], after["sessions"],
+        "one-shot leaves no session"
+    );
 }
 
 #[test]
@@ -188,6 +197,10 @@ fn a_second_cell_waits_its_turn_and_a_full_queue_is_409() {
         let v: Value = r.json().unwrap();
         assert_eq!(v["error"]["code"], "session_busy");
         assert_eq!(slow.join().unwrap()["stdout"], "1\n");
-        assert_eq!(queued.join().unwrap()["stdout"], "11\n", "ran after, in order");
+        assert_eq!(
+            queued.join().unwrap()["stdout"],
+            "11\n",
+            "ran after, in order"
+        );
     });
 }

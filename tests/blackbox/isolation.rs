@@ -67,7 +67,8 @@ fn there_is_no_network_but_loopback() {
     // Raw and netlink sockets are refused.
     let v = sess.exec("import socket\nsocket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)");
     assert_eq!(v["status"], "error", "{v:#}");
-    let v = sess.exec("import socket\nsocket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)");
+    let v = sess
+        .exec("import socket\nsocket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)");
     assert_eq!(v["status"], "error", "{v:#}");
 }
 
@@ -95,13 +96,19 @@ fn host_paths_token_and_environment_are_invisible() {
         tok = s.token,
     ));
     for line in out.lines().take(7) {
-        assert!(line.ends_with("False"), "visible from inside: {line}\n{out}");
+        assert!(
+            line.ends_with("False"),
+            "visible from inside: {line}\n{out}"
+        );
     }
     assert!(out.contains("secret-in-env False False"), "{out}");
     assert!(out.contains("secret-in-proc False"), "{out}");
     let uid_line = out.lines().find(|l| l.starts_with("uid")).unwrap();
     let uid: u32 = uid_line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    assert!(uid >= s.uid_base, "runs as an unprivileged sandbox uid: {uid_line}");
+    assert!(
+        uid >= s.uid_base,
+        "runs as an unprivileged sandbox uid: {uid_line}"
+    );
     let v: Value = sess.exec("open('/usr/evil', 'w')");
     assert_eq!(v["status"], "error", "the root filesystem is read-only");
     let v: Value = sess.exec("import os\nos.setuid(0)");

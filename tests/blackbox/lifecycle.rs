@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use pyxis_tests::TestServer;
 
-/// Host pids whose real uid is in the server's sandbox range.
+/// Host pids whose real uid is in the server's sandbox range (zombies, which
+/// hold nothing but a pid until their parent reaps them, excepted).
 fn sandbox_processes(uid_base: u32) -> Vec<i32> {
     let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -15,6 +16,12 @@ fn sandbox_processes(uid_base: u32) -> Vec<i32> {
         let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
             continue;
         };
+        if status
+            .lines()
+            .any(|l| l.starts_with("State:") && l.contains("Z (zombie)"))
+        {
+            continue;
+        }
         let uid = status
             .lines()
             .find(|l| l.starts_with("Uid:"))
@@ -40,7 +47,10 @@ fn workspace_mounts(data_dir: &Path) -> usize {
 
 #[test]
 fn a_server_killed_with_sigkill_leaves_nothing_and_restarts_clean() {
-    let dir = tempfile::Builder::new().prefix("pyxis-kill9-").tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("pyxis-kill9-")
+        .tempdir()
+        .unwrap();
     let mut s = TestServer::start_in(dir.path().to_path_buf(), &[("PYXIS_POOL_MIN_IDLE", "1")]);
     let uid_base = s.uid_base;
     {
@@ -48,7 +58,10 @@ fn a_server_killed_with_sigkill_leaves_nothing_and_restarts_clean() {
         let b = s.session();
         a.ok("import subprocess\nsubprocess.Popen(['sleep', '1000'])\nsubprocess.Popen(['sh', '-c', 'setsid sleep 1001 &'])");
         b.ok("x = 1");
-        assert!(sandbox_processes(uid_base).len() >= 4, "sandboxes are running");
+        assert!(
+            sandbox_processes(uid_base).len() >= 4,
+            "sandboxes are running"
+        );
         assert!(workspace_mounts(&s.data_dir) >= 2);
         std::mem::forget(a);
         std::mem::forget(b);
@@ -65,8 +78,14 @@ fn a_server_killed_with_sigkill_leaves_nothing_and_restarts_clean() {
     );
     // The next start on the same data directory cleans up the rest.
     let s2 = TestServer::start_in(dir.path().to_path_buf(), &[("PYXIS_POOL_MIN_IDLE", "0")]);
-    assert_eq!(workspace_mounts(&s2.data_dir), 0, "leftover workspaces unmounted");
-    let left = std::fs::read_dir(s2.data_dir.join("workspaces")).unwrap().count();
+    assert_eq!(
+        workspace_mounts(&s2.data_dir),
+        0,
+        "leftover workspaces unmounted"
+    );
+    let left = std::fs::read_dir(s2.data_dir.join("workspaces"))
+        .unwrap()
+        .count();
     assert_eq!(left, 0, "leftover workspaces removed");
     let sess = s2.session();
     assert_eq!(sess.ok("print('clean')"), "clean\n");
@@ -74,7 +93,10 @@ fn a_server_killed_with_sigkill_leaves_nothing_and_restarts_clean() {
 
 #[test]
 fn graceful_shutdown_releases_every_sandbox() {
-    let dir = tempfile::Builder::new().prefix("pyxis-term-").tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("pyxis-term-")
+        .tempdir()
+        .unwrap();
     let s = TestServer::start_in(dir.path().to_path_buf(), &[("PYXIS_POOL_MIN_IDLE", "1")]);
     let uid_base = s.uid_base;
     let data_dir = s.data_dir.clone();

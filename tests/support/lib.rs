@@ -181,7 +181,8 @@ impl TestServer {
 
     /// A request builder without any token.
     pub fn anon(&self, method: reqwest::Method, path: &str) -> reqwest::blocking::RequestBuilder {
-        self.client.request(method, format!("{}{}", self.base, path))
+        self.client
+            .request(method, format!("{}{}", self.base, path))
     }
 
     /// GET with the token.
@@ -279,7 +280,10 @@ impl Drop for Session<'_> {
     fn drop(&mut self) {
         let _ = self
             .server
-            .req(reqwest::Method::DELETE, &format!("/v1/sessions/{}", self.id))
+            .req(
+                reqwest::Method::DELETE,
+                &format!("/v1/sessions/{}", self.id),
+            )
             .send();
     }
 }

@@ -68,7 +68,11 @@ impl ApiError {
     pub fn exhausted(message: impl Into<String>) -> Self {
         Self {
             retry_after: Some(1),
-            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "capacity_exhausted", message)
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "capacity_exhausted",
+                message,
+            )
         }
     }
 
@@ -85,11 +89,6 @@ impl ApiError {
             "internal",
             "internal error",
         )
-    }
-
-    /// The status code.
-    pub fn status(&self) -> StatusCode {
-        self.status
     }
 }
 

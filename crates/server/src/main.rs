@@ -28,7 +28,11 @@ use clap::{Parser, Subcommand};
 use crate::config::{Config, Settings};
 
 #[derive(Parser)]
-#[command(name = "pyxis", version, about = "Stateful, sandboxed Python over HTTP")]
+#[command(
+    name = "pyxis",
+    version,
+    about = "Stateful, sandboxed Python over HTTP"
+)]
 struct Cli {
     /// TOML configuration file (flags and PYXIS_* variables override it).
     #[arg(long, short, env = "PYXIS_CONFIG", global = true)]
@@ -87,7 +91,11 @@ fn doctor(cfg: &Config) -> anyhow::Result<()> {
         out,
         "sandbox library {}: {}",
         cfg.sandbox_lib.display(),
-        if lib_ok { "found" } else { "missing — build the workspace (`cargo build --release`) or set PYXIS_SANDBOX_LIB" }
+        if lib_ok {
+            "found"
+        } else {
+            "missing — build the workspace (`cargo build --release`) or set PYXIS_SANDBOX_LIB"
+        }
     )?;
     if !(report.all_ok() && rt_ok && lib_ok) {
         std::process::exit(1);
@@ -120,7 +128,10 @@ fn load_token(cfg: &Config) -> anyhow::Result<String> {
         .with_context(|| format!("writing {}", path.display()))?;
     f.write_all(token.as_bytes())?;
     // Printed once, on the start that generated it.
-    eprintln!("pyxis: generated API token (stored in {}): {token}", path.display());
+    eprintln!(
+        "pyxis: generated API token (stored in {}): {token}",
+        path.display()
+    );
     Ok(token)
 }
 

@@ -41,7 +41,10 @@ async fn auth(State(app): State<AppState>, req: Request, next: Next) -> Response
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        });
     let x_auth = headers.get("x-auth-token").and_then(|v| v.to_str().ok());
     let ok = [bearer, x_auth]
         .into_iter()

@@ -67,7 +67,10 @@ pub fn build(app: Arc<App>) -> Router {
             get(sessions::get_session).delete(sessions::delete_session),
         )
         .route("/v1/sessions/{id}/execute", post(execute::execute_cell))
-        .route("/v1/sessions/{id}/interrupt", post(sessions::interrupt_session))
+        .route(
+            "/v1/sessions/{id}/interrupt",
+            post(sessions::interrupt_session),
+        )
         .route("/v1/sessions/{id}/restart", post(sessions::restart_session))
         .route("/v1/execute", post(execute::execute_one_shot))
         .fallback(|| async { ApiError::not_found() });

@@ -22,7 +22,10 @@ include!(concat!(env!("OUT_DIR"), "/driver_files.rs"));
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("python3", "/usr/bin/python3"),
     ("python3-venv", "/usr/lib/python3.11/ensurepip/__init__.py"),
-    ("fonts-wqy-zenhei", "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc"),
+    (
+        "fonts-wqy-zenhei",
+        "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc",
+    ),
 ];
 
 /// Paths of an installed runtime.
@@ -96,10 +99,16 @@ impl Runtime {
         }
         let venv = self.dir.join("venv");
         if !self.python().exists() {
-            progress(&format!("[2/3] creating virtual environment {}", venv.display()));
+            progress(&format!(
+                "[2/3] creating virtual environment {}",
+                venv.display()
+            ));
             std::fs::create_dir_all(&self.dir)
                 .with_context(|| format!("creating {}", self.dir.display()))?;
-            run(Command::new("/usr/bin/python3").arg("-m").arg("venv").arg(&venv))?;
+            run(Command::new("/usr/bin/python3")
+                .arg("-m")
+                .arg("venv")
+                .arg(&venv))?;
         } else {
             progress("[2/3] virtual environment present");
         }
@@ -107,7 +116,15 @@ impl Runtime {
         std::fs::write(&req, REQUIREMENTS).context("writing requirements.txt")?;
         progress("[3/3] installing Python libraries (a few minutes on first run)");
         run(Command::new(self.python())
-            .args(["-m", "pip", "install", "--disable-pip-version-check", "--progress-bar", "off", "-r"])
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--disable-pip-version-check",
+                "--progress-bar",
+                "off",
+                "-r",
+            ])
             .arg(&req))?;
         std::fs::write(self.stamp(), requirements_digest()).context("writing the stamp")?;
         progress("runtime ready");

@@ -136,11 +136,6 @@ impl Sandbox {
     pub fn set_limits(&self, limits: &ResourceLimits) -> Result<(), SandboxError> {
         Ok(self.cgroup.set_limits(limits)?)
     }
-
-    /// The workspace's host path (for the files API).
-    pub fn workspace_path(&self) -> &Path {
-        self.workspace.path()
-    }
 }
 
 impl SandboxFactory {
@@ -155,8 +150,8 @@ impl SandboxFactory {
             .context("cleaning up leftover cgroups")?;
         let workspaces = cfg.data_dir.join("workspaces");
         std::fs::create_dir_all(&workspaces).context("creating the workspaces dir")?;
-        let left_ws = Workspace::cleanup_leftovers(&workspaces)
-            .context("cleaning up leftover workspaces")?;
+        let left_ws =
+            Workspace::cleanup_leftovers(&workspaces).context("cleaning up leftover workspaces")?;
         if left + left_ws > 0 {
             tracing::warn!(
                 cgroups = left,
@@ -311,6 +306,22 @@ impl SandboxFactory {
     /// escaping and base64.
     pub fn max_frame(&self) -> usize {
         (self.cfg.max_output_bytes as usize).saturating_mul(2) + (1 << 20)
+    }
+
+    /// Kill and remove every sandbox of this instance, including any still
+    /// being created (used at shutdown, after the orderly teardown).
+    pub async fn cleanup_all(&self) {
+        let cgroups = self.cgroups.clone();
+        let workspaces = self.workspaces.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Err(e) = cgroups.cleanup_leftovers() {
+                tracing::error!(error = %e, "final cgroup cleanup failed");
+            }
+            if let Err(e) = Workspace::cleanup_leftovers(&workspaces) {
+                tracing::error!(error = %e, "final workspace cleanup failed");
+            }
+        })
+        .await;
     }
 
     /// Kill everything in the sandbox and remove its cgroup and workspace.

@@ -119,6 +119,10 @@ impl Sessions {
                 match self.factory.create(&self.factory.default_limits()).await {
                     Ok((sandbox, conn)) => {
                         failures = 0;
+                        if self.shutting_down.load(Ordering::Acquire) {
+                            self.factory.destroy(sandbox).await;
+                            return;
+                        }
                         if let Ok(mut p) = self.pool.lock() {
                             p.push_back(Ready { sandbox, conn });
                         }
@@ -138,7 +142,8 @@ impl Sessions {
     }
 
     async fn reap_loop(self: Arc<Self>) {
-        let period = (self.cfg.idle_timeout / 4).clamp(Duration::from_millis(200), Duration::from_secs(10));
+        let period =
+            (self.cfg.idle_timeout / 4).clamp(Duration::from_millis(200), Duration::from_secs(10));
         loop {
             tokio::time::sleep(period).await;
             let now = Instant::now();
@@ -148,8 +153,7 @@ impl Sessions {
                     .filter(|s| {
                         !s.busy.load(Ordering::Acquire)
                             && s.waiting.load(Ordering::Acquire) == 0
-                            && s
-                                .last_active
+                            && s.last_active
                                 .lock()
                                 .map(|la| now.duration_since(la.0) > self.cfg.idle_timeout)
                                 .unwrap_or(false)
@@ -431,7 +435,13 @@ impl Sessions {
                 // The kernel is gone or misbehaved: kill what is left, start a
                 // fresh interpreter in the same sandbox, report the loss.
                 if session.closed.load(Ordering::Acquire) {
-                    return out.finish_failure(ExecStatus::Killed, "SessionDeleted", "the session was deleted", slot.execution_count, true);
+                    return out.finish_failure(
+                        ExecStatus::Killed,
+                        "SessionDeleted",
+                        "the session was deleted",
+                        slot.execution_count,
+                        true,
+                    );
                 }
                 session.sandbox.kill_processes().await;
                 let oom = session.sandbox.oom_kills() > oom_before;
@@ -458,7 +468,8 @@ impl Sessions {
                     (
                         ExecStatus::Killed,
                         "Interrupted",
-                        "the cell did not stop when interrupted; the interpreter was restarted".to_string(),
+                        "the cell did not stop when interrupted; the interpreter was restarted"
+                            .to_string(),
                     )
                 } else {
                     (
@@ -535,7 +546,11 @@ impl Sessions {
             cpu_usec: u.cpu_usec,
             disk_bytes: session.sandbox.disk_usage().map(|d| d.0).unwrap_or(0),
         });
-        let last = session.last_active.lock().map(|l| l.1).unwrap_or(session.created);
+        let last = session
+            .last_active
+            .lock()
+            .map(|l| l.1)
+            .unwrap_or(session.created);
         SessionInfo {
             id: session.id.clone(),
             language: "python".into(),
@@ -607,6 +622,8 @@ impl Sessions {
         for r in pooled {
             self.factory.destroy(r.sandbox).await;
         }
+        // Whatever was still being created when the shutdown began.
+        self.factory.cleanup_all().await;
     }
 }
 
@@ -669,7 +686,11 @@ impl Collector {
     /// Handle one event; returns true on the cell's final reply.
     fn event(&mut self, id: &str, ev: KernelEvent) -> bool {
         match ev {
-            KernelEvent::Stream { id: got, name, text } if got == id => {
+            KernelEvent::Stream {
+                id: got,
+                name,
+                text,
+            } if got == id => {
                 let room = self.room() as usize;
                 let take = if text.len() > room {
                     self.truncated = true;

@@ -199,7 +199,13 @@ fn start_process(cmd: &ZygoteCommand) -> anyhow::Result<(Running, ZygoteInfo)> {
     command
         .args(["-m", "pyxis_runtime.zygote"])
         .env_clear()
-        .env("PATH", format!("{}:/usr/local/bin:/usr/bin:/bin", rt.dir.join("venv/bin").display()))
+        .env(
+            "PATH",
+            format!(
+                "{}:/usr/local/bin:/usr/bin:/bin",
+                rt.dir.join("venv/bin").display()
+            ),
+        )
         .env("LANG", "C.UTF-8")
         .env("LC_ALL", "C.UTF-8")
         .env("HOME", rt.mpl_dir())

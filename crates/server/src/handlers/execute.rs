@@ -32,10 +32,15 @@ pub async fn execute_cell(
         session_timeout(&app, &session),
         app.config.max_exec_timeout,
     )?;
-    Ok(Json(app.sessions.execute(&session, req.code, timeout).await?))
+    Ok(Json(
+        app.sessions.execute(&session, req.code, timeout).await?,
+    ))
 }
 
-fn session_timeout(app: &AppState, s: &std::sync::Arc<crate::sessions::Session>) -> std::time::Duration {
+fn session_timeout(
+    app: &AppState,
+    s: &std::sync::Arc<crate::sessions::Session>,
+) -> std::time::Duration {
     s.default_timeout().min(app.config.max_exec_timeout)
 }
 

@@ -1,0 +1,432 @@
+//! `pyxis-bench`: the load benchmark of a Pyxis server.
+//!
+//! Drives a server over loopback HTTP — one it starts itself (default) or a
+//! running one (`--url`, `--token`) — and prints one JSON line per result row,
+//! then a table with the budgets of DESIGN.md ("Performance budget").
+
+mod client;
+mod procmem;
+mod server;
+mod stats;
+mod workloads;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+
+use client::Api;
+use server::{OwnServer, ServerConfig, UID_SPAN};
+use workloads::{Ctx, Row};
+
+const ALL: &[&str] = &[
+    "roundtrip",
+    "stateful",
+    "create",
+    "oneshot",
+    "density",
+    "analysis",
+];
+
+/// Load benchmark of a Pyxis server (loopback only).
+#[derive(Parser, Debug)]
+#[command(name = "pyxis-bench", version)]
+struct Args {
+    /// Base URL of a running server (loopback only), e.g. http://127.0.0.1:8080.
+    /// Without it the benchmark starts its own servers.
+    #[arg(long, env = "PYXIS_BENCH_URL", requires = "token")]
+    url: Option<String>,
+
+    /// API token of the server given by --url.
+    #[arg(long, env = "PYXIS_BENCH_TOKEN")]
+    token: Option<String>,
+
+    /// Server binary to start [default: <workspace>/target/release/pyxis].
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+
+    /// Comma-separated workloads: roundtrip, stateful, create, oneshot, density, analysis.
+    #[arg(
+        long,
+        default_value = "roundtrip,stateful,create,oneshot,density,analysis"
+    )]
+    workloads: String,
+
+    /// Shrink every count for a smoke run (numbers are then indicative only).
+    #[arg(long)]
+    quick: bool,
+
+    /// Also write the JSON lines to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+
+    /// Warm pool size (PYXIS_POOL_MIN_IDLE) of the servers we start, except
+    /// for `create (cold)` and `density`, which use 0.
+    #[arg(long, default_value_t = 4)]
+    pool: u32,
+
+    /// With --url: first sandbox uid of that server (its PYXIS_UID_BASE).
+    #[arg(long, default_value_t = 200_000)]
+    uid_base: u32,
+
+    /// With --url: how many uids from --uid-base count as sandboxes.
+    #[arg(long, default_value_t = UID_SPAN)]
+    uid_span: u32,
+
+    /// With --url: the server's pid (found from the listening socket if omitted).
+    #[arg(long)]
+    server_pid: Option<i32>,
+
+    /// Python used for the local baseline of the `analysis` workload.
+    #[arg(long, default_value = "/opt/pyxis/runtime/venv/bin/python")]
+    python: String,
+}
+
+/// Where the server comes from.
+enum Target {
+    Own {
+        bin: PathBuf,
+        server: Option<OwnServer>,
+    },
+    External {
+        api: Api,
+        uid_lo: u32,
+        uid_hi: u32,
+        pid: Option<i32>,
+    },
+}
+
+impl Target {
+    /// A context for a workload that wants `cfg` (ignored with --url).
+    async fn ctx(&mut self, cfg: ServerConfig, quick: bool) -> Result<Ctx> {
+        match self {
+            Target::External {
+                api,
+                uid_lo,
+                uid_hi,
+                pid,
+            } => Ok(Ctx {
+                api: api.clone(),
+                uid_lo: *uid_lo,
+                uid_hi: *uid_hi,
+                server_pid: *pid,
+                own: false,
+                quick,
+            }),
+            Target::Own { bin, server } => {
+                let reuse = match server.as_mut() {
+                    Some(s) => s.cfg == cfg && s.alive(),
+                    None => false,
+                };
+                if !reuse {
+                    if let Some(mut old) = server.take() {
+                        if !old.alive() {
+                            eprintln!(
+                                "[bench] the server (pid {}) died; log tail:\n{}",
+                                old.pid,
+                                old.log_tail(30)
+                            );
+                        }
+                        old.stop().await;
+                    }
+                    *server = Some(OwnServer::start(bin, cfg).await?);
+                }
+                let s = server.as_ref().expect("server just started");
+                Ok(Ctx {
+                    api: s.api.clone(),
+                    uid_lo: s.uid_base,
+                    uid_hi: s.uid_base + UID_SPAN,
+                    server_pid: Some(s.pid),
+                    own: true,
+                    quick,
+                })
+            }
+        }
+    }
+
+    /// After a failed workload: the server's log tail, if it died.
+    fn post_mortem(&mut self) -> Option<String> {
+        let Target::Own {
+            server: Some(s), ..
+        } = self
+        else {
+            return None;
+        };
+        if s.alive() {
+            return None;
+        }
+        Some(format!(
+            "server pid {} exited; log tail:\n{}",
+            s.pid,
+            s.log_tail(30)
+        ))
+    }
+
+    async fn shutdown(self) {
+        if let Target::Own {
+            server: Some(s), ..
+        } = self
+        {
+            s.stop().await;
+        }
+    }
+}
+
+/// Refuse anything but a loopback address.
+fn check_loopback(url: &str) -> Result<()> {
+    let u = reqwest::Url::parse(url).with_context(|| format!("--url {url:?}"))?;
+    if u.scheme() != "http" && u.scheme() != "https" {
+        bail!("--url must be http(s)://, got {url:?}");
+    }
+    let host = u.host_str().unwrap_or("");
+    let ok = match host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>()
+    {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => host.eq_ignore_ascii_case("localhost"),
+    };
+    if !ok {
+        bail!("--url must be a loopback address (127.0.0.0/8, ::1, localhost), got {url:?}");
+    }
+    Ok(())
+}
+
+fn default_server_bin() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let release = root.join("target/release/pyxis");
+    let debug = root.join("target/debug/pyxis");
+    if !release.exists() && debug.exists() {
+        eprintln!(
+            "[bench] {} not built; using the DEBUG build {} (numbers will be slow)",
+            release.display(),
+            debug.display()
+        );
+        return debug;
+    }
+    release
+}
+
+/// Table position of a row.
+fn order(r: &Row) -> usize {
+    const ORDER: &[(&str, Option<&str>)] = &[
+        ("roundtrip", None),
+        ("stateful", Some("steady")),
+        ("stateful", Some("churn")),
+        ("create", Some("cold")),
+        ("create", Some("warm")),
+        ("oneshot", None),
+        ("density", None),
+        ("analysis", None),
+    ];
+    ORDER
+        .iter()
+        .position(|(w, v)| *w == r.workload && *v == r.variant)
+        .unwrap_or(ORDER.len())
+}
+
+fn print_table(rows: &[Row]) {
+    let head = ["workload", "result", "budget", "measured", "pass"];
+    let cells: Vec<[String; 5]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.name(),
+                r.result.clone(),
+                r.budget.clone().unwrap_or_else(|| "—".into()),
+                r.measured.clone(),
+                match r.pass {
+                    Some(true) => "pass".into(),
+                    Some(false) => "MISS".into(),
+                    None => "—".into(),
+                },
+            ]
+        })
+        .collect();
+    let mut width = head.map(|h| h.chars().count());
+    for row in &cells {
+        for (w, c) in width.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |row: &[String]| {
+        let parts: Vec<String> = row
+            .iter()
+            .zip(width)
+            .map(|(c, w)| format!("{c}{}", " ".repeat(w - c.chars().count())))
+            .collect();
+        println!("| {} |", parts.join(" | "));
+    };
+    println!();
+    line(&head.map(String::from));
+    println!(
+        "|{}|",
+        width
+            .iter()
+            .map(|w| "-".repeat(w + 2))
+            .collect::<Vec<_>>()
+            .join("|")
+    );
+    for row in &cells {
+        line(row);
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args).await {
+        Ok(all_ran) if all_ran => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::from(2),
+        Err(e) => {
+            eprintln!("pyxis-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Run the selected workloads; `Ok(false)` if any of them failed to run
+/// (a missed budget is not a failure).
+async fn run(args: Args) -> Result<bool> {
+    let mut selected = Vec::new();
+    for w in args
+        .workloads
+        .split(',')
+        .map(str::trim)
+        .filter(|w| !w.is_empty())
+    {
+        if !ALL.contains(&w) {
+            bail!("unknown workload {w:?} (known: {})", ALL.join(", "));
+        }
+        if !selected.contains(&w) {
+            selected.push(w);
+        }
+    }
+    let mut target = match &args.url {
+        Some(url) => {
+            check_loopback(url)?;
+            let token = args.token.clone().unwrap_or_default();
+            let api = Api::new(url, &token)?;
+            if !api.probe("/healthz").await {
+                bail!("{url}/healthz does not answer");
+            }
+            let pid = args.server_pid.or_else(|| {
+                let port = reqwest::Url::parse(url).ok()?.port_or_known_default()?;
+                procmem::listener_pid(port)
+            });
+            Target::External {
+                api,
+                uid_lo: args.uid_base,
+                uid_hi: args.uid_base.saturating_add(args.uid_span),
+                pid,
+            }
+        }
+        None => Target::Own {
+            bin: args.server_bin.clone().unwrap_or_else(default_server_bin),
+            server: None,
+        },
+    };
+
+    let main_cfg = ServerConfig {
+        pool_min_idle: args.pool,
+        max_sessions: 120,
+    };
+    let cold_cfg = ServerConfig {
+        pool_min_idle: 0,
+        max_sessions: 120,
+    };
+    // Steps grouped by server configuration, so our servers restart once.
+    type Step = (
+        &'static str,
+        Option<&'static str>,
+        ServerConfig,
+        Option<&'static str>,
+    );
+    let plan: Vec<Step> = vec![
+        ("roundtrip", None, main_cfg, Some("p50 ≤ 1 ms")),
+        (
+            "stateful",
+            Some("steady"),
+            main_cfg,
+            Some("≥ 2000 cells/s, p95 ≤ 20 ms, 100% correct"),
+        ),
+        (
+            "stateful",
+            Some("churn"),
+            main_cfg,
+            Some("≥ 2000 cells/s, p95 ≤ 20 ms, 100% correct"),
+        ),
+        ("oneshot", None, main_cfg, Some("p50 ≤ 30 ms")),
+        ("analysis", None, main_cfg, None),
+        ("create", Some("warm"), main_cfg, Some("create p50 ≤ 2 ms")),
+        ("create", Some("cold"), cold_cfg, Some("create p50 ≤ 25 ms")),
+        ("density", None, cold_cfg, Some("USS ≤ 15 MiB/session")),
+    ];
+
+    let mut out_file = match &args.out {
+        Some(p) => {
+            Some(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?)
+        }
+        None => None,
+    };
+    let mut rows = Vec::new();
+    for (workload, variant, cfg, budget) in plan {
+        if !selected.contains(&workload) {
+            continue;
+        }
+        let label = match variant {
+            Some(v) => format!("{workload} ({v})"),
+            None => workload.to_string(),
+        };
+        eprintln!("[bench] running {label}…");
+        let result = async {
+            let ctx = target.ctx(cfg, args.quick).await?;
+            match (workload, variant) {
+                ("roundtrip", _) => workloads::roundtrip(&ctx).await,
+                ("stateful", v) => workloads::stateful(&ctx, v == Some("churn")).await,
+                ("create", v) => workloads::create(&ctx, v == Some("warm")).await,
+                ("oneshot", _) => workloads::oneshot(&ctx).await,
+                ("density", _) => workloads::density(&ctx).await,
+                ("analysis", _) => workloads::analysis(&ctx, &args.python).await,
+                _ => unreachable!("unknown step {workload}"),
+            }
+        }
+        .await;
+        let row = match result {
+            Ok(mut r) => {
+                r.fields
+                    .insert("quick".into(), serde_json::json!(args.quick));
+                r
+            }
+            Err(e) => {
+                let e = match target.post_mortem() {
+                    Some(pm) => e.context(pm),
+                    None => e,
+                };
+                eprintln!("[bench] {label} failed: {e:#}");
+                Row::failed(workload, variant, budget, &e)
+            }
+        };
+        let line = row.to_json().to_string();
+        println!("{line}");
+        std::io::stdout().flush()?;
+        if let Some(f) = out_file.as_mut() {
+            writeln!(f, "{line}")?;
+        }
+        rows.push(row);
+    }
+    target.shutdown().await;
+
+    rows.sort_by_key(order);
+    print_table(&rows);
+    if args.quick {
+        println!("\n(--quick: reduced counts, numbers are indicative only)");
+    }
+    Ok(rows.iter().all(|r| !r.fields.contains_key("error")))
+}

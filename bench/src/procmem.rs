@@ -1,0 +1,191 @@
+//! Memory accounting from `/proc` (needs root to read other users'
+//! `smaps_rollup`).
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs;
+
+/// Memory of a set of processes, in KiB.
+#[derive(Debug, Default, Clone)]
+pub struct MemSum {
+    pub processes: usize,
+    pub uids: BTreeSet<u32>,
+    pub rss_kib: u64,
+    pub pss_kib: u64,
+    /// Private_Clean + Private_Dirty.
+    pub uss_kib: u64,
+    /// Processes whose smaps_rollup could not be read (exited, or no access).
+    pub unreadable: usize,
+    /// Zombies (not counted in `processes`).
+    pub zombies: usize,
+}
+
+fn pids() -> Vec<i32> {
+    let Ok(rd) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// Real uid of a process.
+pub fn uid_of(pid: i32) -> Option<u32> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A `Key:   123 kB` field of a `/proc` file.
+fn field_kib(text: &str, key: &str) -> Option<u64> {
+    text.lines()
+        .find(|l| l.starts_with(key) && l[key.len()..].starts_with(':'))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// `VmRSS` of a process, KiB.
+pub fn vm_rss_kib(pid: i32) -> Option<u64> {
+    field_kib(
+        &fs::read_to_string(format!("/proc/{pid}/status")).ok()?,
+        "VmRSS",
+    )
+}
+
+/// (Rss, Pss, Private_Clean + Private_Dirty) of a process, KiB.
+fn rollup(pid: i32) -> Option<(u64, u64, u64)> {
+    let text = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let rss = field_kib(&text, "Rss")?;
+    let pss = field_kib(&text, "Pss")?;
+    let uss = field_kib(&text, "Private_Clean")? + field_kib(&text, "Private_Dirty")?;
+    Some((rss, pss, uss))
+}
+
+fn add(sum: &mut MemSum, pid: i32, uid: Option<u32>) {
+    if state_of(pid) == Some('Z') {
+        sum.zombies += 1;
+        return;
+    }
+    sum.processes += 1;
+    if let Some(u) = uid {
+        sum.uids.insert(u);
+    }
+    match rollup(pid) {
+        Some((rss, pss, uss)) => {
+            sum.rss_kib += rss;
+            sum.pss_kib += pss;
+            sum.uss_kib += uss;
+        }
+        None => sum.unreadable += 1,
+    }
+}
+
+/// Every process whose real uid is in `lo..hi`.
+pub fn by_uid_range(lo: u32, hi: u32) -> MemSum {
+    let mut sum = MemSum::default();
+    for pid in pids() {
+        if let Some(uid) = uid_of(pid) {
+            if (lo..hi).contains(&uid) {
+                add(&mut sum, pid, Some(uid));
+            }
+        }
+    }
+    sum
+}
+
+/// State letter from `/proc/PID/stat` (R, S, D, Z, …).
+fn state_of(pid: i32) -> Option<char> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .next()?
+        .chars()
+        .next()
+}
+
+/// Parent pid from `/proc/PID/stat` (the field after the parenthesised comm).
+fn ppid_of(pid: i32) -> Option<i32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Descendants of `root` (not `root` itself) whose uid is *outside*
+/// `lo..hi`: the server's helpers (zygote and the like).
+pub fn helpers_of(root: i32, lo: u32, hi: u32) -> MemSum {
+    let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
+    for pid in pids() {
+        if let Some(pp) = ppid_of(pid) {
+            children.entry(pp).or_default().push(pid);
+        }
+    }
+    let mut sum = MemSum::default();
+    let mut stack = children.get(&root).cloned().unwrap_or_default();
+    while let Some(pid) = stack.pop() {
+        if let Some(c) = children.get(&pid) {
+            stack.extend(c);
+        }
+        let uid = uid_of(pid);
+        if uid.is_some_and(|u| (lo..hi).contains(&u)) {
+            continue;
+        }
+        add(&mut sum, pid, uid);
+    }
+    sum
+}
+
+/// The pid of the process listening on a loopback TCP port (via
+/// `/proc/net/tcp{,6}` socket inodes and `/proc/*/fd`).
+pub fn listener_pid(port: u16) -> Option<i32> {
+    let mut inodes = BTreeSet::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 10 || f[3] != "0A" {
+                continue;
+            }
+            let Some(p) = f[1].rsplit(':').next() else {
+                continue;
+            };
+            if u16::from_str_radix(p, 16).ok() == Some(port) {
+                inodes.insert(format!("socket:[{}]", f[9]));
+            }
+        }
+    }
+    if inodes.is_empty() {
+        return None;
+    }
+    for pid in pids() {
+        let Ok(rd) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            if let Ok(target) = fs::read_link(e.path()) {
+                if inodes.contains(target.to_string_lossy().as_ref()) {
+                    return Some(pid);
+                }
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_fields() {
+        let t = "Rss:                1234 kB\nPss:                 100 kB\nPss_Anon: 5 kB\nPrivate_Clean:  7 kB\nPrivate_Dirty:  3 kB\n";
+        assert_eq!(field_kib(t, "Rss"), Some(1234));
+        assert_eq!(field_kib(t, "Pss"), Some(100));
+        assert_eq!(field_kib(t, "Private_Clean"), Some(7));
+        let me = std::process::id() as i32;
+        assert!(vm_rss_kib(me).unwrap() > 0);
+        assert!(uid_of(me).is_some());
+        assert_eq!(ppid_of(me).map(|p| p > 0), Some(true));
+    }
+}
