@@ -213,6 +213,28 @@ fn default_server_bin() -> PathBuf {
     release
 }
 
+/// The host's 1-minute load average.
+fn loadavg_1m() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// CPU time (user + system) used by this process so far, in seconds.
+fn own_cpu_s() -> f64 {
+    // SAFETY: getrusage only writes into the zeroed struct we pass.
+    let ru = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
+        ru
+    };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
 /// Table position of a row.
 fn order(r: &Row) -> usize {
     const ORDER: &[(&str, Option<&str>)] = &[
@@ -385,6 +407,8 @@ async fn run(args: Args) -> Result<bool> {
             None => workload.to_string(),
         };
         eprintln!("[bench] running {label}…");
+        let load_before = loadavg_1m();
+        let cpu_before = own_cpu_s();
         let result = async {
             let ctx = target.ctx(cfg, args.quick).await?;
             match (workload, variant) {
@@ -402,6 +426,13 @@ async fn run(args: Args) -> Result<bool> {
             Ok(mut r) => {
                 r.fields
                     .insert("quick".into(), serde_json::json!(args.quick));
+                // Other work on the host skews everything: say how busy it was.
+                r.fields
+                    .insert("host_load_1m_before".into(), serde_json::json!(load_before));
+                r.fields
+                    .insert("host_load_1m_after".into(), serde_json::json!(loadavg_1m()));
+                r.fields
+                    .insert("bench_cpu_s".into(), stats::num(own_cpu_s() - cpu_before));
                 r
             }
             Err(e) => {

@@ -186,6 +186,7 @@ struct Churn {
     errors: u64,
     first_error: Option<String>,
     create_ms: Vec<f64>,
+    delete_ms: Vec<f64>,
 }
 
 async fn churn_loop(api: Api, stop: Arc<AtomicBool>) -> Churn {
@@ -194,12 +195,14 @@ async fn churn_loop(api: Api, stop: Arc<AtomicBool>) -> Churn {
         errors: 0,
         first_error: None,
         create_ms: Vec::new(),
+        delete_ms: Vec::new(),
     };
     while !stop.load(Ordering::Relaxed) {
         let res = async {
             let t = api.create_session().await?;
             c.create_ms.push(t.ms);
-            api.delete_session(&t.value).await?;
+            let d = api.delete_session(&t.value).await?;
+            c.delete_ms.push(d.ms);
             Ok::<_, anyhow::Error>(())
         }
         .await;
@@ -230,7 +233,15 @@ pub async fn stateful(ctx: &Ctx, churn: bool) -> Result<Row> {
     }
     let res = stateful_run(ctx, &ids, cells, churn).await;
     delete_all(api, &ids).await;
-    let (lat, correct, wall, errors, churned) = res?;
+    let StatefulOut {
+        lat,
+        dur,
+        correct,
+        wall,
+        first_error: errors,
+        churned,
+    } = res?;
+    let ds = Summary::of(&dur);
     let total = sessions * cells;
     let s = Summary::of(&lat);
     let rate = total as f64 / wall.as_secs_f64();
@@ -240,6 +251,10 @@ pub async fn stateful(ctx: &Ctx, churn: bool) -> Result<Row> {
     r.fields.insert("cells_per_session".into(), json!(cells));
     r.fields.insert("cells_per_s".into(), num(rate));
     s.put(&mut r.fields, "");
+    r.fields
+        .insert("server_duration_p50_ms".into(), num(ds.p50));
+    r.fields
+        .insert("server_duration_p95_ms".into(), num(ds.p95));
     r.fields.insert("correct".into(), json!(correct));
     r.fields.insert("total".into(), json!(total));
     r.fields.insert("wall_s".into(), num(wall.as_secs_f64()));
@@ -253,13 +268,17 @@ pub async fn stateful(ctx: &Ctx, churn: bool) -> Result<Row> {
         r.fields.insert("churn_errors".into(), json!(c.errors));
         r.fields.insert("churn_create_p50_ms".into(), num(cs.p50));
         r.fields.insert("churn_create_p95_ms".into(), num(cs.p95));
+        let ds = Summary::of(&c.delete_ms);
+        r.fields.insert("churn_delete_p50_ms".into(), num(ds.p50));
+        r.fields.insert("churn_delete_p95_ms".into(), num(ds.p95));
         if let Some(e) = c.first_error {
             r.fields.insert("churn_first_error".into(), json!(e));
         }
         churn_note = format!(
-            "; churn {} create+delete (create p50 {}, {} errors)",
+            "; churn {} create+delete (p50 {} + {}, {} errors)",
             c.cycles,
             ms(cs.p50),
+            ms(ds.p50),
             c.errors
         );
     }
@@ -269,15 +288,24 @@ pub async fn stateful(ctx: &Ctx, churn: bool) -> Result<Row> {
     r.budget_metric = Some("cells_per_s, p95_ms, correct/total".into());
     r.pass = Some(rate >= STATEFUL_MIN_CELLS_PER_S && s.p95 <= STATEFUL_P95_MS && correct == total);
     r.result = format!(
-        "{sessions}×{cells}: p50 {} p99 {}{churn_note}",
+        "{sessions}×{cells}: p50 {} p99 {} (kernel p50 {}){churn_note}",
         ms(s.p50),
-        ms(s.p99)
+        ms(s.p99),
+        ms(ds.p50)
     );
     r.measured = format!("{rate:.0} cells/s, p95 {}, {correct}/{total}", ms(s.p95));
     Ok(r)
 }
 
-type StatefulOut = (Vec<f64>, usize, Duration, Option<String>, Option<Churn>);
+struct StatefulOut {
+    lat: Vec<f64>,
+    /// Server-reported `duration_ms` of each cell.
+    dur: Vec<f64>,
+    correct: usize,
+    wall: Duration,
+    first_error: Option<String>,
+    churned: Option<Churn>,
+}
 
 async fn stateful_run(ctx: &Ctx, ids: &[String], cells: usize, churn: bool) -> Result<StatefulOut> {
     let api = &ctx.api;
@@ -298,12 +326,14 @@ async fn stateful_run(ctx: &Ctx, ids: &[String], cells: usize, churn: bool) -> R
         let id = id.clone();
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(cells);
+            let mut dur = Vec::with_capacity(cells);
             let mut correct = 0usize;
             let mut first_error = None;
             for i in 1..=cells {
                 match api.execute(&id, STATEFUL_CELL).await {
                     Ok(t) => {
                         lat.push(t.ms);
+                        dur.extend(duration_ms(&t.value));
                         let out = t.value["stdout"].as_str().unwrap_or("");
                         if t.value["status"] == "ok" && out.trim_end_matches('\n') == i.to_string()
                         {
@@ -320,15 +350,17 @@ async fn stateful_run(ctx: &Ctx, ids: &[String], cells: usize, churn: bool) -> R
                     }
                 }
             }
-            (lat, correct, first_error)
+            (lat, dur, correct, first_error)
         }));
     }
     let mut lat = Vec::with_capacity(ids.len() * cells);
+    let mut dur = Vec::with_capacity(ids.len() * cells);
     let mut correct = 0;
     let mut first_error = None;
     for t in tasks {
-        let (l, c, e) = t.await.context("a session task panicked")?;
+        let (l, d, c, e) = t.await.context("a session task panicked")?;
         lat.extend(l);
+        dur.extend(d);
         correct += c;
         if first_error.is_none() {
             first_error = e;
@@ -340,7 +372,14 @@ async fn stateful_run(ctx: &Ctx, ids: &[String], cells: usize, churn: bool) -> R
         Some(t) => Some(t.await.context("the churn task panicked")?),
         None => None,
     };
-    Ok((lat, correct, wall, first_error, churned))
+    Ok(StatefulOut {
+        lat,
+        dur,
+        correct,
+        wall,
+        first_error,
+        churned,
+    })
 }
 
 // ---------------------------------------------------------------- create

@@ -109,3 +109,26 @@ fn graceful_shutdown_releases_every_sandbox() {
     assert_eq!(sandbox_processes(uid_base), Vec::<i32>::new());
     assert_eq!(workspace_mounts(&data_dir), 0);
 }
+
+#[test]
+fn idle_sessions_are_released_after_the_idle_timeout() {
+    let s = TestServer::start(&[("PYXIS_IDLE_TIMEOUT_S", "1"), ("PYXIS_POOL_MIN_IDLE", "0")]);
+    let busy = s.session();
+    let idle = s.session();
+    idle.ok("x = 1");
+    // `busy` keeps running cells (each shorter than the timeout); `idle` does nothing.
+    let deadline = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < deadline {
+        busy.ok("import time; time.sleep(0.3)");
+    }
+    assert_eq!(
+        s.get(&format!("/v1/sessions/{}", idle.id)).status(),
+        404,
+        "idle session released"
+    );
+    assert_eq!(
+        s.get(&format!("/v1/sessions/{}", busy.id)).status(),
+        200,
+        "active session kept"
+    );
+}
