@@ -702,6 +702,8 @@ def _on_sigint(_signum, _frame):
 
 
 def _setup_process() -> None:
+    # The zygote's own settings (host paths) are not the user's business.
+    os.environ.pop("PYXIS_SANDBOX_LIB", None)
     os.environ.update(KERNEL_ENV)
     workspace = os.environ.get("PYXIS_WORKSPACE", "/workspace")
     if os.path.isdir(workspace):
