@@ -74,11 +74,21 @@ fn doctor(cfg: &Config) -> anyhow::Result<()> {
     let report = pyxis_sandbox::probe();
     let rt = runtime::Runtime::new(&cfg.runtime_dir);
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+    writeln!(out, "pyxis doctor: what this host can do for sandboxes\n")?;
+    for item in probe_items(&serde_json::to_value(&report)?) {
+        let ok = item["ok"].as_bool().unwrap_or(false);
+        let name = item["name"].as_str().unwrap_or_default();
+        let detail = item["detail"].as_str().unwrap_or_default();
+        writeln!(out, "{} {name}: {detail}", if ok { "ok  " } else { "FAIL" })?;
+        if let Some(fix) = item["fix"].as_str().filter(|f| !ok && !f.is_empty()) {
+            writeln!(out, "       fix: {fix}")?;
+        }
+    }
     let rt_ok = rt.is_installed();
     writeln!(
         out,
-        "runtime {}: {}",
+        "{} runtime {}: {}",
+        if rt_ok { "ok  " } else { "FAIL" },
         cfg.runtime_dir.display(),
         if rt_ok {
             "installed".to_string()
@@ -89,7 +99,8 @@ fn doctor(cfg: &Config) -> anyhow::Result<()> {
     let lib_ok = cfg.sandbox_lib.exists();
     writeln!(
         out,
-        "sandbox library {}: {}",
+        "{} sandbox library {}: {}",
+        if lib_ok { "ok  " } else { "FAIL" },
         cfg.sandbox_lib.display(),
         if lib_ok {
             "found"
@@ -101,6 +112,16 @@ fn doctor(cfg: &Config) -> anyhow::Result<()> {
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// Every `{name, ok, detail, fix}` object in the probe report, in order.
+fn probe_items(v: &serde_json::Value) -> Vec<&serde_json::Value> {
+    match v {
+        serde_json::Value::Object(m) if m.contains_key("ok") && m.contains_key("name") => vec![v],
+        serde_json::Value::Object(m) => m.values().flat_map(probe_items).collect(),
+        serde_json::Value::Array(a) => a.iter().flat_map(probe_items).collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// The configured token, or the stored one, or a new one stored 0600.
