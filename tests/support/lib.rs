@@ -205,6 +205,54 @@ impl TestServer {
             .expect("DELETE")
     }
 
+    /// `host:port` of the server.
+    pub fn addr(&self) -> &str {
+        self.base.trim_start_matches("http://")
+    }
+
+    /// Send raw bytes as a request (the caller writes the request line and
+    /// headers; `Authorization` and `Connection: close` are added after the
+    /// request line) and return the status and the body. For paths an HTTP
+    /// client would normalize (`..`, `%2e%2e`).
+    pub fn raw(&self, method: &str, target: &str, body: &[u8]) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(self.addr()).expect("connect");
+        conn.set_read_timeout(Some(Duration::from_secs(60)))
+            .expect("timeout");
+        let head = format!(
+            "{method} {target} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+            self.addr(),
+            self.token,
+            body.len()
+        );
+        conn.write_all(head.as_bytes()).expect("write head");
+        conn.write_all(body).expect("write body");
+        let mut out = Vec::new();
+        let _ = conn.read_to_end(&mut out);
+        let text = String::from_utf8_lossy(&out).into_owned();
+        let status = text
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    /// Resident memory of the server in KiB (VmRSS).
+    pub fn rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid)).expect("proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+
     /// Create a session with `body` and return its id.
     pub fn session_with(&self, body: Value) -> Session<'_> {
         let r = self.post("/v1/sessions", &body);
@@ -266,6 +314,40 @@ impl Session<'_> {
         let v: Value = r.json().expect("execution json");
         assert_eq!(status, 200, "execute: {v}");
         v
+    }
+
+    /// The URL path of a workspace file of this session.
+    pub fn file_url(&self, path: &str) -> String {
+        format!("/v1/sessions/{}/files/{path}", self.id)
+    }
+
+    /// PUT a workspace file.
+    pub fn put_file(&self, path: &str, body: impl Into<reqwest::blocking::Body>) -> Response {
+        self.server
+            .req(reqwest::Method::PUT, &self.file_url(path))
+            .body(body)
+            .send()
+            .expect("PUT file")
+    }
+
+    /// GET a workspace file.
+    pub fn get_file(&self, path: &str) -> Response {
+        self.server.get(&self.file_url(path))
+    }
+
+    /// List a workspace directory; returns status and JSON.
+    pub fn list_files(&self, dir: &str) -> (u16, Value) {
+        let r = self
+            .server
+            .req(
+                reqwest::Method::GET,
+                &format!("/v1/sessions/{}/files", self.id),
+            )
+            .query(&[("path", dir)])
+            .send()
+            .expect("list files");
+        let status = r.status().as_u16();
+        (status, r.json().expect("json"))
     }
 
     /// Run a cell that must succeed; returns its stdout.

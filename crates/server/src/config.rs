@@ -77,6 +77,16 @@ pub struct Settings {
     /// First uid of the range given to sandboxes.
     #[arg(long, env = "PYXIS_UID_BASE")]
     pub uid_base: Option<u32>,
+    /// Most workspace entries walked before and after a cell to report the
+    /// files it changed (0 turns the report off).
+    #[arg(long, env = "PYXIS_FILES_SCAN_MAX_ENTRIES")]
+    pub files_scan_max_entries: Option<usize>,
+    /// Deepest directory level walked for that report.
+    #[arg(long, env = "PYXIS_FILES_SCAN_MAX_DEPTH")]
+    pub files_scan_max_depth: Option<usize>,
+    /// Most entries one directory listing returns.
+    #[arg(long, env = "PYXIS_FILES_LIST_MAX_ENTRIES")]
+    pub files_list_max_entries: Option<usize>,
 }
 
 /// The validated configuration.
@@ -103,6 +113,9 @@ pub struct Config {
     pub tmp_bytes: u64,
     pub max_body_bytes: usize,
     pub uid_base: u32,
+    pub files_scan_max_entries: usize,
+    pub files_scan_max_depth: usize,
+    pub files_list_max_entries: usize,
 }
 
 const MIB: u64 = 1024 * 1024;
@@ -137,7 +150,10 @@ impl Settings {
             disk_mb,
             tmp_mb,
             max_body_bytes,
-            uid_base
+            uid_base,
+            files_scan_max_entries,
+            files_scan_max_depth,
+            files_list_max_entries
         )
     }
 }
@@ -202,12 +218,27 @@ impl Config {
             tmp_bytes: s.tmp_mb.unwrap_or(256) * MIB,
             max_body_bytes: s.max_body_bytes.unwrap_or(16 * MIB as usize),
             uid_base: s.uid_base.unwrap_or(200_000),
+            files_scan_max_entries: s.files_scan_max_entries.unwrap_or(1000),
+            files_scan_max_depth: s.files_scan_max_depth.unwrap_or(16).max(1),
+            files_list_max_entries: s.files_list_max_entries.unwrap_or(10_000).max(1),
         };
         if cfg.memory_bytes < 64 * MIB {
             bail!("memory_mb must be at least 64");
         }
         if cfg.pids < 8 {
             bail!("pids must be at least 8");
+        }
+        // The sandbox builds these itself, so the runtime cannot be bound there.
+        for reserved in ["/tmp", "/dev", "/proc", "/sys", "/workspace"] {
+            if cfg.runtime_dir.starts_with(reserved) || cfg.runtime_dir == Path::new("/") {
+                bail!(
+                    "runtime_dir {} must not be / or under {reserved}: sandboxes mount their own there",
+                    cfg.runtime_dir.display()
+                );
+            }
+        }
+        if !cfg.runtime_dir.is_absolute() || !cfg.data_dir.is_absolute() {
+            bail!("data_dir and runtime_dir must be absolute paths");
         }
         if cfg.uid_base < 1000 {
             bail!("uid_base must be at least 1000: sandboxes never share a system uid");

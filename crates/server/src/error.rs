@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use crate::model::{ErrorBody, ErrorDetail};
+use crate::workspace_fs::WorkspaceFsError;
 
 /// An error answer.
 #[derive(Debug)]
@@ -79,6 +80,73 @@ impl ApiError {
     /// 413.
     pub fn too_large(message: impl Into<String>) -> Self {
         Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message)
+    }
+
+    /// 422 for a workspace path that is not acceptable.
+    pub fn invalid_path(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_path", message)
+    }
+
+    /// 403 for a path through a symlink or out of the workspace.
+    pub fn forbidden_path(path: &str) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "forbidden_path",
+            format!("{path:?} goes through a symbolic link or leaves the workspace; symbolic links are never followed"),
+        )
+    }
+
+    /// 404 for a missing workspace file.
+    pub fn file_not_found(path: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no file or directory {path:?} in the workspace"),
+        )
+    }
+
+    /// 409 when the entry at a path is of the wrong kind or in the way.
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, code, message)
+    }
+
+    /// 507 when the workspace quota is exhausted.
+    pub fn quota_exceeded(quota_bytes: u64) -> Self {
+        Self::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "quota_exceeded",
+            format!(
+                "the session's workspace quota of {} MiB is exhausted; delete files and retry",
+                quota_bytes / (1024 * 1024)
+            ),
+        )
+    }
+
+    /// Answer for a failed workspace operation on `path`.
+    pub fn from_fs(err: WorkspaceFsError, path: &str, quota_bytes: u64) -> Self {
+        match err {
+            WorkspaceFsError::InvalidPath(why) => {
+                Self::invalid_path(format!("invalid path {path:?}: {why}"))
+            }
+            WorkspaceFsError::NotFound | WorkspaceFsError::NotADirectory => {
+                Self::file_not_found(path)
+            }
+            WorkspaceFsError::Forbidden => Self::forbidden_path(path),
+            WorkspaceFsError::NotAFile => Self::conflict(
+                "not_a_file",
+                format!("{path:?} is not a regular file"),
+            ),
+            WorkspaceFsError::IsADirectory => Self::conflict(
+                "is_a_directory",
+                format!("{path:?} is a directory"),
+            ),
+            WorkspaceFsError::NotEmpty => Self::conflict(
+                "directory_not_empty",
+                format!("{path:?} is a directory that is not empty"),
+            ),
+            WorkspaceFsError::Quota => Self::quota_exceeded(quota_bytes),
+            e @ WorkspaceFsError::Io { .. } => Self::internal(e),
+        }
     }
 
     /// 500: logs the cause, tells the client nothing about it.

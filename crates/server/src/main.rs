@@ -15,6 +15,7 @@ mod router;
 mod runtime;
 mod sandboxes;
 mod sessions;
+mod workspace_fs;
 mod zygote;
 
 use std::io::Write;

@@ -179,6 +179,82 @@ pub struct Execution {
     pub truncated: bool,
     /// The interpreter was restarted: variables are gone (files stay).
     pub state_lost: bool,
+    /// Workspace files the cell created or changed (regular files, found by
+    /// a bounded walk of the workspace before and after the cell).
+    pub files: Vec<FileChange>,
+}
+
+/// A workspace file a cell created or changed.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct FileChange {
+    /// Path relative to the workspace.
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// What a workspace entry is.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FileKind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link (the server never follows it).
+    Symlink,
+    /// A fifo, socket or device.
+    Other,
+}
+
+/// One entry of a workspace directory.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct FileEntry {
+    /// File name.
+    pub name: String,
+    /// Path relative to the workspace.
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Last modification, RFC 3339.
+    pub modified: String,
+    /// What it is.
+    pub kind: FileKind,
+}
+
+/// `GET /v1/sessions/{id}/files` answer.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct FileList {
+    /// The directory listed, relative to the workspace (`""` is the root).
+    pub path: String,
+    /// Its entries, sorted by name.
+    pub entries: Vec<FileEntry>,
+    /// More entries exist than were listed.
+    pub truncated: bool,
+}
+
+/// Query of the directory routes: a directory relative to the workspace.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DirQuery {
+    /// Directory relative to the workspace; the root when absent.
+    pub path: Option<String>,
+}
+
+/// A file written by an upload.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct UploadedFile {
+    /// Path relative to the workspace.
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// `POST /v1/sessions/{id}/files` answer.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct UploadedFiles {
+    /// The files written, in the order they were sent.
+    pub files: Vec<UploadedFile>,
 }
 
 /// `POST /v1/sessions/{id}/interrupt` answer.

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -10,7 +11,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::app::App;
 use crate::error::ApiError;
-use crate::handlers::{execute, sessions, system};
+use crate::handlers::{execute, files, sessions, system};
 use crate::model;
 
 /// The OpenAPI document.
@@ -21,6 +22,8 @@ use crate::model;
         sessions::create_session, sessions::list_sessions, sessions::get_session,
         sessions::delete_session, sessions::interrupt_session, sessions::restart_session,
         execute::execute_cell, execute::execute_one_shot,
+        files::download_file, files::upload_file, files::delete_file, files::list_files,
+        files::upload_files,
         system::healthz, system::readyz, system::status, system::capabilities, system::openapi,
     ),
     components(schemas(
@@ -28,7 +31,8 @@ use crate::model;
         model::SessionInfo, model::SessionList, model::ExecuteRequest, model::OneShotRequest,
         model::ExecStatus, model::ResultItem, model::ExecError, model::Execution,
         model::InterruptReply, model::Status, model::Capabilities, model::ErrorBody,
-        model::ErrorDetail,
+        model::ErrorDetail, model::FileChange, model::FileKind, model::FileEntry,
+        model::FileList, model::UploadedFile, model::UploadedFiles,
     )),
     modifiers(&Security),
 )]
@@ -73,6 +77,21 @@ pub fn build(app: Arc<App>) -> Router {
         )
         .route("/v1/sessions/{id}/restart", post(sessions::restart_session))
         .route("/v1/execute", post(execute::execute_one_shot))
+        // Uploads are limited by the session's workspace quota, not by the
+        // request body limit.
+        .route(
+            "/v1/sessions/{id}/files",
+            get(files::list_files)
+                .post(files::upload_files)
+                .layer(DefaultBodyLimit::disable()),
+        )
+        .route(
+            "/v1/sessions/{id}/files/{*path}",
+            get(files::download_file)
+                .put(files::upload_file)
+                .delete(files::delete_file)
+                .layer(DefaultBodyLimit::disable()),
+        )
         .fallback(|| async { ApiError::not_found() });
     crate::middleware::apply(routes, app)
 }

@@ -127,6 +127,16 @@ impl Sandbox {
         self.cgroup.usage().ok()
     }
 
+    /// The uid (and gid) the sandbox runs as and owns its workspace with.
+    pub fn uid(&self) -> u32 {
+        self.uid
+    }
+
+    /// Host path of the workspace (a tmpfs of its own).
+    pub fn workspace_path(&self) -> &Path {
+        self.workspace.path()
+    }
+
     /// Bytes used and quota of the workspace.
     pub fn disk_usage(&self) -> Option<(u64, u64)> {
         self.workspace.usage().ok()

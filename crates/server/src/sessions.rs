@@ -13,8 +13,11 @@ use tokio::sync::Notify;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::kernel::{KernelConn, KernelError};
-use crate::model::{ExecError, ExecStatus, Execution, Limits, ResultItem, SessionInfo, Usage};
+use crate::model::{
+    ExecError, ExecStatus, Execution, FileChange, Limits, ResultItem, SessionInfo, Usage,
+};
 use crate::sandboxes::{Sandbox, SandboxFactory};
+use crate::workspace_fs::{Snapshot, WorkspaceFs, WorkspaceFsError};
 
 /// Options of a new session, validated.
 #[derive(Debug, Clone)]
@@ -333,7 +336,17 @@ impl Sessions {
         }
         session.busy.store(true, Ordering::Release);
         let started = Instant::now();
+        let before = self.scan_workspace(session).await;
         let mut exec = self.run_cell(session, &mut slot, code, timeout).await;
+        if let Some(before) = before {
+            if let Some(after) = self.scan_workspace(session).await {
+                exec.files = before
+                    .changed(&after)
+                    .into_iter()
+                    .map(|(path, size)| FileChange { path, size })
+                    .collect();
+            }
+        }
         session.busy.store(false, Ordering::Release);
         exec.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
         session.touch();
@@ -343,6 +356,30 @@ impl Sessions {
             return Err(ApiError::session_not_found(&session.id));
         }
         Ok(exec)
+    }
+
+    /// The regular files of the session's workspace (bounded walk), for the
+    /// `files` of an execution; `None` when the report is turned off. An
+    /// empty workspace (only its root inode in use) is not walked at all.
+    async fn scan_workspace(&self, session: &Arc<Session>) -> Option<Snapshot> {
+        let max_entries = self.cfg.files_scan_max_entries;
+        if max_entries == 0 {
+            return None;
+        }
+        let path = session.sandbox.workspace_path().to_path_buf();
+        if workspace_is_empty(&path) {
+            return Some(Snapshot::default());
+        }
+        let max_depth = self.cfg.files_scan_max_depth;
+        let uid = session.sandbox.uid();
+        tokio::task::spawn_blocking(move || {
+            WorkspaceFs::open(&path, uid, uid)
+                .ok()
+                .map(|ws| ws.snapshot(max_entries, max_depth))
+        })
+        .await
+        .ok()
+        .flatten()
     }
 
     async fn run_cell(
@@ -633,7 +670,14 @@ impl Session {
         self.opts.timeout
     }
 
-    fn touch(&self) {
+    /// Open the session's workspace (a fresh descriptor of its root; blocking).
+    pub fn workspace(&self) -> Result<WorkspaceFs, WorkspaceFsError> {
+        let uid = self.sandbox.uid();
+        WorkspaceFs::open(self.sandbox.workspace_path(), uid, uid)
+    }
+
+    /// Mark the session as used now (so it is not reaped as idle).
+    pub fn touch(&self) {
         if let Ok(mut la) = self.last_active.lock() {
             *la = (Instant::now(), SystemTime::now());
         }
@@ -785,6 +829,7 @@ impl Collector {
             duration_ms: 0.0,
             truncated: self.truncated,
             state_lost: self.state_lost,
+            files: Vec::new(),
         }
     }
 
@@ -815,6 +860,14 @@ fn floor_char_boundary(s: &str, mut i: usize) -> usize {
         i -= 1;
     }
     i
+}
+
+/// Whether only the root inode of a workspace is in use: one `statvfs`, much
+/// cheaper than opening and reading the directory.
+fn workspace_is_empty(path: &std::path::Path) -> bool {
+    nix::sys::statvfs::statvfs(path)
+        .map(|v| v.files().saturating_sub(v.files_free()) <= 1)
+        .unwrap_or(false)
 }
 
 /// RFC 3339 UTC timestamp with second precision.
