@@ -132,3 +132,47 @@ fn idle_sessions_are_released_after_the_idle_timeout() {
         "active session kept"
     );
 }
+
+/// Pids of every process (zombies included) whose real uid is `uid`.
+fn processes_of_uid(uid: u32) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
+            continue;
+        };
+        let real = status
+            .lines()
+            .find(|l| l.starts_with("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|u| u.parse::<u32>().ok());
+        if real == Some(uid) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+#[test]
+fn a_released_session_leaves_no_process_not_even_a_zombie() {
+    let s = TestServer::shared();
+    let sess = s.session();
+    let uid: u32 = sess
+        .ok("import os, subprocess\nsubprocess.Popen(['sh', '-c', 'setsid sleep 900 &'])\nprint(os.getuid())")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(!processes_of_uid(uid).is_empty());
+    drop(sess); // DELETE
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !processes_of_uid(uid).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        processes_of_uid(uid),
+        Vec::<i32>::new(),
+        "uid {uid} still has processes"
+    );
+}

@@ -281,8 +281,16 @@ class Zygote:
                 self.fds.clear()
 
 
+# prctl(2) option: orphaned descendants are reparented to us, not to the host's init.
+PR_SET_CHILD_SUBREAPER = 36
+
+
 def main() -> None:
     """Entry point."""
+    # A sandbox's init outlives its parent for a moment when the sandbox is
+    # killed; as subreaper the zygote reaps it instead of leaving a zombie for
+    # the host's pid 1 (which, in a container, may never reap).
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     ctrl = socket.socket(fileno=CONTROL_FD)
     ctrl.setblocking(True)
     os.environ.setdefault("MPLBACKEND", "Agg")
