@@ -51,6 +51,9 @@ for path in sorted(glob.glob(f"{outdir}/run-*.jsonl")):
             order.append(name)
         rows[name].append(r)
 
+canon = ["roundtrip", "stateful (steady)", "stateful (churn)", "create (cold)",
+         "create (warm)", "oneshot", "density", "analysis"]
+order.sort(key=lambda n: canon.index(n) if n in canon else len(canon))
 medians = []
 table = [("row", "median of runs", "budget", "pass runs")]
 for name in order:

@@ -147,25 +147,59 @@ impl OwnServer {
         }
     }
 
-    /// SIGTERM, wait up to 20 s, then SIGKILL.
+    /// SIGTERM, wait up to 20 s, then SIGKILL; then make sure nothing the
+    /// server left mounted keeps our temporary directory from going away.
     pub async fn stop(mut self) {
         // SAFETY: plain kill(2) on the pid of our own, not yet reaped child.
         unsafe {
             libc::kill(self.pid, libc::SIGTERM);
         }
         let start = Instant::now();
+        let mut exited = false;
         while start.elapsed() < Duration::from_secs(20) {
             if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+                exited = true;
+                break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        eprintln!(
-            "[bench] server pid {} ignored SIGTERM for 20 s; killing it",
-            self.pid
-        );
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if !exited {
+            eprintln!(
+                "[bench] server pid {} ignored SIGTERM for 20 s; killing it",
+                self.pid
+            );
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        self.unmount_leftovers();
+    }
+
+    /// Detach whatever is still mounted under our temporary directory after
+    /// the server exited (a server bug, reported on stderr).
+    fn unmount_leftovers(&self) {
+        let dir = self._dir.path().to_string_lossy().into_owned();
+        let prefix = format!("{dir}/");
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let mut left: Vec<String> = mounts
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .filter(|m| m.starts_with(&prefix))
+            .map(str::to_string)
+            .collect();
+        // Deepest first.
+        left.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in &left {
+            eprintln!(
+                "[bench] server (pid {}) left {m} mounted after it exited; detaching it",
+                self.pid
+            );
+            if let Ok(c) = std::ffi::CString::new(m.as_str()) {
+                // SAFETY: umount2 with a valid NUL-terminated path.
+                unsafe {
+                    libc::umount2(c.as_ptr(), libc::MNT_DETACH);
+                }
+            }
+        }
     }
 
     /// Whether the process is still running.
