@@ -3,5 +3,6 @@
 
 mod api;
 mod execution;
+mod files;
 mod isolation;
 mod lifecycle;

@@ -210,25 +210,46 @@ impl TestServer {
         self.base.trim_start_matches("http://")
     }
 
-    /// Send raw bytes as a request (the caller writes the request line and
-    /// headers; `Authorization` and `Connection: close` are added after the
-    /// request line) and return the status and the body. For paths an HTTP
-    /// client would normalize (`..`, `%2e%2e`).
+    /// Send a request over a plain TCP connection and return the status and
+    /// the body. For paths an HTTP client would normalize (`..`, `%2e%2e`).
     pub fn raw(&self, method: &str, target: &str, body: &[u8]) -> (u16, String) {
+        self.raw_with(
+            method,
+            target,
+            &format!("Content-Length: {}\r\n", body.len()),
+            body.to_vec(),
+        )
+    }
+
+    /// Like [`TestServer::raw`] with the given header lines (each ending in
+    /// CRLF) instead of `Content-Length`. The body is written from another
+    /// thread, ignoring write errors, so an early answer (the server refusing
+    /// a body it did not read) is still seen.
+    pub fn raw_with(
+        &self,
+        method: &str,
+        target: &str,
+        headers: &str,
+        body: Vec<u8>,
+    ) -> (u16, String) {
         use std::io::{Read, Write};
         let mut conn = std::net::TcpStream::connect(self.addr()).expect("connect");
         conn.set_read_timeout(Some(Duration::from_secs(60)))
             .expect("timeout");
         let head = format!(
-            "{method} {target} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+            "{method} {target} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n{headers}\r\n",
             self.addr(),
             self.token,
-            body.len()
         );
         conn.write_all(head.as_bytes()).expect("write head");
-        conn.write_all(body).expect("write body");
+        let mut writer = conn.try_clone().expect("clone");
+        let t = std::thread::spawn(move || {
+            let _ = writer.write_all(&body);
+        });
         let mut out = Vec::new();
         let _ = conn.read_to_end(&mut out);
+        let _ = conn.shutdown(std::net::Shutdown::Both);
+        let _ = t.join();
         let text = String::from_utf8_lossy(&out).into_owned();
         let status = text
             .split(' ')

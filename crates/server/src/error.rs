@@ -132,14 +132,12 @@ impl ApiError {
                 Self::file_not_found(path)
             }
             WorkspaceFsError::Forbidden => Self::forbidden_path(path),
-            WorkspaceFsError::NotAFile => Self::conflict(
-                "not_a_file",
-                format!("{path:?} is not a regular file"),
-            ),
-            WorkspaceFsError::IsADirectory => Self::conflict(
-                "is_a_directory",
-                format!("{path:?} is a directory"),
-            ),
+            WorkspaceFsError::NotAFile => {
+                Self::conflict("not_a_file", format!("{path:?} is not a regular file"))
+            }
+            WorkspaceFsError::IsADirectory => {
+                Self::conflict("is_a_directory", format!("{path:?} is a directory"))
+            }
             WorkspaceFsError::NotEmpty => Self::conflict(
                 "directory_not_empty",
                 format!("{path:?} is a directory that is not empty"),
