@@ -87,6 +87,16 @@ pub struct Settings {
     /// Most entries one directory listing returns.
     #[arg(long, env = "PYXIS_FILES_LIST_MAX_ENTRIES")]
     pub files_list_max_entries: Option<usize>,
+    /// Networks (comma-separated `addr/prefix`) that file imports may reach
+    /// even though they are loopback, private or link-local.
+    #[arg(long, env = "PYXIS_IMPORT_ALLOW")]
+    pub import_allow: Option<String>,
+    /// Time limit of one URL import in seconds.
+    #[arg(long, env = "PYXIS_IMPORT_TIMEOUT_S")]
+    pub import_timeout_s: Option<f64>,
+    /// Largest file one URL import may write, in MiB (at most the quota).
+    #[arg(long, env = "PYXIS_IMPORT_MAX_MB")]
+    pub import_max_mb: Option<u64>,
 }
 
 /// The validated configuration.
@@ -116,6 +126,9 @@ pub struct Config {
     pub files_scan_max_entries: usize,
     pub files_scan_max_depth: usize,
     pub files_list_max_entries: usize,
+    pub import_allow: Vec<crate::url_import::Cidr>,
+    pub import_timeout: Duration,
+    pub import_max_bytes: u64,
 }
 
 const MIB: u64 = 1024 * 1024;
@@ -153,7 +166,10 @@ impl Settings {
             uid_base,
             files_scan_max_entries,
             files_scan_max_depth,
-            files_list_max_entries
+            files_list_max_entries,
+            import_allow,
+            import_timeout_s,
+            import_max_mb
         )
     }
 }
@@ -221,6 +237,18 @@ impl Config {
             files_scan_max_entries: s.files_scan_max_entries.unwrap_or(1000),
             files_scan_max_depth: s.files_scan_max_depth.unwrap_or(16).max(1),
             files_list_max_entries: s.files_list_max_entries.unwrap_or(10_000).max(1),
+            import_allow: s
+                .import_allow
+                .as_deref()
+                .unwrap_or("")
+                .split(',')
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .map(crate::url_import::Cidr::parse)
+                .collect::<Result<_, _>>()
+                .map_err(|e| anyhow::anyhow!("import_allow: {e}"))?,
+            import_timeout: secs("import_timeout_s", s.import_timeout_s.unwrap_or(60.0))?,
+            import_max_bytes: s.import_max_mb.unwrap_or(512) * MIB,
         };
         if cfg.memory_bytes < 64 * MIB {
             bail!("memory_mb must be at least 64");

@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use crate::model::{ErrorBody, ErrorDetail};
+use crate::url_import::ImportError;
 use crate::workspace_fs::WorkspaceFsError;
 
 /// An error answer.
@@ -144,6 +145,26 @@ impl ApiError {
             ),
             WorkspaceFsError::Quota => Self::quota_exceeded(quota_bytes),
             e @ WorkspaceFsError::Io { .. } => Self::internal(e),
+        }
+    }
+
+    /// Any other answer.
+    pub fn with_status(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(status, code, message)
+    }
+
+    /// Answer for a URL that could not be imported.
+    pub fn from_import(err: ImportError) -> Self {
+        match err {
+            ImportError::InvalidUrl(m) => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_url", m)
+            }
+            e @ ImportError::Forbidden { .. } => Self::new(
+                StatusCode::FORBIDDEN,
+                "forbidden_url",
+                format!("{e}; such addresses can be allowed with PYXIS_IMPORT_ALLOW"),
+            ),
+            ImportError::Failed(m) => Self::new(StatusCode::BAD_GATEWAY, "import_failed", m),
         }
     }
 

@@ -15,6 +15,7 @@ mod router;
 mod runtime;
 mod sandboxes;
 mod sessions;
+mod url_import;
 mod workspace_fs;
 mod zygote;
 

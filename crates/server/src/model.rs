@@ -241,6 +241,25 @@ pub struct DirQuery {
     pub path: Option<String>,
 }
 
+/// One URL to import.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImportItem {
+    /// An `http` or `https` URL.
+    pub url: String,
+    /// Where to write it, relative to the workspace (default: the last
+    /// segment of the URL's path, in the workspace root).
+    pub path: Option<String>,
+}
+
+/// `POST /v1/sessions/{id}/files/import` request.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImportRequest {
+    /// The URLs to fetch, in order.
+    pub files: Vec<ImportItem>,
+}
+
 /// A file written by an upload.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct UploadedFile {

@@ -23,7 +23,7 @@ use crate::model;
         sessions::delete_session, sessions::interrupt_session, sessions::restart_session,
         execute::execute_cell, execute::execute_one_shot,
         files::download_file, files::upload_file, files::delete_file, files::list_files,
-        files::upload_files,
+        files::upload_files, files::post_file_path,
         system::healthz, system::readyz, system::status, system::capabilities, system::openapi,
     ),
     components(schemas(
@@ -32,7 +32,8 @@ use crate::model;
         model::ExecStatus, model::ResultItem, model::ExecError, model::Execution,
         model::InterruptReply, model::Status, model::Capabilities, model::ErrorBody,
         model::ErrorDetail, model::FileChange, model::FileKind, model::FileEntry,
-        model::FileList, model::UploadedFile, model::UploadedFiles,
+        model::FileList, model::UploadedFile, model::UploadedFiles, model::ImportItem,
+        model::ImportRequest,
     )),
     modifiers(&Security),
 )]
@@ -90,6 +91,7 @@ pub fn build(app: Arc<App>) -> Router {
             get(files::download_file)
                 .put(files::upload_file)
                 .delete(files::delete_file)
+                .post(files::post_file_path)
                 .layer(DefaultBodyLimit::disable()),
         )
         .fallback(|| async { ApiError::not_found() });

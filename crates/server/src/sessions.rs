@@ -52,6 +52,8 @@ pub struct Session {
     closed: AtomicBool,
     interrupt: Notify,
     executions: AtomicU64,
+    /// The workspace as the last cell left it (see `execute`).
+    last_scan: Mutex<Option<Snapshot>>,
 }
 
 struct Ready {
@@ -260,6 +262,7 @@ impl Sessions {
             closed: AtomicBool::new(false),
             interrupt: Notify::new(),
             executions: AtomicU64::new(0),
+            last_scan: Mutex::new(None),
         }))
     }
 
@@ -336,7 +339,13 @@ impl Sessions {
         }
         session.busy.store(true, Ordering::Release);
         let started = Instant::now();
-        let before = self.scan_workspace(session).await;
+        // The walk after the previous cell serves as this one's "before",
+        // unless the files API changed the workspace since.
+        let cached = session.last_scan.lock().ok().and_then(|mut s| s.take());
+        let before = match cached {
+            Some(snap) => Some(snap),
+            None => self.scan_workspace(session).await,
+        };
         let mut exec = self.run_cell(session, &mut slot, code, timeout).await;
         if let Some(before) = before {
             if let Some(after) = self.scan_workspace(session).await {
@@ -345,6 +354,9 @@ impl Sessions {
                     .into_iter()
                     .map(|(path, size)| FileChange { path, size })
                     .collect();
+                if let Ok(mut last) = session.last_scan.lock() {
+                    *last = Some(after);
+                }
             }
         }
         session.busy.store(false, Ordering::Release);
@@ -674,6 +686,14 @@ impl Session {
     pub fn workspace(&self) -> Result<WorkspaceFs, WorkspaceFsError> {
         let uid = self.sandbox.uid();
         WorkspaceFs::open(self.sandbox.workspace_path(), uid, uid)
+    }
+
+    /// The files API changed the workspace: the next cell walks it afresh
+    /// rather than comparing with what the previous cell left.
+    pub fn forget_scan(&self) {
+        if let Ok(mut last) = self.last_scan.lock() {
+            *last = None;
+        }
     }
 
     /// Mark the session as used now (so it is not reaped as idle).

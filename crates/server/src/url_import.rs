@@ -1,0 +1,355 @@
+//! Fetching URLs into a workspace without becoming a proxy into the host's
+//! network (SSRF).
+//!
+//! Only `http` and `https`. Each host is resolved once, *every* address it
+//! resolves to must be public (or in the allow-list), and the connection goes
+//! to the address that was checked (the client's DNS is overridden with it),
+//! so a second, different DNS answer cannot redirect it. Redirects are not
+//! followed by the client: each one is parsed, resolved and checked like the
+//! first URL. Proxies from the environment are ignored. Time and size are
+//! capped.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use reqwest::Url;
+
+/// Most redirects followed.
+pub const MAX_REDIRECTS: usize = 5;
+
+/// Why a URL could not be fetched.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    /// Not a URL, or not http/https.
+    #[error("{0}")]
+    InvalidUrl(String),
+    /// The host resolves to an address that is not allowed.
+    #[error("{host} resolves to {addr}, a loopback, private, link-local or otherwise non-public address")]
+    Forbidden {
+        /// The host of the URL.
+        host: String,
+        /// The address refused.
+        addr: IpAddr,
+    },
+    /// The fetch failed (DNS, connection, HTTP status, too many redirects,
+    /// time limit).
+    #[error("{0}")]
+    Failed(String),
+}
+
+type Result<T> = std::result::Result<T, ImportError>;
+
+/// An IP network (`addr/prefix`) of the allow-list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Parse `1.2.3.4`, `10.0.0.0/8`, `::1` or `fd00::/8`.
+    pub fn parse(s: &str) -> std::result::Result<Cidr, String> {
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = a
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IP address or network"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{s:?} has a bad prefix length"))?,
+            None => max,
+        };
+        Ok(Cidr { addr, prefix })
+    }
+
+    fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+fn v4_in(ip: Ipv4Addr, net: [u8; 4], prefix: u8) -> bool {
+    Cidr {
+        addr: IpAddr::V4(Ipv4Addr::from(net)),
+        prefix,
+    }
+    .contains(IpAddr::V4(ip))
+}
+
+/// Whether an IPv4 address is globally routable (not loopback, private,
+/// link-local and cloud metadata, CGNAT, multicast, reserved, …; IANA IPv4
+/// Special-Purpose Address Registry).
+fn is_public_v4(ip: Ipv4Addr) -> bool {
+    const NOT_PUBLIC: &[([u8; 4], u8)] = &[
+        ([0, 0, 0, 0], 8),       // "this network"
+        ([10, 0, 0, 0], 8),      // private
+        ([100, 64, 0, 0], 10),   // CGNAT (shared address space)
+        ([127, 0, 0, 0], 8),     // loopback
+        ([169, 254, 0, 0], 16),  // link-local, cloud metadata 169.254.169.254
+        ([172, 16, 0, 0], 12),   // private
+        ([192, 0, 0, 0], 24),    // IETF protocol assignments
+        ([192, 0, 2, 0], 24),    // documentation
+        ([192, 88, 99, 0], 24),  // 6to4 relay anycast
+        ([192, 168, 0, 0], 16),  // private
+        ([198, 18, 0, 0], 15),   // benchmarking
+        ([198, 51, 100, 0], 24), // documentation
+        ([203, 0, 113, 0], 24),  // documentation
+        ([224, 0, 0, 0], 4),     // multicast
+        ([240, 0, 0, 0], 4),     // reserved, broadcast
+    ];
+    !NOT_PUBLIC
+        .iter()
+        .any(|(net, prefix)| v4_in(ip, *net, *prefix))
+}
+
+/// Whether an IPv6 address is globally routable. Addresses that embed an
+/// IPv4 address (mapped, compatible, NAT64, 6to4, Teredo) are refused outright:
+/// they can reach IPv4 hosts the IPv4 check would refuse.
+fn is_public_v6(ip: Ipv6Addr) -> bool {
+    const NOT_PUBLIC: &[(u128, u8)] = &[
+        (0, 96),                      // ::, ::1, IPv4-compatible
+        (0xffff_0000_0000, 96),       // IPv4-mapped ::ffff:0:0/96
+        (0x0064_ff9b << 96, 96),      // NAT64 64:ff9b::/96
+        (0x0064_ff9b_0001 << 80, 48), // local NAT64 64:ff9b:1::/48
+        (0x0100 << 112, 64),          // discard 100::/64
+        (0x2001 << 112, 32),          // Teredo 2001::/32
+        (0x2001_0db8 << 96, 32),      // documentation
+        (0x2002 << 112, 16),          // 6to4
+        (0xfc00 << 112, 7),           // unique local (incl. fd00:ec2::254)
+        (0xfe80 << 112, 10),          // link-local
+        (0xfec0 << 112, 10),          // site-local (deprecated)
+        (0xff00 << 112, 8),           // multicast
+    ];
+    !NOT_PUBLIC.iter().any(|(net, prefix)| {
+        Cidr {
+            addr: IpAddr::V6(Ipv6Addr::from(*net)),
+            prefix: *prefix,
+        }
+        .contains(IpAddr::V6(ip))
+    })
+}
+
+/// Whether `ip` is globally routable.
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => is_public_v4(v4),
+        IpAddr::V6(v6) => is_public_v6(v6),
+    }
+}
+
+/// What may be fetched.
+#[derive(Debug, Clone)]
+pub struct ImportPolicy {
+    /// Networks allowed even though they are not public.
+    pub allow: Vec<Cidr>,
+    /// Time limit of one fetch, redirects included.
+    pub timeout: Duration,
+}
+
+impl ImportPolicy {
+    fn allowed(&self, ip: IpAddr) -> bool {
+        is_public(ip) || self.allow.iter().any(|c| c.contains(ip))
+    }
+
+    /// Resolve `url`'s host and check every address; returns the one to
+    /// connect to.
+    async fn check(&self, url: &Url) -> Result<SocketAddr> {
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(ImportError::InvalidUrl(format!(
+                "only http and https URLs can be imported, not {:?}",
+                url.scheme()
+            )));
+        }
+        let port = url
+            .port_or_known_default()
+            .ok_or_else(|| ImportError::InvalidUrl("the URL has no port".into()))?;
+        let (host, addrs): (String, Vec<IpAddr>) = match url.host() {
+            Some(url::Host::Ipv4(ip)) => (ip.to_string(), vec![IpAddr::V4(ip)]),
+            Some(url::Host::Ipv6(ip)) => (ip.to_string(), vec![IpAddr::V6(ip)]),
+            Some(url::Host::Domain(d)) => {
+                let found = tokio::net::lookup_host((d, port))
+                    .await
+                    .map_err(|_| ImportError::Failed(format!("cannot resolve {d:?}")))?;
+                (d.to_string(), found.map(|a| a.ip()).collect())
+            }
+            None => return Err(ImportError::InvalidUrl("the URL has no host".into())),
+        };
+        if let Some(bad) = addrs.iter().find(|ip| !self.allowed(**ip)) {
+            return Err(ImportError::Forbidden { host, addr: *bad });
+        }
+        let first = addrs
+            .first()
+            .ok_or_else(|| ImportError::Failed(format!("{host:?} has no address")))?;
+        Ok(SocketAddr::new(*first, port))
+    }
+
+    /// GET `raw`, following redirects one checked hop at a time; the
+    /// response of the final hop (a success status).
+    pub async fn fetch(&self, raw: &str) -> Result<(Url, reqwest::Response)> {
+        tokio::time::timeout(self.timeout, self.fetch_inner(raw))
+            .await
+            .unwrap_or_else(|_| {
+                Err(ImportError::Failed(format!(
+                    "the fetch took longer than {} s",
+                    self.timeout.as_secs_f64()
+                )))
+            })
+    }
+
+    async fn fetch_inner(&self, raw: &str) -> Result<(Url, reqwest::Response)> {
+        let mut url =
+            Url::parse(raw).map_err(|e| ImportError::InvalidUrl(format!("{raw:?}: {e}")))?;
+        for _ in 0..=MAX_REDIRECTS {
+            let addr = self.check(&url).await?;
+            let mut builder = reqwest::Client::builder()
+                .no_proxy()
+                .redirect(reqwest::redirect::Policy::none())
+                .connect_timeout(self.timeout)
+                .timeout(self.timeout);
+            if let Some(url::Host::Domain(d)) = url.host() {
+                // Connect to the address that was checked, nothing else.
+                builder = builder.resolve(d, addr);
+            }
+            let client = builder
+                .build()
+                .map_err(|e| ImportError::Failed(format!("client: {e}")))?;
+            let resp =
+                client.get(url.clone()).send().await.map_err(|e| {
+                    ImportError::Failed(format!("fetching {url}: {}", without_url(&e)))
+                })?;
+            let status = resp.status();
+            if status.is_redirection() {
+                let location = resp
+                    .headers()
+                    .get(reqwest::header::LOCATION)
+                    .and_then(|v| v.to_str().ok())
+                    .ok_or_else(|| {
+                        ImportError::Failed(format!("{url} redirects without a Location"))
+                    })?;
+                url = url.join(location).map_err(|e| {
+                    ImportError::InvalidUrl(format!("redirect to {location:?}: {e}"))
+                })?;
+                continue;
+            }
+            if !status.is_success() {
+                return Err(ImportError::Failed(format!("{url} answered {status}")));
+            }
+            return Ok((url, resp));
+        }
+        Err(ImportError::Failed(format!(
+            "more than {MAX_REDIRECTS} redirects"
+        )))
+    }
+}
+
+fn without_url(e: &reqwest::Error) -> String {
+    let mut s = e.to_string();
+    if let Some(u) = e.url() {
+        s = s.replace(&format!(" ({u})"), "");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_public_addresses_are_recognized() {
+        for bad in [
+            "127.0.0.1",
+            "127.9.9.9",
+            "0.0.0.0",
+            "10.1.2.3",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "100.127.255.255",
+            "224.0.0.1",
+            "255.255.255.255",
+            "::",
+            "::1",
+            "::ffff:127.0.0.1",
+            "::ffff:8.8.8.8",
+            "::127.0.0.1",
+            "64:ff9b::a9fe:a9fe",
+            "2002:a9fe:a9fe::1",
+            "fd00:ec2::254",
+            "fe80::1",
+            "ff02::1",
+        ] {
+            assert!(!is_public(bad.parse().unwrap()), "{bad}");
+        }
+        for good in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "172.32.0.1",
+            "100.128.0.1",
+            "2606:4700::1111",
+        ] {
+            assert!(is_public(good.parse().unwrap()), "{good}");
+        }
+    }
+
+    #[test]
+    fn the_allow_list_admits_its_networks_only() {
+        let policy = ImportPolicy {
+            allow: vec![
+                Cidr::parse("127.0.0.1/32").unwrap(),
+                Cidr::parse("fd00::/8").unwrap(),
+            ],
+            timeout: Duration::from_secs(1),
+        };
+        assert!(policy.allowed("127.0.0.1".parse().unwrap()));
+        assert!(!policy.allowed("127.0.0.2".parse().unwrap()));
+        assert!(policy.allowed("fd12::1".parse().unwrap()));
+        assert!(!policy.allowed("169.254.169.254".parse().unwrap()));
+        assert!(Cidr::parse("10.0.0.0/33").is_err());
+        assert!(Cidr::parse("example.com").is_err());
+    }
+
+    #[tokio::test]
+    async fn schemes_other_than_http_are_refused() {
+        let policy = ImportPolicy {
+            allow: vec![],
+            timeout: Duration::from_secs(1),
+        };
+        for url in ["file:///etc/passwd", "ftp://example.com/x", "gopher://x/"] {
+            assert!(matches!(
+                policy.fetch(url).await,
+                Err(ImportError::InvalidUrl(_))
+            ));
+        }
+        assert!(matches!(
+            policy.fetch("http://127.0.0.1:1/").await,
+            Err(ImportError::Forbidden { .. })
+        ));
+        assert!(matches!(
+            policy.fetch("http://[::ffff:169.254.169.254]/").await,
+            Err(ImportError::Forbidden { .. })
+        ));
+    }
+}
