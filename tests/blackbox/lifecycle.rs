@@ -5,9 +5,8 @@ use std::time::{Duration, Instant};
 
 use pyxis_tests::TestServer;
 
-/// Host pids whose real uid is in the server's sandbox range (zombies, which
-/// hold nothing but a pid until their parent reaps them, excepted).
-fn sandbox_processes(uid_base: u32) -> Vec<i32> {
+/// Host pids whose real uid satisfies `wanted`, zombies included or not.
+fn processes_with_uid(wanted: impl Fn(u32) -> bool, zombies: bool) -> Vec<i32> {
     let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
@@ -16,9 +15,10 @@ fn sandbox_processes(uid_base: u32) -> Vec<i32> {
         let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
             continue;
         };
-        if status
-            .lines()
-            .any(|l| l.starts_with("State:") && l.contains("Z (zombie)"))
+        if !zombies
+            && status
+                .lines()
+                .any(|l| l.starts_with("State:") && l.contains("Z (zombie)"))
         {
             continue;
         }
@@ -27,13 +27,22 @@ fn sandbox_processes(uid_base: u32) -> Vec<i32> {
             .find(|l| l.starts_with("Uid:"))
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|u| u.parse::<u32>().ok());
-        if let Some(uid) = uid {
-            if (uid_base..uid_base + 1000).contains(&uid) {
-                pids.push(pid);
-            }
+        if uid.is_some_and(&wanted) {
+            pids.push(pid);
         }
     }
     pids
+}
+
+/// Live processes (zombies, which hold nothing but a pid until their parent
+/// reaps them, excepted) whose uid is in the server's sandbox range.
+fn sandbox_processes(uid_base: u32) -> Vec<i32> {
+    processes_with_uid(|uid| (uid_base..uid_base + 1000).contains(&uid), false)
+}
+
+/// Every process of one uid, zombies included.
+fn processes_of_uid(uid: u32) -> Vec<i32> {
+    processes_with_uid(|u| u == uid, true)
 }
 
 fn workspace_mounts(data_dir: &Path) -> usize {
@@ -131,28 +140,6 @@ fn idle_sessions_are_released_after_the_idle_timeout() {
         200,
         "active session kept"
     );
-}
-
-/// Pids of every process (zombies included) whose real uid is `uid`.
-fn processes_of_uid(uid: u32) -> Vec<i32> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
-            continue;
-        };
-        let real = status
-            .lines()
-            .find(|l| l.starts_with("Uid:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|u| u.parse::<u32>().ok());
-        if real == Some(uid) {
-            pids.push(pid);
-        }
-    }
-    pids
 }
 
 #[test]
