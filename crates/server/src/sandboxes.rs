@@ -235,6 +235,7 @@ impl SandboxFactory {
         let limits2 = *limits;
         let disk = self.cfg.disk_bytes;
         let cgroups = self.cgroups.clone();
+        let t0 = std::time::Instant::now();
         let made = tokio::task::spawn_blocking(move || -> Result<_, SandboxError> {
             let cgroup = cgroups.create(&cg_name, &limits2)?;
             let inodes = (disk / (1024 * 1024)).max(16) * INODES_PER_MIB;
@@ -263,8 +264,17 @@ impl SandboxFactory {
             workspace,
             init_pid: AtomicI32::new(0),
         });
+        let t1 = std::time::Instant::now();
         match self.start_kernel(&sb).await {
-            Ok(conn) => Ok((sb, conn)),
+            Ok(conn) => {
+                tracing::debug!(
+                    id = %sb.id,
+                    cgroup_and_workspace_ms = (t1 - t0).as_secs_f64() * 1e3,
+                    kernel_ms = t1.elapsed().as_secs_f64() * 1e3,
+                    "sandbox created"
+                );
+                Ok((sb, conn))
+            }
             Err(e) => {
                 self.destroy(sb).await;
                 Err(e)
@@ -296,7 +306,9 @@ impl SandboxFactory {
         let spec = serde_json::to_value(&spec)
             .map_err(|e| SandboxError::Internal(format!("spec: {e}")))?;
         let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+        let t0 = std::time::Instant::now();
         let pid = self.zygote.spawn(spec, OwnedFd::from(theirs)).await?;
+        let spawned_ms = t0.elapsed().as_secs_f64() * 1e3;
         sb.init_pid.store(pid, Ordering::Release);
         ours.set_nonblocking(true)?;
         let stream = tokio::net::UnixStream::from_std(ours)?;
@@ -305,7 +317,14 @@ impl SandboxFactory {
             .await
             .map_err(|_| SandboxError::Internal("kernel start timed out".into()))??;
         match first {
-            KernelEvent::Ready {} => Ok(conn),
+            KernelEvent::Ready {} => {
+                tracing::debug!(
+                    spawned_ms,
+                    ready_ms = t0.elapsed().as_secs_f64() * 1e3,
+                    "kernel started"
+                );
+                Ok(conn)
+            }
             other => Err(SandboxError::Internal(format!(
                 "unexpected first kernel message {other:?}"
             ))),
