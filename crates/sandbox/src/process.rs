@@ -70,6 +70,9 @@ pub enum EnterError {
     /// Changing the signal mask or dispositions failed.
     #[error("signal setup: {0}")]
     Signals(#[source] io::Error),
+    /// Wiping the inherited environment block failed.
+    #[error("scrub inherited environment: {0}")]
+    ScrubEnviron(#[source] io::Error),
     /// Building the root filesystem failed.
     #[error(transparent)]
     Rootfs(#[from] RootfsError),
@@ -193,6 +196,9 @@ fn setup_init(
     drop(start);
 
     rootfs::build(spec)?;
+    // B and C are forks of the zygote: `/proc/<pid>/environ` would show its environment
+    // (host paths of the server's installation) to the sandbox. Needs the fresh `/proc`.
+    sys::scrub_initial_environ().map_err(EnterError::ScrubEnviron)?;
     nix::unistd::sethostname(&spec.hostname).map_err(|e| EnterError::SetHostname(e.into()))?;
     if spec.loopback {
         sys::set_interface_up("lo").map_err(EnterError::LoopbackUp)?;

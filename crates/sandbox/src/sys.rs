@@ -62,6 +62,54 @@ pub fn fork() -> io::Result<Forked> {
     }
 }
 
+/// Moves the environment strings that live in the process's initial environment block (the
+/// one `/proc/<pid>/environ` shows) to the heap, then zeroes that block. `getenv` and
+/// `environ` keep working; `/proc/<pid>/environ` shows nothing of what the process inherited.
+/// Must run single-threaded (nothing may read `environ` meanwhile).
+pub fn scrub_initial_environ() -> io::Result<()> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    let (start, end) = env_block_bounds(&stat)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unexpected /proc/self/stat"))?;
+    if start == 0 || end <= start {
+        return Ok(());
+    }
+    extern "C" {
+        static mut environ: *mut *mut c_char;
+    }
+    // SAFETY: single-threaded (documented requirement), so nothing reads or changes `environ`
+    // while we walk it. Each entry is a valid NUL-terminated string; entries that point into
+    // [start, end) are replaced by heap copies (`strdup`, never freed: they are the new
+    // environment), so after that no live pointer refers to the block, and the block itself is
+    // the process's own writable memory reported by the kernel, which we zero.
+    unsafe {
+        let mut entry = std::ptr::addr_of_mut!(environ).read();
+        while !entry.is_null() && !(*entry).is_null() {
+            let addr = *entry as usize;
+            if (start..end).contains(&addr) {
+                let copy = libc::strdup(*entry);
+                if copy.is_null() {
+                    return Err(io::Error::from(io::ErrorKind::OutOfMemory));
+                }
+                *entry = copy;
+            }
+            entry = entry.add(1);
+        }
+        std::ptr::write_bytes(start as *mut u8, 0, end - start);
+    }
+    Ok(())
+}
+
+/// `env_start` and `env_end` (fields 50 and 51) of a `/proc/<pid>/stat` line.
+fn env_block_bounds(stat: &str) -> Option<(usize, usize)> {
+    // The command name (field 2) may hold spaces and parentheses: split after its last `)`.
+    let (_, rest) = stat.rsplit_once(") ")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3.
+    let start = fields.get(50 - 3)?.parse().ok()?;
+    let end = fields.get(51 - 3)?.parse().ok()?;
+    Some((start, end))
+}
+
 /// `_exit(2)`: ends the process at once, without atexit handlers or stdio flushing, which
 /// belong to the process we were forked from (the Python zygote).
 pub fn exit_now(code: i32) -> ! {
@@ -344,6 +392,16 @@ pub fn path_cstring(path: &Path) -> io::Result<CString> {
 mod tests {
     use super::*;
     use std::ffi::CStr;
+
+    #[test]
+    fn env_block_bounds_parse_stat_lines() {
+        let own = std::fs::read_to_string("/proc/self/stat").expect("stat");
+        let (start, end) = env_block_bounds(&own).expect("bounds");
+        assert!(start > 0 && end > start, "{start} {end}");
+        let tricky = format!("42 (a) b) c) {}", own.rsplit_once(") ").expect("fields").1);
+        assert_eq!(env_block_bounds(&tricky), Some((start, end)));
+        assert_eq!(env_block_bounds("1 (x) S 0"), None);
+    }
 
     #[test]
     fn write_c_message_truncates_and_terminates() {

@@ -141,6 +141,7 @@ mod tests {
             "perf_event_open",
             "kexec_load",
             "init_module",
+            "syslog",
             "clone",
         ] {
             assert!(denied.contains(&name), "{name} is not denied");
