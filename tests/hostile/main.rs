@@ -3,5 +3,7 @@
 
 mod escape;
 mod exhaustion;
+mod files_api;
 mod network;
+mod protocol;
 mod util;

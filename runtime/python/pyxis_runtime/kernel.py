@@ -55,6 +55,12 @@ PRELOADED = [
     "tabulate",
     "ipython",
 ]
+# Bounds of an error event: an exception's message, one traceback line, and
+# the whole traceback (characters).
+ERROR_VALUE_CAP = 64 * 1024
+TRACEBACK_LINE_CAP = 8 * 1024
+TRACEBACK_TOTAL_CAP = 256 * 1024
+
 KERNEL_ENV = {
     "PIP_NO_INPUT": "1",
     "PIP_DISABLE_PIP_VERSION_CHECK": "1",
@@ -563,14 +569,29 @@ class Kernel:
         self.out.event(msg, size)
 
     def error(self, ename: str, evalue: str, stb: list) -> None:
-        """An exception of the cell."""
+        """An exception of the cell, bounded: a huge message or traceback is
+        cut (and the reply flagged truncated), never sent whole."""
         self.sync_pipes()
-        lines = []
+        cut = False
+        if len(evalue) > ERROR_VALUE_CAP:
+            evalue, cut = evalue[:ERROR_VALUE_CAP] + "… [truncated]", True
+        lines: list = []
+        total = 0
         for entry in stb:
-            lines.extend(str(entry).split("\n"))
+            for line in str(entry).split("\n"):
+                if len(line) > TRACEBACK_LINE_CAP:
+                    line, cut = line[:TRACEBACK_LINE_CAP] + "… [truncated]", True
+                total += len(line)
+                if total > TRACEBACK_TOTAL_CAP:
+                    cut = True
+                    break
+                lines.append(line)
         while lines and not lines[-1]:
             lines.pop()
-        msg = {"type": "error", "ename": ename, "evalue": evalue, "traceback": lines}
+        if cut:
+            with self.out.lock:
+                self.out.truncated = True
+        msg = {"type": "error", "ename": ename[:256], "evalue": evalue, "traceback": lines}
         self.out.event(msg, 0)
 
     def figure(self, fig) -> None:

@@ -1,0 +1,228 @@
+//! Shared machinery of the attack suite: the server the attacks run against, a neighbouring
+//! session with a steady workload, and the checks every attack ends with.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use pyxis_tests::{Session, TestServer};
+use serde_json::{json, Value};
+
+/// Worst latency a neighbour's cell may have while an attack runs next door. Generous: the
+/// machine has two cores and other suites run at the same time.
+pub const NEIGHBOUR_MAX_LATENCY: Duration = Duration::from_secs(2);
+
+/// The output cap of [`server`].
+pub const OUTPUT_CAP: u64 = 1 << 20;
+
+/// The server most attacks run against: small limits so that exhaustion is quick.
+pub fn server() -> &'static TestServer {
+    static SERVER: OnceLock<TestServer> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        TestServer::start(&[
+            ("PYXIS_POOL_MIN_IDLE", "2"),
+            ("PYXIS_MEMORY_MB", "384"),
+            ("PYXIS_PIDS", "64"),
+            ("PYXIS_DISK_MB", "64"),
+            ("PYXIS_TMP_MB", "64"),
+            ("PYXIS_MAX_OUTPUT_BYTES", &OUTPUT_CAP.to_string()),
+            ("PYXIS_EXEC_TIMEOUT_S", "30"),
+            ("PYXIS_INTERRUPT_GRACE_S", "2"),
+        ])
+    })
+}
+
+/// What the neighbour saw while the attack ran.
+#[derive(Debug, Default)]
+struct NeighbourReport {
+    cells: u64,
+    worst: Duration,
+    errors: Vec<String>,
+}
+
+/// Runs `attack` (which gets the attacked session) while a neighbouring session on the same
+/// server runs `c += 1; print(c)` cells in a loop, then checks that:
+/// - `/healthz` answers within 1 s;
+/// - the neighbour kept its state, every reply was right, its worst latency stayed under
+///   [`NEIGHBOUR_MAX_LATENCY`];
+/// - the attacked session still works, or answers once with `state_lost: true` and then works.
+///
+/// Returns what `attack` returned.
+pub fn attack<R>(
+    s: &TestServer,
+    victim: &Session<'_>,
+    attack: impl FnOnce(&Session<'_>) -> R,
+) -> R {
+    let neighbour = s.session();
+    assert_eq!(neighbour.ok("c = 0\nprint(c)"), "0\n");
+    let stop = AtomicBool::new(false);
+    let running = AtomicBool::new(false);
+    let (result, report) = std::thread::scope(|scope| {
+        let worker = scope.spawn(|| {
+            let mut rep = NeighbourReport::default();
+            let mut expected = 0u64;
+            // The first cell runs whatever `stop` says, so the loop is under way when the
+            // attack starts.
+            while expected == 0 || !stop.load(Ordering::Acquire) {
+                expected += 1;
+                let t = Instant::now();
+                let v = neighbour.exec("c += 1\nprint(c)");
+                let took = t.elapsed();
+                rep.cells += 1;
+                rep.worst = rep.worst.max(took);
+                let want = format!("{expected}\n");
+                if v["status"] != "ok" || v["stdout"] != want.as_str() || v["state_lost"] == true {
+                    rep.errors.push(format!("cell {expected}: {v}"));
+                    break;
+                }
+                running.store(true, Ordering::Release);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            rep
+        });
+        let wait_start = Instant::now();
+        while !running.load(Ordering::Acquire)
+            && !worker.is_finished()
+            && wait_start.elapsed() < Duration::from_secs(30)
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // A failing attack must still stop the neighbour, or the scope never ends.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| attack(victim)));
+        stop.store(true, Ordering::Release);
+        let report = worker.join().expect("neighbour thread");
+        match result {
+            Ok(result) => (result, report),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    });
+    eprintln!(
+        "neighbour: {} cells, worst latency {:?}",
+        report.cells, report.worst
+    );
+    healthz_fast(s);
+    assert!(
+        report.errors.is_empty(),
+        "neighbour broken: {:?}",
+        report.errors
+    );
+    assert!(report.cells > 0, "neighbour ran no cell");
+    assert!(
+        report.worst < NEIGHBOUR_MAX_LATENCY,
+        "neighbour's worst latency {:?} over {} cells",
+        report.worst,
+        report.cells
+    );
+    // One more cell proves the state survived to the end.
+    let last = neighbour.ok("print(c)");
+    assert_eq!(last, format!("{}\n", report.cells), "neighbour state");
+    victim_recovers(victim);
+    result
+}
+
+/// `/healthz` answers 200 within 1 s.
+pub fn healthz_fast(s: &TestServer) {
+    let t = Instant::now();
+    let r = s
+        .anon(reqwest::Method::GET, "/healthz")
+        .timeout(Duration::from_secs(1))
+        .send()
+        .expect("healthz answers within 1 s");
+    assert!(r.status().is_success(), "healthz: {}", r.status());
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "healthz took {:?}",
+        t.elapsed()
+    );
+}
+
+/// The attacked session works: `print(1)` answers, possibly once with `state_lost: true`.
+pub fn victim_recovers(victim: &Session<'_>) {
+    let v = victim.exec("print(1)");
+    if v["status"] == "ok" && v["stdout"] == "1\n" {
+        return;
+    }
+    assert_eq!(v["state_lost"], true, "attacked session broken: {v:#}");
+    assert_eq!(
+        victim.ok("print(1)"),
+        "1\n",
+        "attacked session after state loss"
+    );
+}
+
+/// Runs `code` in the victim expecting `status: ok`, parses the last stdout line as JSON.
+pub fn json_of(sess: &Session<'_>, code: &str) -> Value {
+    let out = sess.ok(code);
+    let line = out.lines().last().unwrap_or_default();
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("not json ({e}): {out}"))
+}
+
+/// Host pids whose real or effective uid is in `[lo, hi)`.
+pub fn host_pids_with_uid_in(lo: u32, hi: u32) -> BTreeSet<(i32, u32)> {
+    let mut found = BTreeSet::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for e in dir.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            continue;
+        };
+        if let Some(line) = status.lines().find(|l| l.starts_with("Uid:")) {
+            for f in line.split_whitespace().skip(1).take(2) {
+                if let Ok(uid) = f.parse::<u32>() {
+                    if (lo..hi).contains(&uid) {
+                        found.insert((pid, uid));
+                    }
+                }
+            }
+        }
+    }
+    found
+}
+
+/// Waits up to `limit` for no host process to run with a uid in `[lo, hi)`; returns what is
+/// left.
+pub fn wait_no_process_with_uid_in(lo: u32, hi: u32, limit: Duration) -> BTreeSet<(i32, u32)> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = host_pids_with_uid_in(lo, hi);
+        if left.is_empty() || Instant::now() > deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Resident set size of a host process, in bytes.
+pub fn rss_bytes(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+/// Python prelude: `sc(nr, *args)` calls a raw syscall through ctypes and returns
+/// `[result, errno name or None]`.
+pub const SYSCALL_PRELUDE: &str = r#"
+import ctypes, errno, json, os
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+def sc(nr, *args):
+    ctypes.set_errno(0)
+    r = _libc.syscall(ctypes.c_long(nr), *[ctypes.c_long(a) for a in args])
+    e = ctypes.get_errno()
+    return [r, errno.errorcode.get(e, str(e)) if r == -1 else None]
+"#;
+
+/// A session with `limits`.
+pub fn session_with_limits<'a>(s: &'a TestServer, limits: Value) -> Session<'a> {
+    s.session_with(json!({ "limits": limits }))
+}
