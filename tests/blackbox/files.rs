@@ -1,6 +1,7 @@
 //! Workspace files: download, upload (raw and multipart), delete, list; path
 //! confinement against traversal and symlinks planted by user code; quota;
-//! the `files` a cell created or changed.
+//! the `files` a cell created or changed; imports and exports by URL (to an
+//! S3-compatible server on loopback), one-shot executions with files.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -8,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pyxis_tests::{Session, TestServer};
+use pyxis_tests::{S3Server, Session, TestServer};
 use rand::Rng;
 use reqwest::Method;
 use serde_json::Value;
@@ -764,6 +765,7 @@ fn openapi_documents_the_files_routes() {
         ("/v1/sessions/{id}/files", "get"),
         ("/v1/sessions/{id}/files", "post"),
         ("/v1/sessions/{id}/files/import", "post"),
+        ("/v1/sessions/{id}/files/export", "post"),
     ] {
         assert!(paths[path][method].is_object(), "{method} {path} missing");
     }
@@ -773,8 +775,328 @@ fn openapi_documents_the_files_routes() {
         "FileChange",
         "UploadedFiles",
         "ImportRequest",
+        "ExportRequest",
+        "ExportResults",
     ] {
         assert!(v["components"]["schemas"][schema].is_object(), "{schema}");
     }
     assert!(v["components"]["schemas"]["Execution"]["properties"]["files"].is_object());
+}
+
+/// Requests seen by [`recorder`]: head and body of each.
+type Seen = Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// A recording HTTP server on 127.0.0.1: every request's head (lowercased)
+/// and body are kept; answers 201, or 307 to `/elsewhere` for `/redirect`.
+fn recorder() -> (u16, Seen) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = seen.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let keep = keep.clone();
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 65536];
+                let head_end = loop {
+                    let n = conn.read(&mut chunk).unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                while buf.len() < head_end + len {
+                    let n = conn.read(&mut chunk).unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                let body = buf[head_end..].to_vec();
+                let answer = if head.starts_with("put /redirect") {
+                    "307 Temporary Redirect\r\nLocation: /elsewhere"
+                } else {
+                    "201 Created"
+                };
+                keep.lock().unwrap().push((head, body));
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 {answer}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+            });
+        }
+    });
+    (port, seen)
+}
+
+fn export(sess: &Session<'_>, body: Value) -> (u16, Value) {
+    let r = sess
+        .server
+        .post(&format!("/v1/sessions/{}/files/export", sess.id), &body);
+    let status = r.status().as_u16();
+    (status, r.json().unwrap_or(Value::Null))
+}
+
+#[test]
+fn exports_by_presigned_put_and_post_reach_an_s3_server() {
+    let s3 = S3Server::start();
+    s3.create_bucket("out");
+    let s = TestServer::start(&[
+        ("PYXIS_IMPORT_ALLOW", "127.0.0.1/32"),
+        ("PYXIS_POOL_MIN_IDLE", "1"),
+    ]);
+    let sess = s.session();
+    // Binary and text files written by the code itself.
+    sess.ok(concat!(
+        "import os, random\n",
+        "os.makedirs('out', exist_ok=True)\n",
+        "random.seed(7)\n",
+        "open('out/blob.bin', 'wb').write(random.randbytes(3 * 1024 * 1024 + 17))\n",
+        "open('out/report.csv', 'w').write('a,b\\n1,2\\n')\n",
+        "open('empty.txt', 'w').close()\n",
+    ));
+    let blob = sess.get_file("out/blob.bin").bytes().unwrap().to_vec();
+    assert_eq!(blob.len(), 3 * MIB + 17);
+    let put_url = s3.presign_put("out", "runs/1/blob.bin");
+    let post = s3.presign_post("out", "runs/1/report.csv");
+    let (status, v) = export(
+        &sess,
+        serde_json::json!({"files": [
+            {"path": "out/blob.bin", "url": put_url, "method": "PUT"},
+            {"path": "out/report.csv", "url": post["url"], "method": "POST", "fields": post["fields"]},
+            {"path": "empty.txt", "url": format!("{}/out/empty.txt", s3.endpoint),
+             "headers": {"Content-Type": "text/plain"}},
+            // No such bucket: the upstream answers 404.
+            {"path": "empty.txt", "url": format!("{}/nope/empty.txt", s3.endpoint)},
+        ]}),
+    );
+    assert_eq!(status, 200, "{v}");
+    let r = &v["results"];
+    assert_eq!(r[0]["path"], "out/blob.bin");
+    assert_eq!(r[0]["url"], put_url);
+    assert_eq!(r[0]["status"], 200, "{v}");
+    assert_eq!(r[0]["size"], 3 * MIB as u64 + 17);
+    assert!(r[0].get("error").is_none(), "{v}");
+    assert!(r[1]["status"].as_u64().unwrap() / 100 == 2, "{v}");
+    assert_eq!(r[1]["size"], 8);
+    assert!(r[1].get("error").is_none(), "{v}");
+    assert_eq!(r[2]["status"], 200, "{v}");
+    assert_eq!(r[2]["size"], 0);
+    assert_eq!(r[3]["status"], 404, "{v}");
+    assert_eq!(r[3]["error"]["code"], "export_failed", "{v}");
+
+    let (status, got) = s3.get_object("out", "runs/1/blob.bin");
+    assert_eq!((status, got.len()), (200, blob.len()));
+    assert!(got == blob, "the object differs from the file");
+    assert_eq!(
+        s3.get_object("out", "runs/1/report.csv"),
+        (200, b"a,b\n1,2\n".to_vec())
+    );
+    assert_eq!(s3.get_object("out", "empty.txt"), (200, Vec::new()));
+
+    // What goes on the wire: a PUT with a Content-Length (not chunked) and
+    // the client's headers; a POST form with the fields before the file.
+    let (port, seen) = recorder();
+    let at = |p: &str| format!("http://127.0.0.1:{port}{p}");
+    let (status, v) = export(
+        &sess,
+        serde_json::json!({"files": [
+            {"path": "out/report.csv", "url": at("/put"), "headers": {"x-amz-meta-run": "7"}},
+            {"path": "out/report.csv", "url": at("/post"), "method": "POST",
+             "fields": {"key": "k/report.csv", "policy": "p"}},
+            {"path": "out/report.csv", "url": at("/redirect")},
+        ]}),
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["results"][0]["status"], 201, "{v}");
+    assert_eq!(v["results"][1]["status"], 201, "{v}");
+    assert_eq!(v["results"][2]["status"], 307, "{v}");
+    assert_eq!(v["results"][2]["error"]["code"], "export_failed", "{v}");
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 3, "the redirect is not followed");
+    let put = seen
+        .iter()
+        .find(|(h, _)| h.starts_with("put /put "))
+        .unwrap();
+    assert!(put.0.contains("content-length: 8\r\n"), "{}", put.0);
+    assert!(!put.0.contains("transfer-encoding"), "{}", put.0);
+    assert!(put.0.contains("x-amz-meta-run: 7\r\n"), "{}", put.0);
+    assert_eq!(put.1, b"a,b\n1,2\n");
+    let post = seen
+        .iter()
+        .find(|(h, _)| h.starts_with("post /post "))
+        .unwrap();
+    assert!(
+        post.0
+            .contains("content-type: multipart/form-data; boundary="),
+        "{}",
+        post.0
+    );
+    assert!(post.0.contains("content-length: "), "{}", post.0);
+    let form = String::from_utf8_lossy(&post.1);
+    let key = form.find("name=\"key\"").unwrap();
+    let policy = form.find("name=\"policy\"").unwrap();
+    let file = form.find("name=\"file\"; filename=\"report.csv\"").unwrap();
+    assert!(key < file && policy < file, "{form}");
+    assert!(
+        form.contains("a,b\r\n") || form.contains("a,b\n1,2\n"),
+        "{form}"
+    );
+
+    // A symlink planted by the code is never followed: nothing is sent.
+    sess.ok("import os; os.symlink('/etc/passwd', 'leak'); os.symlink('/etc', 'etc')");
+    for path in ["leak", "etc/passwd"] {
+        let (status, v) = export(
+            &sess,
+            serde_json::json!({"files": [
+                {"path": "out/report.csv", "url": format!("{}/out/first", s3.endpoint)},
+                {"path": path, "url": format!("{}/out/leak", s3.endpoint)},
+            ]}),
+        );
+        assert_eq!(
+            (status, v["error"]["code"].as_str()),
+            (403, Some("forbidden_path")),
+            "{path}: {v}"
+        );
+    }
+    assert_eq!(s3.get_object("out", "leak").0, 404);
+    assert_eq!(s3.get_object("out", "first").0, 404);
+    // Other refusals, before anything is sent.
+    let url = format!("{}/out/x", s3.endpoint);
+    for (item, want) in [
+        (
+            serde_json::json!({"path": "missing", "url": url}),
+            (404, "not_found"),
+        ),
+        (
+            serde_json::json!({"path": "out", "url": url}),
+            (409, "not_a_file"),
+        ),
+        (
+            serde_json::json!({"path": "../x", "url": url}),
+            (422, "invalid_path"),
+        ),
+        (
+            serde_json::json!({"path": "empty.txt", "url": "file:///etc/passwd"}),
+            (422, "invalid_url"),
+        ),
+        (
+            serde_json::json!({"path": "empty.txt", "url": url, "headers": {"Host": "evil"}}),
+            (422, "invalid_request"),
+        ),
+        (
+            serde_json::json!({"path": "empty.txt", "url": url, "fields": {"a": "b"}}),
+            (422, "invalid_request"),
+        ),
+        (
+            serde_json::json!({"path": "empty.txt", "url": url, "method": "DELETE"}),
+            (422, "invalid_request"),
+        ),
+    ] {
+        let (status, v) = export(&sess, serde_json::json!({"files": [item]}));
+        assert_eq!(
+            (status, v["error"]["code"].as_str().unwrap_or_default()),
+            want,
+            "{item}: {v}"
+        );
+    }
+    assert_eq!(s3.get_object("out", "x").0, 404);
+}
+
+#[test]
+fn exports_to_loopback_are_refused_by_default() {
+    let s3 = S3Server::start();
+    s3.create_bucket("out");
+    let s = TestServer::shared();
+    let sess = s.session();
+    sess.ok("open('a.txt', 'w').write('secret')");
+    let port = s3.endpoint.rsplit(':').next().unwrap().to_string();
+    for url in [
+        format!("{}/out/a.txt", s3.endpoint),
+        format!("http://[::ffff:127.0.0.1]:{port}/out/a.txt"),
+        format!("http://localhost:{port}/out/a.txt"),
+        "http://169.254.169.254/latest".to_string(),
+    ] {
+        let (status, v) = export(
+            &sess,
+            serde_json::json!({"files": [{"path": "a.txt", "url": url}]}),
+        );
+        assert_eq!(
+            (status, v["error"]["code"].as_str()),
+            (403, Some("forbidden_url")),
+            "{url}: {v}"
+        );
+    }
+    assert_eq!(s3.get_object("out", "a.txt").0, 404);
+}
+
+#[test]
+fn one_shot_downloads_its_files_before_the_code_runs() {
+    let port = origin();
+    let url = |p: &str| format!("http://127.0.0.1:{port}{p}");
+    let code = concat!(
+        "import os\n",
+        "names = sorted(os.listdir('.'))\n",
+        "same = open('data.csv').read() == open('data-1.csv').read() == open('in/r.csv').read()\n",
+        "open('out.txt', 'w').write('done')\n",
+        "print(names, same)\n",
+    );
+    // Loopback is refused by default.
+    let r = TestServer::shared().post(
+        "/v1/execute",
+        &serde_json::json!({"code": code, "files": [url("/data.csv")]}),
+    );
+    assert_eq!(error_code(r), (403, "forbidden_url".to_string()));
+
+    let s = TestServer::start(&[
+        ("PYXIS_IMPORT_ALLOW", "127.0.0.1/32"),
+        ("PYXIS_POOL_MIN_IDLE", "1"),
+    ]);
+    let r = s.post(
+        "/v1/execute",
+        &serde_json::json!({"code": code, "files": [
+            url("/data.csv"),
+            {"url": url("/to-data"), "path": "in/r.csv"},
+            {"url": url("/data.csv")},
+        ]}),
+    );
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().unwrap();
+    assert_eq!(v["status"], "ok", "{v}");
+    assert_eq!(
+        v["stdout"].as_str().unwrap().trim(),
+        "['data-1.csv', 'data.csv', 'in'] True"
+    );
+    // Only what the code wrote.
+    assert_eq!(
+        v["files"],
+        serde_json::json!([{"path": "out.txt", "size": 4}])
+    );
+    // A failed fetch fails the request, and the sandbox is released.
+    let r = s.post(
+        "/v1/execute",
+        &serde_json::json!({"code": "print(1)", "files": [url("/missing")]}),
+    );
+    assert_eq!(error_code(r), (502, "import_failed".to_string()));
+    let r = s.post(
+        "/v1/execute",
+        &serde_json::json!({"code": "print(1)", "files": [{"url": url("/data.csv"), "path": "/etc/x"}]}),
+    );
+    assert_eq!(error_code(r), (422, "invalid_path".to_string()));
+    let r = s.post(
+        "/v1/execute",
+        &serde_json::json!({"code": "print(1)", "files": []}),
+    );
+    assert_eq!(r.status(), 200);
 }

@@ -390,3 +390,151 @@ impl Drop for Session<'_> {
             .send();
     }
 }
+
+/// The virtual environment with moto's S3-compatible server: `$PYXIS_TEST_MOTO`
+/// (set by `scripts/test`), else `devtools-moto` in the runtime directory,
+/// installed there from PyPI on first use if missing.
+pub fn moto_venv() -> PathBuf {
+    static VENV: OnceLock<PathBuf> = OnceLock::new();
+    VENV.get_or_init(|| {
+        let venv = match std::env::var_os("PYXIS_TEST_MOTO") {
+            Some(p) => PathBuf::from(p),
+            None => PathBuf::from(
+                std::env::var_os("PYXIS_RUNTIME_DIR")
+                    .unwrap_or_else(|| "/opt/pyxis/runtime".into()),
+            )
+            .join("devtools-moto"),
+        };
+        if !venv.join("bin/moto_server").exists() {
+            let ok = Command::new("python3")
+                .args(["-m", "venv"])
+                .arg(&venv)
+                .status()
+                .is_ok_and(|s| s.success())
+                && Command::new(venv.join("bin/pip"))
+                    .args([
+                        "install",
+                        "-q",
+                        "--disable-pip-version-check",
+                        "moto[server]",
+                    ])
+                    .status()
+                    .is_ok_and(|s| s.success());
+            assert!(ok, "cannot install moto[server] into {}", venv.display());
+        }
+        venv
+    })
+    .clone()
+}
+
+/// moto's S3 server on a random loopback port (killed on drop). It takes
+/// unsigned requests; presigned URLs come from boto3 of the same venv.
+pub struct S3Server {
+    /// `http://127.0.0.1:<port>`.
+    pub endpoint: String,
+    child: Option<Child>,
+    client: Client,
+}
+
+impl S3Server {
+    /// Start it and wait until it answers.
+    pub fn start() -> S3Server {
+        let venv = moto_venv();
+        let port = free_port();
+        let mut cmd = Command::new(venv.join("bin/moto_server"));
+        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = spawn_detached(cmd);
+        let s = S3Server {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            child: Some(child),
+            client: Client::builder()
+                .no_proxy()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .expect("client"),
+        };
+        let start = Instant::now();
+        while s.client.get(&s.endpoint).send().is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "moto did not start"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        s
+    }
+
+    /// Create a bucket (an unsigned PUT).
+    pub fn create_bucket(&self, bucket: &str) {
+        let r = self
+            .client
+            .put(format!("{}/{bucket}", self.endpoint))
+            .send()
+            .expect("create bucket");
+        assert!(r.status().is_success(), "create bucket: {}", r.status());
+    }
+
+    /// Status and bytes of an object (a GET of a presigned URL).
+    pub fn get_object(&self, bucket: &str, key: &str) -> (u16, Vec<u8>) {
+        let url = self.boto3(&format!(
+            "s3.generate_presigned_url('get_object', Params={{'Bucket': '{bucket}', 'Key': '{key}'}}, ExpiresIn=600)"
+        ));
+        let r = self
+            .client
+            .get(url.as_str().expect("url"))
+            .send()
+            .expect("get object");
+        let status = r.status().as_u16();
+        (status, r.bytes().expect("object body").to_vec())
+    }
+
+    fn boto3(&self, expr: &str) -> Value {
+        let script = format!(
+            "import boto3, json\n\
+             s3 = boto3.client('s3', endpoint_url='{}', region_name='us-east-1',\n\
+                 aws_access_key_id='test', aws_secret_access_key='test')\n\
+             print(json.dumps({expr}))\n",
+            self.endpoint
+        );
+        let out = Command::new(moto_venv().join("bin/python"))
+            .args(["-c", &script])
+            .env_remove("AWS_PROFILE")
+            .output()
+            .expect("run boto3");
+        assert!(
+            out.status.success(),
+            "boto3: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("boto3 json")
+    }
+
+    /// A presigned PUT URL for `bucket/key`.
+    pub fn presign_put(&self, bucket: &str, key: &str) -> String {
+        self.boto3(&format!(
+            "s3.generate_presigned_url('put_object', Params={{'Bucket': '{bucket}', 'Key': '{key}'}}, ExpiresIn=600)"
+        ))
+        .as_str()
+        .expect("url")
+        .to_string()
+    }
+
+    /// A presigned POST for `bucket/key`: `{"url", "fields"}`.
+    pub fn presign_post(&self, bucket: &str, key: &str) -> Value {
+        self.boto3(&format!(
+            "s3.generate_presigned_post('{bucket}', '{key}', ExpiresIn=600)"
+        ))
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

@@ -16,6 +16,8 @@ pub struct App {
     pub zygote: Arc<Zygote>,
     /// The API token.
     pub token: String,
+    /// The Jupyter-kernel gateway door's `user_uuid → session` map.
+    pub gateway: crate::compat::gateway::GatewayUsers,
 }
 
 /// Handler state.

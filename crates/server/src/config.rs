@@ -97,6 +97,19 @@ pub struct Settings {
     /// Largest file one URL import may write, in MiB (at most the quota).
     #[arg(long, env = "PYXIS_IMPORT_MAX_MB")]
     pub import_max_mb: Option<u64>,
+    /// Time limit of sending one file of an export, in seconds.
+    #[arg(long, env = "PYXIS_EXPORT_TIMEOUT_S")]
+    pub export_timeout_s: Option<f64>,
+    /// Serve the Docker-pool interpreter's routes without a token (for a
+    /// trusted network only).
+    #[arg(long, env = "PYXIS_COMPAT_OPEN_POOL_API")]
+    pub compat_open_pool_api: Option<bool>,
+    /// Base URL put before the Docker-pool door's `image_url` and file URLs.
+    #[arg(long, env = "PYXIS_COMPAT_PUBLIC_BASE_URL")]
+    pub compat_public_base_url: Option<String>,
+    /// Extensions of `/code/output/` files the Docker-pool door returns.
+    #[arg(long, env = "PYXIS_COMPAT_OUTPUT_EXTENSIONS")]
+    pub compat_output_extensions: Option<String>,
 }
 
 /// The validated configuration.
@@ -129,6 +142,10 @@ pub struct Config {
     pub import_allow: Vec<crate::url_import::Cidr>,
     pub import_timeout: Duration,
     pub import_max_bytes: u64,
+    pub export_timeout: Duration,
+    pub compat_open_pool_api: bool,
+    pub compat_public_base_url: Option<String>,
+    pub compat_output_extensions: Vec<String>,
 }
 
 const MIB: u64 = 1024 * 1024;
@@ -169,7 +186,11 @@ impl Settings {
             files_list_max_entries,
             import_allow,
             import_timeout_s,
-            import_max_mb
+            import_max_mb,
+            export_timeout_s,
+            compat_open_pool_api,
+            compat_public_base_url,
+            compat_output_extensions
         )
     }
 }
@@ -249,6 +270,20 @@ impl Config {
                 .map_err(|e| anyhow::anyhow!("import_allow: {e}"))?,
             import_timeout: secs("import_timeout_s", s.import_timeout_s.unwrap_or(60.0))?,
             import_max_bytes: s.import_max_mb.unwrap_or(512) * MIB,
+            export_timeout: secs("export_timeout_s", s.export_timeout_s.unwrap_or(300.0))?,
+            compat_open_pool_api: s.compat_open_pool_api.unwrap_or(false),
+            compat_public_base_url: s
+                .compat_public_base_url
+                .map(|u| u.trim().trim_end_matches('/').to_string())
+                .filter(|u| !u.is_empty()),
+            compat_output_extensions: s
+                .compat_output_extensions
+                .as_deref()
+                .unwrap_or("md,csv,txt,json,log")
+                .split(',')
+                .map(|e| e.trim().trim_start_matches('.').to_ascii_lowercase())
+                .filter(|e| !e.is_empty())
+                .collect(),
         };
         if cfg.memory_bytes < 64 * MIB {
             bail!("memory_mb must be at least 64");

@@ -168,6 +168,15 @@ impl ApiError {
         }
     }
 
+    /// Answer for a URL that cannot be exported to (checked before anything
+    /// is sent).
+    pub fn from_export(err: ImportError) -> Self {
+        match err {
+            ImportError::Failed(m) => Self::new(StatusCode::BAD_GATEWAY, "export_failed", m),
+            e => Self::from_import(e),
+        }
+    }
+
     /// 500: logs the cause, tells the client nothing about it.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error");

@@ -5,6 +5,7 @@
 //! host can do. `pyxis setup` only installs the runtime.
 
 mod app;
+mod compat;
 mod config;
 mod error;
 mod handlers;
@@ -189,6 +190,7 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
                 sessions: sessions.clone(),
                 zygote,
                 token,
+                gateway: Default::default(),
             });
             let listener = tokio::net::TcpListener::bind(cfg.listen)
                 .await

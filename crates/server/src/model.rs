@@ -117,6 +117,30 @@ pub struct OneShotRequest {
     /// Environment variables.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Files downloaded into the fresh workspace before the code runs (the
+    /// rules of `POST /v1/sessions/{id}/files/import`): URLs, or `{url, path}`.
+    #[serde(default)]
+    pub files: Vec<OneShotFile>,
+}
+
+/// A file of a one-shot execution: a URL (named after its last segment) or
+/// `{url, path}`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum OneShotFile {
+    /// An `http` or `https` URL.
+    Url(String),
+    /// A URL and where to write it.
+    Item(ImportItem),
+}
+
+impl From<OneShotFile> for ImportItem {
+    fn from(f: OneShotFile) -> Self {
+        match f {
+            OneShotFile::Url(url) => ImportItem { url, path: None },
+            OneShotFile::Item(item) => item,
+        }
+    }
 }
 
 /// How an execution ended.
@@ -258,6 +282,76 @@ pub struct ImportItem {
 pub struct ImportRequest {
     /// The URLs to fetch, in order.
     pub files: Vec<ImportItem>,
+}
+
+/// How an export sends a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+pub enum ExportMethod {
+    /// The file is the raw request body (e.g. an S3 presigned PUT URL).
+    #[serde(rename = "PUT", alias = "put")]
+    Put,
+    /// A `multipart/form-data` form: the `fields` first, then the file as
+    /// the field `file` (e.g. an S3 presigned POST).
+    #[serde(rename = "POST", alias = "post")]
+    Post,
+}
+
+/// One workspace file to send to a URL.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExportItem {
+    /// The workspace file (relative path; never through a symlink).
+    pub path: String,
+    /// An `http` or `https` URL.
+    pub url: String,
+    /// `PUT` (default) or `POST`.
+    #[serde(default = "default_export_method")]
+    pub method: ExportMethod,
+    /// Form fields sent before the file (`POST` only).
+    #[serde(default)]
+    pub fields: BTreeMap<String, String>,
+    /// Extra request headers (not `Host`, `Content-Length`,
+    /// `Transfer-Encoding` or other connection headers; no `Content-Type`
+    /// with `POST`).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+fn default_export_method() -> ExportMethod {
+    ExportMethod::Put
+}
+
+/// `POST /v1/sessions/{id}/files/export` request.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExportRequest {
+    /// The files to send.
+    pub files: Vec<ExportItem>,
+}
+
+/// What became of one file of an export.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ExportResult {
+    /// The workspace file.
+    pub path: String,
+    /// The URL it was sent to.
+    pub url: String,
+    /// The upstream HTTP status, when there was an answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Bytes of the file sent.
+    pub size: u64,
+    /// Why the export of this file failed (no answer, or a status other
+    /// than 2xx); absent on success.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorDetail>,
+}
+
+/// `POST /v1/sessions/{id}/files/export` answer.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ExportResults {
+    /// One result per file, in the order of the request.
+    pub results: Vec<ExportResult>,
 }
 
 /// A file written by an upload.

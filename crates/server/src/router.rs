@@ -11,7 +11,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::app::App;
 use crate::error::ApiError;
-use crate::handlers::{execute, files, sessions, system};
+use crate::handlers::{execute, export, files, sessions, system};
 use crate::model;
 
 /// The OpenAPI document.
@@ -23,7 +23,7 @@ use crate::model;
         sessions::delete_session, sessions::interrupt_session, sessions::restart_session,
         execute::execute_cell, execute::execute_one_shot,
         files::download_file, files::upload_file, files::delete_file, files::list_files,
-        files::upload_files, files::post_file_path,
+        files::upload_files, files::post_file_path, export::export_files,
         system::healthz, system::readyz, system::status, system::capabilities, system::openapi,
     ),
     components(schemas(
@@ -33,7 +33,8 @@ use crate::model;
         model::InterruptReply, model::Status, model::Capabilities, model::ErrorBody,
         model::ErrorDetail, model::FileChange, model::FileKind, model::FileEntry,
         model::FileList, model::UploadedFile, model::UploadedFiles, model::ImportItem,
-        model::ImportRequest,
+        model::ImportRequest, model::OneShotFile, model::ExportMethod, model::ExportItem,
+        model::ExportRequest, model::ExportResult, model::ExportResults,
     )),
     modifiers(&Security),
 )]
@@ -52,6 +53,58 @@ impl Modify for Security {
             "x_auth_token",
             SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-Auth-Token"))),
         );
+        add_common_responses(api);
+    }
+}
+
+/// The answers any operation can give besides its own: 401 where a token is
+/// needed, 404 where the path names a session, 413/415/422 where a body is
+/// read. Declared once here rather than on every handler.
+fn add_common_responses(api: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+    let error = |description: &str| -> RefOr<utoipa::openapi::Response> {
+        RefOr::T(
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build(),
+        )
+    };
+    for (path, item) in api.paths.paths.iter_mut() {
+        let names_session = path.contains("{id}");
+        for op in [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let responses = &mut op.responses.responses;
+            let mut add = |code: &str, description: &str| {
+                responses
+                    .entry(code.to_string())
+                    .or_insert_with(|| error(description));
+            };
+            if op.security.as_ref().is_some_and(|s| !s.is_empty()) {
+                add("401", "missing or wrong token");
+            }
+            if names_session {
+                add("404", "no such session (or file)");
+            }
+            if op.request_body.is_some() {
+                add("413", "request body too large");
+                add("415", "unsupported content type");
+                add("422", "invalid request");
+            }
+        }
     }
 }
 
@@ -94,6 +147,7 @@ pub fn build(app: Arc<App>) -> Router {
                 .post(files::post_file_path)
                 .layer(DefaultBodyLimit::disable()),
         )
+        .merge(crate::compat::routes())
         .fallback(|| async { ApiError::not_found() });
     crate::middleware::apply(routes, app)
 }

@@ -35,7 +35,6 @@ pub struct SessionOptions {
 struct KernelSlot {
     conn: Option<KernelConn>,
     execution_count: u64,
-    next_id: u64,
 }
 
 /// One live session.
@@ -255,7 +254,6 @@ impl Sessions {
             kernel: tokio::sync::Mutex::new(KernelSlot {
                 conn: Some(conn),
                 execution_count: 0,
-                next_id: 0,
             }),
             waiting: AtomicUsize::new(0),
             busy: AtomicBool::new(false),
@@ -306,15 +304,25 @@ impl Sessions {
     }
 
     /// Run a cell in a fresh sandbox that is destroyed afterwards.
-    pub async fn one_shot(
+    pub async fn one_shot<F, Fut>(
         &self,
         opts: SessionOptions,
         code: String,
         timeout: Duration,
-    ) -> Result<Execution, ApiError> {
+        prepare: F,
+    ) -> Result<Execution, ApiError>
+    where
+        F: FnOnce(Arc<Session>) -> Fut,
+        Fut: std::future::Future<Output = Result<(), ApiError>>,
+    {
         let _reservation = self.reserve()?;
         let session = self.make_session(opts).await?;
-        let result = self.execute(&session, code, timeout).await;
+        // `prepare` fills the workspace (the one-shot's files) before the
+        // code runs; the cell's `files` then list only what the code wrote.
+        let result = match prepare(session.clone()).await {
+            Ok(()) => self.execute(&session, code, timeout).await,
+            Err(e) => Err(e),
+        };
         self.teardown(session).await;
         self.refill.notify_one();
         result
@@ -415,8 +423,9 @@ impl Sessions {
             }
             out.state_lost = true;
         }
-        slot.next_id += 1;
-        let id = slot.next_id.to_string();
+        // Unguessable: user code can write frames to its own socket, and must
+        // not be able to forge the reply of a cell it has not seen yet.
+        let id = crate::sandboxes::new_id();
         let Some(conn) = slot.conn.as_mut() else {
             return out.finish_failure(ExecStatus::Killed, "KernelDied", "no interpreter", 0, true);
         };
@@ -518,6 +527,13 @@ impl Sessions {
                         ExecStatus::Killed,
                         "Interrupted",
                         "the cell did not stop when interrupted; the interpreter was restarted"
+                            .to_string(),
+                    )
+                } else if matches!(err, KernelError::Protocol(_)) {
+                    (
+                        ExecStatus::Killed,
+                        "ProtocolViolation",
+                        "the interpreter sent an invalid or oversized message; it was restarted"
                             .to_string(),
                     )
                 } else {

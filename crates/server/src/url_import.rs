@@ -177,7 +177,7 @@ impl ImportPolicy {
     async fn check(&self, url: &Url) -> Result<SocketAddr> {
         if !matches!(url.scheme(), "http" | "https") {
             return Err(ImportError::InvalidUrl(format!(
-                "only http and https URLs can be imported, not {:?}",
+                "only http and https URLs are supported, not {:?}",
                 url.scheme()
             )));
         }
@@ -204,6 +204,25 @@ impl ImportPolicy {
         Ok(SocketAddr::new(*first, port))
     }
 
+    /// Check `url` (scheme, every address its host resolves to) and build a
+    /// client that connects only to the address checked: no proxy, no
+    /// redirects followed, the policy's time limit.
+    pub async fn pinned_client(&self, url: &Url) -> Result<reqwest::Client> {
+        let addr = self.check(url).await?;
+        let mut builder = reqwest::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(self.timeout)
+            .timeout(self.timeout);
+        if let Some(url::Host::Domain(d)) = url.host() {
+            // Connect to the address that was checked, nothing else.
+            builder = builder.resolve(d, addr);
+        }
+        builder
+            .build()
+            .map_err(|e| ImportError::Failed(format!("client: {e}")))
+    }
+
     /// GET `raw`, following redirects one checked hop at a time; the
     /// response of the final hop (a success status).
     pub async fn fetch(&self, raw: &str) -> Result<(Url, reqwest::Response)> {
@@ -221,19 +240,7 @@ impl ImportPolicy {
         let mut url =
             Url::parse(raw).map_err(|e| ImportError::InvalidUrl(format!("{raw:?}: {e}")))?;
         for _ in 0..=MAX_REDIRECTS {
-            let addr = self.check(&url).await?;
-            let mut builder = reqwest::Client::builder()
-                .no_proxy()
-                .redirect(reqwest::redirect::Policy::none())
-                .connect_timeout(self.timeout)
-                .timeout(self.timeout);
-            if let Some(url::Host::Domain(d)) = url.host() {
-                // Connect to the address that was checked, nothing else.
-                builder = builder.resolve(d, addr);
-            }
-            let client = builder
-                .build()
-                .map_err(|e| ImportError::Failed(format!("client: {e}")))?;
+            let client = self.pinned_client(&url).await?;
             let resp =
                 client.get(url.clone()).send().await.map_err(|e| {
                     ImportError::Failed(format!("fetching {url}: {}", without_url(&e)))
@@ -263,7 +270,9 @@ impl ImportPolicy {
     }
 }
 
-fn without_url(e: &reqwest::Error) -> String {
+/// A reqwest error's text without the URL (which may carry credentials, such
+/// as a presigned URL's signature).
+pub fn without_url(e: &reqwest::Error) -> String {
     let mut s = e.to_string();
     if let Some(u) = e.url() {
         s = s.replace(&format!(" ({u})"), "");

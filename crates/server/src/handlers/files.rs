@@ -22,7 +22,8 @@ use tokio_util::io::ReaderStream;
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::model::{
-    DirQuery, ErrorBody, FileEntry, FileKind, FileList, ImportRequest, UploadedFile, UploadedFiles,
+    DirQuery, ErrorBody, FileEntry, FileKind, FileList, ImportItem, ImportRequest, UploadedFile,
+    UploadedFiles,
 };
 use crate::sessions::{rfc3339, Session};
 use crate::url_import::ImportPolicy;
@@ -35,7 +36,7 @@ const MAX_IMPORTS: usize = 64;
 const DOWNLOAD_CHUNK: usize = 256 * 1024;
 
 /// Run blocking file-system work off the async threads.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, WorkspaceFsError> + Send + 'static,
 ) -> Result<T, WorkspaceFsError> {
     tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
@@ -46,7 +47,7 @@ async fn blocking<T: Send + 'static>(
     })
 }
 
-fn parse(raw: &str, allow_root: bool) -> Result<RelPath, ApiError> {
+pub(crate) fn parse(raw: &str, allow_root: bool) -> Result<RelPath, ApiError> {
     RelPath::parse(raw, allow_root).map_err(|e| ApiError::from_fs(e, raw, 0))
 }
 
@@ -355,18 +356,25 @@ pub async fn post_file_path(
     State(app): State<AppState>,
     Path((id, path)): Path<(String, String)>,
     body: Body,
-) -> Result<(StatusCode, Json<UploadedFiles>), ApiError> {
-    if path != "import" {
-        return Err(ApiError::with_status(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "POST is for …/files (multipart) and …/files/import",
-        ));
+) -> Result<(StatusCode, Json<PostFileReply>), ApiError> {
+    match path.as_str() {
+        "import" => {}
+        "export" => {
+            let session = app.sessions.get(&id)?;
+            let bytes = read_body(&app, body).await?;
+            let results = super::export::export_files(&app, &session, &bytes).await?;
+            return Ok((StatusCode::OK, Json(PostFileReply::Export(results))));
+        }
+        _ => {
+            return Err(ApiError::with_status(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "POST is for …/files (multipart), …/files/import and …/files/export",
+            ))
+        }
     }
     let session = app.sessions.get(&id)?;
-    let bytes = axum::body::to_bytes(body, app.config.max_body_bytes)
-        .await
-        .map_err(|_| ApiError::too_large("request body too large"))?;
+    let bytes = read_body(&app, body).await?;
     let req: ImportRequest = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request(format!("invalid import request: {e}")))?;
     if req.files.is_empty() || req.files.len() > MAX_IMPORTS {
@@ -374,31 +382,111 @@ pub async fn post_file_path(
             "give between 1 and {MAX_IMPORTS} files"
         )));
     }
+    session.touch();
+    let files = import_urls(&app, &session, req.files).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(PostFileReply::Import(UploadedFiles { files })),
+    ))
+}
+
+/// The answer of a POST to a file path: an import or an export.
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+pub enum PostFileReply {
+    /// `…/files/import`.
+    Import(UploadedFiles),
+    /// `…/files/export`.
+    Export(crate::model::ExportResults),
+}
+
+async fn read_body(app: &AppState, body: Body) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, app.config.max_body_bytes)
+        .await
+        .map_err(|_| ApiError::too_large("request body too large"))
+}
+
+/// Where each imported URL is written: its `path`, or else the last segment
+/// of its URL in the workspace root. A name taken by another file of the same
+/// request gets `-1`, `-2`, … before its extension (`data.csv`, `data-1.csv`);
+/// a `path` given twice is refused.
+pub(crate) fn import_targets(items: &[ImportItem]) -> Result<Vec<RelPath>, ApiError> {
+    if items.len() > MAX_IMPORTS {
+        return Err(ApiError::bad_request(format!(
+            "give at most {MAX_IMPORTS} files"
+        )));
+    }
+    for item in items {
+        let invalid =
+            |m: String| ApiError::from_import(crate::url_import::ImportError::InvalidUrl(m));
+        let u = url::Url::parse(&item.url).map_err(|e| invalid(format!("{:?}: {e}", item.url)))?;
+        if !matches!(u.scheme(), "http" | "https") {
+            return Err(invalid(format!(
+                "only http and https URLs are supported, not {:?}",
+                u.scheme()
+            )));
+        }
+    }
+    let mut taken = std::collections::HashSet::new();
+    for item in items {
+        if let Some(p) = &item.path {
+            let rel = parse(p, false)?;
+            if !taken.insert(rel.as_str().to_string()) {
+                return Err(ApiError::invalid_path(format!("{p:?} is given twice")));
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        if let Some(p) = &item.path {
+            out.push(parse(p, false)?);
+            continue;
+        }
+        let name = url::Url::parse(&item.url)
+            .ok()
+            .and_then(|u| {
+                u.path_segments()
+                    .and_then(|mut s| s.next_back().map(str::to_string))
+            })
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| {
+                ApiError::invalid_path(format!(
+                    "cannot name the file of {:?}; give a path",
+                    item.url
+                ))
+            })?;
+        let rel = parse(&name, false)?;
+        let mut candidate = rel.as_str().to_string();
+        let (stem, ext) = match candidate.rsplit_once('.') {
+            Some((stem, ext)) if !stem.is_empty() => (stem.to_string(), format!(".{ext}")),
+            _ => (candidate.clone(), String::new()),
+        };
+        let mut n = 1;
+        while taken.contains(&candidate) {
+            candidate = format!("{stem}-{n}{ext}");
+            n += 1;
+        }
+        taken.insert(candidate.clone());
+        out.push(parse(&candidate, false)?);
+    }
+    Ok(out)
+}
+
+/// Fetch `items` into the session's workspace, in order (see
+/// [`post_file_path`] for the rules); the files written.
+pub async fn import_urls(
+    app: &AppState,
+    session: &Arc<Session>,
+    items: Vec<ImportItem>,
+) -> Result<Vec<UploadedFile>, ApiError> {
+    let targets = import_targets(&items)?;
     let cap = app.config.import_max_bytes.min(app.config.disk_bytes);
     let policy = ImportPolicy {
         allow: app.config.import_allow.clone(),
         timeout: app.config.import_timeout,
     };
-    session.touch();
     let mut files = Vec::new();
-    for item in req.files {
-        let raw_path = match &item.path {
-            Some(p) => p.clone(),
-            None => url::Url::parse(&item.url)
-                .ok()
-                .and_then(|u| {
-                    u.path_segments()
-                        .and_then(|mut s| s.next_back().map(str::to_string))
-                })
-                .filter(|s| !s.is_empty())
-                .ok_or_else(|| {
-                    ApiError::invalid_path(format!(
-                        "cannot name the file of {:?}; give a path",
-                        item.url
-                    ))
-                })?,
-        };
-        let rel = parse(&raw_path, false)?;
+    for (item, rel) in items.into_iter().zip(targets) {
         // One time limit for the whole import: request, redirects and body.
         let deadline = tokio::time::Instant::now() + policy.timeout;
         let (_, resp) = policy
@@ -420,11 +508,59 @@ pub async fn post_file_path(
                 Err(_) => Some((Err("the import time limit was reached".to_string()), resp)),
             }
         });
-        let size = write_file(&session, &rel, stream, cap).await?;
+        let size = write_file(session, &rel, stream, cap).await?;
         files.push(UploadedFile {
             path: rel.as_str().to_string(),
             size,
         });
     }
-    Ok((StatusCode::CREATED, Json(UploadedFiles { files })))
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(url: &str, path: Option<&str>) -> ImportItem {
+        ImportItem {
+            url: url.into(),
+            path: path.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn default_names_that_clash_are_renamed() {
+        let got = import_targets(&[
+            item("http://a/x/data.csv", None),
+            item("http://b/data.csv?v=2", None),
+            item("http://c/y", Some("data-1.csv")),
+            item("http://d/data.csv", None),
+            item("http://e/README", None),
+            item("http://f/README", None),
+            item("http://g/.env", None),
+            item("http://h/.env", None),
+        ])
+        .unwrap();
+        let got: Vec<&str> = got.iter().map(RelPath::as_str).collect();
+        assert_eq!(
+            got,
+            [
+                "data.csv",
+                "data-2.csv",
+                "data-1.csv",
+                "data-3.csv",
+                "README",
+                "README-1",
+                ".env",
+                ".env-1"
+            ]
+        );
+        assert!(import_targets(&[item("http://a/", None)]).is_err());
+        assert!(
+            import_targets(&[item("http://a/x", Some("p")), item("http://b/y", Some("p"))])
+                .is_err()
+        );
+        assert!(import_targets(&[item("file:///etc/passwd", Some("p"))]).is_err());
+        assert!(import_targets(&[item("http://a/x", Some("../p"))]).is_err());
+    }
 }

@@ -1,6 +1,7 @@
 //! One file per resource; each handler's doc comment is its API documentation.
 
 pub mod execute;
+pub mod export;
 pub mod files;
 pub mod sessions;
 pub mod system;

@@ -1,0 +1,611 @@
+//! The Jupyter-kernel gateway's API (COMPAT.md §2): one stateful session per
+//! `user_uuid`, created on first use.
+//!
+//! - current version: `POST /api/v1/execute?user_uuid=U`, `POST
+//!   /api/v1/release?user_uuid=U`, `GET /api/v1/status`;
+//! - earlier version: `POST /execute {user_uuid, code}`, `POST /release
+//!   {user_uuid}`, `GET /status`.
+//!
+//! Every call goes to the same `Sessions` methods as the native API.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::app::{App, AppState};
+use crate::error::ApiError;
+use crate::handlers::sessions::session_options;
+use crate::model::{CreateSession, ExecStatus, Execution};
+use crate::sessions::Session;
+
+/// Longest accepted `user_uuid`.
+const MAX_USER_LEN: usize = 256;
+
+/// `user_uuid → session id`. Each user has its own slot, locked while its
+/// session is looked up or created, so two first calls of one user create
+/// one session.
+#[derive(Default)]
+pub struct GatewayUsers {
+    slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<String>>>>>,
+}
+
+impl GatewayUsers {
+    fn slot(&self, user: &str) -> Arc<tokio::sync::Mutex<Option<String>>> {
+        let mut map = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(user.to_string()).or_default().clone()
+    }
+
+    fn remove(&self, user: &str) -> Option<Arc<tokio::sync::Mutex<Option<String>>>> {
+        self.slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(user)
+    }
+
+    /// Forget users whose session is gone (reaped for idleness, deleted
+    /// through the native API) and that nobody is using now.
+    fn prune(&self, app: &App) {
+        let mut map = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() <= app.config.max_sessions {
+            return;
+        }
+        map.retain(|_, slot| match slot.try_lock() {
+            Ok(g) => g.as_deref().is_some_and(|id| app.sessions.get(id).is_ok()),
+            Err(_) => true,
+        });
+    }
+}
+
+/// The gateway's routes.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/api/v1/release",
+            post(|s: State<AppState>, q: QueryResult| async move {
+                detailed(release_v1(s, q).await).await
+            }),
+        )
+        .route(
+            "/api/v1/files",
+            post(upload_files)
+                .delete(delete_files)
+                .layer(axum::extract::DefaultBodyLimit::max(1024 * 1024)),
+        )
+        .route("/api/v1/files/export", post(export_files))
+        .route("/api/v1/status", get(status_v1))
+        .route(
+            "/execute",
+            post(|s: State<AppState>, b: JsonBody| async move {
+                detailed(execute_v0(s, b).await).await
+            }),
+        )
+        .route(
+            "/release",
+            post(|s: State<AppState>, b: JsonBody| async move {
+                detailed(release_v0(s, b).await).await
+            }),
+        )
+        .route("/status", get(status_v0))
+}
+
+fn check_user(user: &str) -> Result<(), ApiError> {
+    if user.is_empty() || user.len() > MAX_USER_LEN || user.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(format!(
+            "user_uuid must be 1 to {MAX_USER_LEN} printable characters"
+        )));
+    }
+    Ok(())
+}
+
+/// The user's session, created on first use (or after it was destroyed).
+async fn session_of(app: &App, user: &str) -> Result<Arc<Session>, ApiError> {
+    check_user(user)?;
+    let slot = app.gateway.slot(user);
+    let mut id = slot.lock().await;
+    if let Some(s) = id.as_deref().and_then(|id| app.sessions.get(id).ok()) {
+        return Ok(s);
+    }
+    let opts = session_options(app, CreateSession::default())?;
+    let session = app.sessions.create(opts).await?;
+    *id = Some(session.id.clone());
+    drop(id);
+    app.gateway.prune(app);
+    Ok(session)
+}
+
+/// Destroy the user's session; returns whether there was one.
+async fn release_user(app: &App, user: &str) -> bool {
+    let Some(slot) = app.gateway.remove(user) else {
+        return false;
+    };
+    let id = slot.lock().await.take();
+    match id {
+        Some(id) => app.sessions.delete(&id).await,
+        None => false,
+    }
+}
+
+/// Run `code` in the user's session. A timeout or a killed interpreter
+/// destroys the session (the next call gets a fresh one), as the gateway
+/// destroys its worker.
+async fn run(app: &App, user: &str, code: String) -> Result<(String, Execution), ApiError> {
+    let session = session_of(app, user).await?;
+    let timeout = session.default_timeout().min(app.config.max_exec_timeout);
+    let out = app.sessions.execute(&session, code, timeout).await?;
+    if matches!(out.status, ExecStatus::Timeout | ExecStatus::Killed) {
+        // Only if the user is still bound to this session.
+        let slot = app.gateway.slot(user);
+        let mut id = slot.lock().await;
+        if id.as_deref() == Some(session.id.as_str()) {
+            *id = None;
+        }
+        drop(id);
+        app.sessions.delete(&session.id).await;
+    }
+    Ok((session.id.clone(), out))
+}
+
+/// Text output of a cell: stdout and the `text/plain` of its last
+/// expression, in the order the kernel sent them (stdout first: the
+/// execute result is produced when the cell ends).
+fn text_of(out: &Execution) -> String {
+    let mut text = out.stdout.clone();
+    for r in &out.results {
+        if r.kind == "execute_result" {
+            if let Some(t) = r.data.get("text/plain").and_then(|v| v.as_str()) {
+                text.push_str(t);
+            }
+        }
+    }
+    text
+}
+
+fn png_of(out: &Execution) -> Option<String> {
+    out.results.iter().find_map(|r| {
+        r.data
+            .get("image/png")
+            .and_then(|v| v.as_str())
+            .map(|s| s.chars().filter(|c| !c.is_whitespace()).collect())
+    })
+}
+
+/// The error line as the gateway's kernel manager writes it:
+/// `"{ename}: {evalue}"`.
+fn error_line(out: &Execution) -> Option<String> {
+    out.error
+        .as_ref()
+        .map(|e| format!("{}: {}", e.name, e.value))
+}
+
+fn failure_message(out: &Execution) -> String {
+    out.error
+        .as_ref()
+        .map(|e| e.value.clone())
+        .unwrap_or_else(|| "the interpreter failed".into())
+}
+
+/// A gateway error answer: `{"detail": …}`.
+fn detail(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, Json(json!({ "detail": msg.into() }))).into_response()
+}
+
+/// Query of the current version's routes.
+#[derive(Debug, Deserialize)]
+pub struct UserQuery {
+    /// The user.
+    pub user_uuid: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CodeBody {
+    code: String,
+}
+
+/// `POST /api/v1/execute` answer.
+#[derive(Debug, Serialize)]
+struct ExecuteReply {
+    /// The session's id (the current version's README shows it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    worker_id: Option<String>,
+    result_text: Option<String>,
+    result_base64: Option<String>,
+}
+
+/// `POST /api/v1/execute?user_uuid=U` (current version). Called by
+/// [`super::execute_dispatch`], which sends requests without `user_uuid` to
+/// the Docker-pool door.
+pub async fn execute_v1(
+    app: AppState,
+    user: String,
+    body: Result<Json<serde_json::Value>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(body) = body?;
+    let CodeBody { code } = serde_json::from_value(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid request: {e}")))?;
+    let (worker, out) = run(&app, &user, code).await?;
+    match out.status {
+        ExecStatus::Timeout | ExecStatus::Killed => Ok(detail(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "{}; the environment was destroyed and the next call gets a fresh one",
+                failure_message(&out)
+            ),
+        )),
+        ExecStatus::Ok | ExecStatus::Error => {
+            let mut text = text_of(&out);
+            if let Some(line) = error_line(&out) {
+                if !text.is_empty() && !text.ends_with('\n') {
+                    text.push('\n');
+                }
+                text.push_str(&line);
+            }
+            Ok(Json(ExecuteReply {
+                worker_id: Some(worker),
+                result_text: (!text.is_empty()).then_some(text),
+                result_base64: png_of(&out),
+            })
+            .into_response())
+        }
+    }
+}
+
+fn user_from_query(
+    q: Result<Query<UserQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<String, ApiError> {
+    let user = q
+        .ok()
+        .and_then(|Query(q)| q.user_uuid)
+        .ok_or_else(|| ApiError::bad_request("the user_uuid query parameter is required"))?;
+    check_user(&user)?;
+    Ok(user)
+}
+
+/// `POST /api/v1/release?user_uuid=U` → 204 (also when there was nothing to
+/// release, as the gateway does).
+async fn release_v1(
+    State(app): State<AppState>,
+    q: Result<Query<UserQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<StatusCode, ApiError> {
+    let user = user_from_query(q)?;
+    release_user(&app, &user).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn counts(app: &App) -> (usize, usize, usize, bool) {
+    // A worker is a sandbox: live sessions are bound (busy), pooled ones idle.
+    let st = app.sessions.status();
+    (
+        st.sessions + st.pool_idle,
+        st.sessions,
+        st.pool_idle,
+        !app.sessions.is_ready(),
+    )
+}
+
+/// `GET /api/v1/status`.
+async fn status_v1(State(app): State<AppState>) -> Json<serde_json::Value> {
+    let (total, busy, _, init) = counts(&app);
+    Json(json!({
+        "total_workers": total,
+        "busy_workers": busy,
+        "is_initializing": init,
+    }))
+}
+
+/// `GET /status` (earlier version).
+async fn status_v0(State(app): State<AppState>) -> Json<serde_json::Value> {
+    let (total, busy, idle, init) = counts(&app);
+    Json(json!({
+        "total_workers": total,
+        "busy_workers": busy,
+        "idle_workers_in_pool": idle,
+        "is_initializing": init,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+struct UserCode {
+    user_uuid: String,
+    code: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct UserOnly {
+    user_uuid: String,
+}
+
+/// `POST /execute {user_uuid, code}` (earlier version): an image wins over
+/// text, a Python error or a timeout is a 400 with `detail`, as its worker
+/// answered.
+async fn execute_v0(
+    State(app): State<AppState>,
+    body: Result<Json<serde_json::Value>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(body) = body?;
+    let UserCode { user_uuid, code } = serde_json::from_value(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid request: {e}")))?;
+    let (_, out) = run(&app, &user_uuid, code).await?;
+    Ok(match out.status {
+        ExecStatus::Timeout => detail(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "Code execution timed out after {} seconds. Environment has been reset.",
+                app.config
+                    .exec_timeout
+                    .min(app.config.max_exec_timeout)
+                    .as_secs()
+            ),
+        ),
+        ExecStatus::Killed | ExecStatus::Error => detail(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "Python Execution Error: {}",
+                error_line(&out).unwrap_or_else(|| failure_message(&out))
+            ),
+        ),
+        ExecStatus::Ok => {
+            let png = png_of(&out);
+            Json(ExecuteReply {
+                worker_id: None,
+                result_text: png.is_none().then(|| text_of(&out)),
+                result_base64: png,
+            })
+            .into_response()
+        }
+    })
+}
+
+/// `POST /release {user_uuid}` (earlier version).
+async fn release_v0(
+    State(app): State<AppState>,
+    body: Result<Json<serde_json::Value>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Json(body) = body?;
+    let UserOnly { user_uuid } = serde_json::from_value(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid request: {e}")))?;
+    check_user(&user_uuid)?;
+    release_user(&app, &user_uuid).await;
+    Ok(Json(json!({
+        "status": "ok",
+        "detail": format!("Worker for user {user_uuid} has been released."),
+    })))
+}
+
+/// The `user_uuid` of a `POST /api/v1/execute`, if it has one.
+pub fn user_of(
+    q: &Result<Query<UserQuery>, axum::extract::rejection::QueryRejection>,
+) -> Option<String> {
+    q.as_ref().ok().and_then(|Query(q)| q.user_uuid.clone())
+}
+
+/// Query of `POST /api/v1/execute`.
+pub type ExecQuery = Result<Query<UserQuery>, axum::extract::rejection::QueryRejection>;
+
+// ---- Files (`/api/v1/files`): the native import, export and delete. ----
+
+/// Most files of one gateway files request (the gateway's limit).
+const MAX_FILES: usize = 100;
+/// Files handed to the native import/export at a time (below their limit).
+const BATCH: usize = 32;
+
+/// A gateway answer for a refused files request: `{"detail": message}` with
+/// the native status.
+/// A JSON body, or why it was refused.
+type JsonBody = Result<Json<serde_json::Value>, JsonRejection>;
+
+/// Errors in the gateway's shape, `{"detail": …}`.
+pub async fn detailed<R: IntoResponse>(r: Result<R, ApiError>) -> Response {
+    match r {
+        Ok(r) => r.into_response(),
+        Err(e) => as_detail(e).await,
+    }
+}
+
+async fn as_detail(e: ApiError) -> Response {
+    let (status, msg) = super::message_of(e).await;
+    detail(status, msg)
+}
+
+/// The workspace path of the gateway's `{path, name}`: `path` is a
+/// directory under `/sandbox/` (the workspace; `/sandbox` is an alias of it
+/// inside the sandbox too), `name` a plain file name.
+fn rel_of(path: &str, name: &str) -> Result<String, ApiError> {
+    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\\', '\0']) {
+        return Err(ApiError::bad_request(format!(
+            "invalid file name {name:?}: no '/' or '\\'"
+        )));
+    }
+    let dir = path.trim().trim_end_matches('/');
+    let rest = dir
+        .strip_prefix("/sandbox")
+        .ok_or_else(|| ApiError::invalid_path(format!("{path:?} is not under /sandbox/")))?;
+    if !(rest.is_empty() || rest.starts_with('/')) {
+        return Err(ApiError::invalid_path(format!(
+            "{path:?} is not under /sandbox/"
+        )));
+    }
+    let rel = format!("{}/{name}", rest.trim_start_matches('/'));
+    let rel = rel.trim_start_matches('/').to_string();
+    crate::handlers::files::parse(&rel, false)?;
+    Ok(rel)
+}
+
+fn check_count(n: usize) -> Result<(), ApiError> {
+    if n == 0 || n > MAX_FILES {
+        return Err(ApiError::bad_request(format!(
+            "give between 1 and {MAX_FILES} files"
+        )));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Deserialize)]
+struct UploadItem {
+    download_url: String,
+    path: String,
+    name: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct ExportFileItem {
+    path: String,
+    name: String,
+    upload_url: String,
+    #[serde(default)]
+    upload_fields: Option<std::collections::BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct DeleteItem {
+    path: String,
+    name: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct FilesBody<T> {
+    files: Vec<T>,
+}
+
+type QueryResult = Result<Query<UserQuery>, axum::extract::rejection::QueryRejection>;
+
+fn body_of<T: serde::de::DeserializeOwned>(
+    body: Result<Json<serde_json::Value>, JsonRejection>,
+) -> Result<Vec<T>, ApiError> {
+    let Json(v) = body?;
+    let FilesBody { files } = serde_json::from_value(v)
+        .map_err(|e| ApiError::bad_request(format!("invalid request: {e}")))?;
+    check_count(files.len())?;
+    Ok(files)
+}
+
+/// `POST /api/v1/files?user_uuid=U {"files": [{download_url, path, name}]}`
+/// → 201 `{"success": true, "results": [{full_path, size}]}`, through the
+/// native URL import (same SSRF rules, `PYXIS_IMPORT_ALLOW`).
+async fn upload_files(
+    State(app): State<AppState>,
+    q: QueryResult,
+    body: Result<Json<serde_json::Value>, JsonRejection>,
+) -> Response {
+    let run =
+        async {
+            let user = user_from_query(q)?;
+            let items: Vec<UploadItem> = body_of(body)?;
+            let mut imports = Vec::with_capacity(items.len());
+            for it in items {
+                let rel = rel_of(&it.path, &it.name)?;
+                imports.push(crate::model::ImportItem {
+                    url: it.download_url,
+                    path: Some(rel),
+                });
+            }
+            let session = session_of(&app, &user).await?;
+            let mut results = Vec::new();
+            let mut rest = imports;
+            while !rest.is_empty() {
+                let tail = rest.split_off(rest.len().min(BATCH));
+                let done = crate::handlers::files::import_urls(&app, &session, rest).await?;
+                results.extend(done.into_iter().map(
+                    |f| json!({ "full_path": format!("/sandbox/{}", f.path), "size": f.size }),
+                ));
+                rest = tail;
+            }
+            Ok::<_, ApiError>(
+                (
+                    StatusCode::CREATED,
+                    Json(json!({ "success": true, "results": results })),
+                )
+                    .into_response(),
+            )
+        };
+    match run.await {
+        Ok(r) => r,
+        Err(e) => as_detail(e).await,
+    }
+}
+
+/// `POST /api/v1/files/export?user_uuid=U {"files": [{path, name,
+/// upload_url, upload_fields?}]}` → 200 `{"success": true, "results":
+/// [{path, name, size}]}`, through the native export (PUT, or a presigned
+/// POST form when `upload_fields` is present). A failed upload answers 502.
+async fn export_files(
+    State(app): State<AppState>,
+    q: QueryResult,
+    body: Result<Json<serde_json::Value>, JsonRejection>,
+) -> Response {
+    let run = async {
+        let user = user_from_query(q)?;
+        let items: Vec<ExportFileItem> = body_of(body)?;
+        let mut native = Vec::with_capacity(items.len());
+        for it in &items {
+            let rel = rel_of(&it.path, &it.name)?;
+            native.push(match &it.upload_fields {
+                Some(fields) => json!({
+                    "path": rel, "url": it.upload_url, "method": "POST", "fields": fields,
+                }),
+                None => json!({ "path": rel, "url": it.upload_url, "method": "PUT" }),
+            });
+        }
+        let session = session_of(&app, &user).await?;
+        let mut results = Vec::new();
+        for (chunk, originals) in native.chunks(BATCH).zip(items.chunks(BATCH)) {
+            let req = axum::body::Bytes::from(json!({ "files": chunk }).to_string());
+            let done = crate::handlers::export::export_files(&app, &session, &req).await?;
+            for (r, it) in done.results.into_iter().zip(originals) {
+                if let Some(err) = r.error {
+                    return Err(ApiError::with_status(
+                        StatusCode::BAD_GATEWAY,
+                        "export_failed",
+                        format!("exporting {}: {}", it.name, err.message),
+                    ));
+                }
+                results.push(json!({ "path": it.path, "name": it.name, "size": r.size }));
+            }
+        }
+        Ok::<_, ApiError>(Json(json!({ "success": true, "results": results })).into_response())
+    };
+    match run.await {
+        Ok(r) => r,
+        Err(e) => as_detail(e).await,
+    }
+}
+
+/// `DELETE /api/v1/files?user_uuid=U {"files": [{path, name}]}` → 204. A
+/// file that is already gone is not an error.
+async fn delete_files(
+    State(app): State<AppState>,
+    q: QueryResult,
+    body: Result<Json<serde_json::Value>, JsonRejection>,
+) -> Response {
+    let run = async {
+        let user = user_from_query(q)?;
+        let items: Vec<DeleteItem> = body_of(body)?;
+        let mut rels = Vec::with_capacity(items.len());
+        for it in &items {
+            let rel = rel_of(&it.path, &it.name)?;
+            rels.push(crate::handlers::files::parse(&rel, false)?);
+        }
+        let session = session_of(&app, &user).await?;
+        for rel in rels {
+            let s = session.clone();
+            let r = rel.clone();
+            match crate::handlers::files::blocking(move || s.workspace()?.remove(&r)).await {
+                Ok(()) | Err(crate::workspace_fs::WorkspaceFsError::NotFound) => {}
+                Err(e) => return Err(ApiError::from_fs(e, rel.as_str(), 0)),
+            }
+        }
+        session.touch();
+        Ok::<_, ApiError>(StatusCode::NO_CONTENT.into_response())
+    };
+    match run.await {
+        Ok(r) => r,
+        Err(e) => as_detail(e).await,
+    }
+}

@@ -1,0 +1,434 @@
+//! The Docker-pool interpreter's API (COMPAT.md §1): stateless runs with
+//! input files from URLs and output files served back.
+//!
+//! - `POST /api/v1/execute {code, files?}` (without `?user_uuid=`, which
+//!   selects the gateway) → always 200 `{result, error, execution_time,
+//!   image_url, files, inputs}`;
+//! - `GET /images/{f}`, `GET /files/{f}`: what runs stored;
+//! - `GET /capabilities`.
+//!
+//! A run is a session created, executed once and deleted (the native
+//! `create`, `execute`, `delete`): the inputs are imported before the code
+//! runs and the outputs read before the sandbox goes, which a one-shot does
+//! not allow. Routes need the token unless `PYXIS_COMPAT_OPEN_POOL_API`.
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use axum::body::Body;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use base64::Engine;
+use rand::Rng;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::app::{App, AppState};
+use crate::error::ApiError;
+use crate::handlers::files::{blocking, import_urls, parse};
+use crate::handlers::sessions::session_options;
+use crate::model::{CreateSession, ExecStatus, Execution, ImportItem};
+use crate::sessions::Session;
+
+/// `INPUT_MAX_FILES`.
+const INPUT_MAX_FILES: usize = 10;
+/// `OUTPUT_MAX_FILES`.
+const OUTPUT_MAX_FILES: usize = 20;
+/// `OUTPUT_FILE_MAX_BYTES`.
+const OUTPUT_FILE_MAX_BYTES: u64 = 5 * 1024 * 1024;
+/// `OUTPUT_TOTAL_MAX_BYTES`.
+const OUTPUT_TOTAL_MAX_BYTES: u64 = 20 * 1024 * 1024;
+/// Stored images and files older than this are deleted.
+const RETENTION: Duration = Duration::from_secs(24 * 3600);
+
+/// The pool door's routes other than `POST /api/v1/execute` (dispatched in
+/// `compat::execute_dispatch`).
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/images/{name}", get(get_image))
+        .route("/files/{name}", get(get_file))
+        .route("/capabilities", get(capabilities))
+}
+
+/// Whether `req` is a pool route the operator opened with
+/// `PYXIS_COMPAT_OPEN_POOL_API`.
+pub fn is_open(app: &App, req: &Request) -> bool {
+    if !app.config.compat_open_pool_api {
+        return false;
+    }
+    let path = req.uri().path();
+    (path == "/api/v1/execute" && !super::wants_gateway(req.uri().query()))
+        || path == "/capabilities"
+        || path.starts_with("/images/")
+        || path.starts_with("/files/")
+}
+
+fn store_dir(app: &App, kind: &str) -> PathBuf {
+    app.config.data_dir.join("compat-pool").join(kind)
+}
+
+fn public_url(app: &App, kind: &str, name: &str) -> String {
+    format!(
+        "{}/{kind}/{name}",
+        app.config.compat_public_base_url.as_deref().unwrap_or("")
+    )
+}
+
+fn token() -> String {
+    format!("{:016x}", rand::thread_rng().gen::<u64>())
+}
+
+/// A file name safe on disk and in a URL.
+fn safe_name(raw: &str) -> String {
+    let s: String = raw
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let s = s.trim_start_matches('.').to_string();
+    if s.is_empty() {
+        "file".into()
+    } else {
+        s.chars().take(128).collect()
+    }
+}
+
+fn valid_stored(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+}
+
+/// Delete stored files past retention.
+fn prune(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let now = SystemTime::now();
+    for e in entries.flatten() {
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| now.duration_since(t).ok())
+            .is_some_and(|age| age > RETENTION);
+        if old {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct PoolRequest {
+    code: String,
+    #[serde(default)]
+    files: Vec<String>,
+}
+
+struct Input {
+    url: String,
+    original_name: String,
+    local_name: String,
+}
+
+/// `POST /api/v1/execute {code, files?}` without `user_uuid`.
+pub async fn execute(
+    app: AppState,
+    body: Result<Json<Value>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(v) = body?;
+    let req: PoolRequest = serde_json::from_value(v)
+        .map_err(|e| ApiError::bad_request(format!("invalid request: {e}")))?;
+    if req.files.len() > INPUT_MAX_FILES {
+        return Ok(Json(reply_error(
+            format!("at most {INPUT_MAX_FILES} input files"),
+            0.0,
+        ))
+        .into_response());
+    }
+    let opts = session_options(&app, CreateSession::default())?;
+    let timeout = opts.timeout;
+    let session = app.sessions.create(opts).await?;
+    let out = run(&app, &session, req, timeout).await;
+    app.sessions.delete(&session.id).await;
+    Ok(Json(out?).into_response())
+}
+
+fn reply_error(error: String, secs: f64) -> Value {
+    json!({
+        "result": "", "error": error, "execution_time": secs,
+        "image_url": null, "files": [], "inputs": [],
+    })
+}
+
+async fn run(
+    app: &AppState,
+    session: &std::sync::Arc<Session>,
+    req: PoolRequest,
+    timeout: Duration,
+) -> Result<Value, ApiError> {
+    // Inputs: /code/input/<name>, a clash becoming 2_<name>, 3_<name>, …
+    let mut inputs: Vec<Input> = Vec::new();
+    for url in &req.files {
+        let original = reqwest::Url::parse(url)
+            .ok()
+            .and_then(|u| {
+                u.path_segments()
+                    .and_then(|mut s| s.next_back().map(str::to_string))
+            })
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "input".into());
+        let base = safe_name(&original);
+        let mut local = base.clone();
+        let mut n = 2;
+        while inputs.iter().any(|i| i.local_name == local) {
+            local = format!("{n}_{base}");
+            n += 1;
+        }
+        inputs.push(Input {
+            url: url.clone(),
+            original_name: original,
+            local_name: local,
+        });
+    }
+    let items = inputs
+        .iter()
+        .map(|i| ImportItem {
+            url: i.url.clone(),
+            path: Some(format!("input/{}", i.local_name)),
+        })
+        .collect::<Vec<_>>();
+    let mut sizes = Vec::new();
+    if !items.is_empty() {
+        match import_urls(app, session, items).await {
+            Ok(done) => sizes = done.into_iter().map(|f| f.size).collect(),
+            Err(e) => {
+                let (_, msg) = super::message_of(e).await;
+                return Ok(reply_error(
+                    format!("downloading the input files: {msg}"),
+                    0.0,
+                ));
+            }
+        }
+    }
+    let mut code = req.code;
+    // Longest URLs first, so a URL that prefixes another is not replaced
+    // inside it.
+    let mut by_len: Vec<&Input> = inputs.iter().collect();
+    by_len.sort_by_key(|i| std::cmp::Reverse(i.url.len()));
+    for i in by_len {
+        code = code.replace(&i.url, &format!("/code/input/{}", i.local_name));
+    }
+    // `/code/output/` exists, and with inputs the code runs in
+    // `/code/input`, as in the original (one line before the code).
+    let chdir = if inputs.is_empty() {
+        ""
+    } else {
+        " _pyxis_os.chdir('/code/input');"
+    };
+    code = format!(
+        "import os as _pyxis_os; _pyxis_os.makedirs('/code/output', exist_ok=True);{chdir} del _pyxis_os\n{code}"
+    );
+    let out = app.sessions.execute(session, code, timeout).await?;
+    let image_url = store_image(app, &out).await;
+    let files = collect_outputs(app, session, &out).await;
+    let error = match out.status {
+        ExecStatus::Ok => None,
+        _ => Some(error_text(&out)),
+    };
+    Ok(json!({
+        "result": out.stdout,
+        "error": error,
+        "execution_time": out.duration_ms / 1000.0,
+        "image_url": image_url,
+        "files": files,
+        "inputs": inputs.iter().zip(sizes.iter().chain(std::iter::repeat(&0))).map(|(i, size)| json!({
+            "url": i.url,
+            "original_name": i.original_name,
+            "local_name": i.local_name,
+            "local_path": format!("/code/input/{}", i.local_name),
+            "size_bytes": size,
+        })).collect::<Vec<_>>(),
+    }))
+}
+
+fn error_text(out: &Execution) -> String {
+    match &out.error {
+        Some(e) if !e.traceback.is_empty() => e.traceback.join("\n"),
+        Some(e) => format!("{}: {}", e.name, e.value),
+        None => "execution failed".into(),
+    }
+}
+
+/// Store the first PNG the cell displayed; its URL.
+async fn store_image(app: &App, out: &Execution) -> Option<String> {
+    let b64 = out
+        .results
+        .iter()
+        .find_map(|r| r.data.get("image/png").and_then(|v| v.as_str()))?;
+    let clean: String = b64.chars().filter(|c| !c.is_whitespace()).collect();
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(clean)
+        .ok()?;
+    let dir = store_dir(app, "images");
+    let name = format!("plot_{}.png", token());
+    let path = dir.join(&name);
+    let ok = tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&dir)?;
+        prune(&dir);
+        std::fs::write(path, png)
+    })
+    .await;
+    match ok {
+        Ok(Ok(())) => Some(public_url(app, "images", &name)),
+        other => {
+            tracing::warn!(?other, "storing an image failed");
+            None
+        }
+    }
+}
+
+/// Copy the allowed `/code/output/` files the cell wrote to the file store.
+async fn collect_outputs(
+    app: &App,
+    session: &std::sync::Arc<Session>,
+    out: &Execution,
+) -> Vec<Value> {
+    let allowed = &app.config.compat_output_extensions;
+    let mut total = 0u64;
+    let mut files = Vec::new();
+    let dir = store_dir(app, "files");
+    for f in &out.files {
+        if files.len() >= OUTPUT_MAX_FILES {
+            break;
+        }
+        let Some(rest) = f.path.strip_prefix("output/") else {
+            continue;
+        };
+        let original = rest.rsplit('/').next().unwrap_or(rest).to_string();
+        let ext = original
+            .rsplit_once('.')
+            .map(|(_, e)| e.to_ascii_lowercase())
+            .unwrap_or_default();
+        if !allowed.contains(&ext)
+            || f.size > OUTPUT_FILE_MAX_BYTES
+            || total + f.size > OUTPUT_TOTAL_MAX_BYTES
+        {
+            continue;
+        }
+        let Ok(rel) = parse(&f.path, false) else {
+            continue;
+        };
+        let stored = format!("{}_{}", token(), safe_name(&original));
+        let (s, d, name) = (session.clone(), dir.clone(), stored.clone());
+        let copied = blocking(move || {
+            let (mut src, size) = s.workspace()?.open_read(&rel)?;
+            if size > OUTPUT_FILE_MAX_BYTES {
+                return Ok(None);
+            }
+            let io = |e| crate::workspace_fs::WorkspaceFsError::from_io("store", e);
+            std::fs::create_dir_all(&d).map_err(io)?;
+            prune(&d);
+            let mut dst = std::fs::File::create(d.join(&name)).map_err(io)?;
+            let n =
+                std::io::copy(&mut (&mut src).take(OUTPUT_FILE_MAX_BYTES), &mut dst).map_err(io)?;
+            Ok(Some(n))
+        })
+        .await;
+        if let Ok(Some(size)) = copied {
+            total += size;
+            files.push(json!({
+                "filename": stored,
+                "original_name": original,
+                "size_bytes": size,
+                "url": public_url(app, "files", &stored),
+            }));
+        }
+    }
+    files
+}
+
+use std::io::Read;
+
+async fn serve(app: &App, kind: &str, name: &str) -> Result<Response, ApiError> {
+    if !valid_stored(name) {
+        return Err(ApiError::not_found());
+    }
+    let path = store_dir(app, kind).join(name);
+    let data = tokio::fs::read(&path)
+        .await
+        .map_err(|_| ApiError::file_not_found(name))?;
+    let mime = mime_guess::from_path(name).first_or_octet_stream();
+    Ok((
+        [
+            (header::CONTENT_TYPE, mime.essence_str().to_string()),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_string()),
+        ],
+        Body::from(data),
+    )
+        .into_response())
+}
+
+async fn get_image(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    serve(&app, "images", &name).await
+}
+
+async fn get_file(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    serve(&app, "files", &name).await
+}
+
+/// `GET /capabilities`.
+async fn capabilities(State(app): State<AppState>) -> (StatusCode, Json<Value>) {
+    let info = app.zygote.info();
+    let cfg = &app.config;
+    let limits = app.sessions.factory().default_limits();
+    (
+        StatusCode::OK,
+        Json(json!({
+            "pythonVersion": info.python,
+            "installedPackages": info.libraries.iter().map(|(k, v)| format!("{k}=={v}")).collect::<Vec<_>>(),
+            "limits": {
+                "maxConcurrency": cfg.max_sessions,
+                "executionTimeoutSeconds": cfg.exec_timeout.as_secs_f64(),
+                "container": {
+                    "memoryBytes": limits.memory_bytes,
+                    "cpus": limits.cpu_millicores as f64 / 1000.0,
+                    "pidsLimit": limits.pids,
+                },
+                "input": {
+                    "maxFiles": INPUT_MAX_FILES,
+                    "fileMaxBytes": cfg.import_max_bytes.min(cfg.disk_bytes),
+                    "totalMaxBytes": cfg.disk_bytes,
+                },
+                "output": {
+                    "maxFiles": OUTPUT_MAX_FILES,
+                    "fileMaxBytes": OUTPUT_FILE_MAX_BYTES,
+                    "totalMaxBytes": OUTPUT_TOTAL_MAX_BYTES,
+                    "allowedExtensions": cfg.compat_output_extensions,
+                },
+            },
+            "networkPolicy": {
+                "mode": "none",
+                "description": "sandboxes have only a loopback interface; input files are downloaded by the server under its import rules",
+                "packageInstall": false,
+            },
+        })),
+    )
+}

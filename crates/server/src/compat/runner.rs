@@ -1,0 +1,410 @@
+//! The function runner's API (COMPAT.md §3). Every call is one-shot: a fresh
+//! sandbox through `Sessions::one_shot`, destroyed afterwards.
+//!
+//! - `POST /api/runner/execute {code, timeout}` → `{result, status}`;
+//! - `POST /api/coderunner/v1/pycode/run-by-params` → the selected keys of
+//!   the dict the function returns; `…/async-run-by-params` answers 202 and
+//!   POSTs `{"res", "type": "pythoncode"}` to `callback` later;
+//! - `GET /api/health`, `/health/ready`, `/health/alive` (open, like
+//!   `/healthz`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use rand::Rng;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use crate::app::{App, AppState};
+use crate::error::ApiError;
+use crate::handlers::sessions::session_options;
+use crate::handlers::timeout_from;
+use crate::model::{CreateSession, ExecStatus, Execution};
+use crate::url_import::{without_url, ImportPolicy};
+
+/// Most input parameters of one call.
+const MAX_PARAMS: usize = 256;
+
+/// The runner's routes.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/runner/execute", post(execute))
+        .route(
+            "/api/coderunner/v1/pycode/run-by-params",
+            post(run_by_params),
+        )
+        .route(
+            "/api/coderunner/v1/pycode/async-run-by-params",
+            post(async_run_by_params),
+        )
+        .route("/api/health", get(health))
+        .route("/health/ready", get(ready))
+        .route("/health/alive", get(health))
+}
+
+async fn health() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn ready(State(app): State<AppState>) -> Response {
+    if app.sessions.is_ready() {
+        Json(json!({ "status": "ok" })).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "not ready" })),
+        )
+            .into_response()
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(
+    body: Result<Json<Value>, JsonRejection>,
+) -> Result<T, ApiError> {
+    let Json(v) = body?;
+    serde_json::from_value(v).map_err(|e| ApiError::bad_request(format!("invalid request: {e}")))
+}
+
+/// Run `code` once in a fresh sandbox, with the server's default time limit
+/// or `timeout_s`.
+async fn one_shot(app: &App, code: String, timeout_s: Option<f64>) -> Result<Execution, ApiError> {
+    let opts = session_options(app, CreateSession::default())?;
+    // The runner's clients send their own limit: capped, not refused.
+    let max = app.config.max_exec_timeout;
+    let given = timeout_s.filter(|t| t.is_finite() && *t > 0.0);
+    let timeout = timeout_from(given.map(|t| t.min(max.as_secs_f64())), opts.timeout, max)?;
+    app.sessions
+        .one_shot(opts, code, timeout, |_| async { Ok(()) })
+        .await
+}
+
+fn error_text(out: &Execution) -> String {
+    match &out.error {
+        Some(e) if !e.traceback.is_empty() => e.traceback.join("\n"),
+        Some(e) => format!("{}: {}", e.name, e.value),
+        None => "execution failed".into(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ExecuteBody {
+    code: String,
+    timeout: Option<f64>,
+}
+
+/// `POST /api/runner/execute {code, timeout}` → `{"result": stdout,
+/// "status": "success"}`; a Python error is `{"result": stdout, "status":
+/// "error", "message": traceback}` (`"timeout"` for the time limit).
+async fn execute(
+    State(app): State<AppState>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let ExecuteBody { code, timeout } = parse(body)?;
+    let out = one_shot(&app, code, timeout).await?;
+    Ok(Json(match out.status {
+        ExecStatus::Ok => json!({ "result": out.stdout, "status": "success" }),
+        ExecStatus::Timeout => json!({
+            "result": out.stdout, "status": "timeout", "message": error_text(&out),
+        }),
+        ExecStatus::Error | ExecStatus::Killed => json!({
+            "result": out.stdout, "status": "error", "message": error_text(&out),
+        }),
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+struct InputParam {
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+    #[serde(default)]
+    value: Value,
+}
+
+#[derive(Debug, Deserialize)]
+struct OutputParam {
+    key: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct ByParams {
+    code: String,
+    #[serde(default = "default_func")]
+    func: String,
+    #[serde(default)]
+    input_params: Vec<InputParam>,
+    #[serde(default)]
+    output_params: Vec<OutputParam>,
+    timeout: Option<f64>,
+    callback: Option<String>,
+}
+
+fn default_func() -> String {
+    "main".into()
+}
+
+/// A run-by-params error: 500 `{"detail", "code"}`.
+struct RunnerError {
+    status: StatusCode,
+    code: &'static str,
+    detail: String,
+}
+
+impl RunnerError {
+    fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            detail: detail.into(),
+        }
+    }
+
+    fn body(&self) -> Value {
+        json!({ "detail": self.detail, "code": self.code })
+    }
+}
+
+impl IntoResponse for RunnerError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body())).into_response()
+    }
+}
+
+impl RunnerError {
+    /// A refused request, with the native status and message.
+    async fn from_api(e: ApiError) -> Self {
+        let (status, msg) = super::message_of(e).await;
+        let code = if status == StatusCode::SERVICE_UNAVAILABLE {
+            "CodeRunner.Unavailable"
+        } else {
+            "CodeRunner.InvalidParameter"
+        };
+        Self::new(status, code, msg)
+    }
+}
+
+/// The Python program that defines `code`, calls `func` with the typed
+/// inputs and prints the selected keys of its result, as JSON, on one line
+/// after `marker`. Code and inputs travel base64-encoded, so nothing the
+/// client sends is spliced into Python source.
+fn program(req: &ByParams, marker: &str) -> Result<String, RunnerError> {
+    if !is_identifier(&req.func) {
+        return Err(RunnerError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "CodeRunner.InvalidParameter",
+            format!("func {:?} is not a Python identifier", req.func),
+        ));
+    }
+    if req.input_params.len() > MAX_PARAMS || req.output_params.len() > MAX_PARAMS {
+        return Err(RunnerError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "CodeRunner.InvalidParameter",
+            format!("at most {MAX_PARAMS} input and output parameters"),
+        ));
+    }
+    let inputs: Vec<Value> = req
+        .input_params
+        .iter()
+        .map(|p| json!([p.kind.as_deref().unwrap_or(""), p.value]))
+        .collect();
+    let keys: Option<Vec<&str>> = (!req.output_params.is_empty())
+        .then(|| req.output_params.iter().map(|p| p.key.as_str()).collect());
+    let b64 = |s: &[u8]| base64::engine::general_purpose::STANDARD.encode(s);
+    let code = b64(req.code.as_bytes());
+    let inputs = b64(Value::from(inputs).to_string().as_bytes());
+    let keys = b64(json!(keys).to_string().as_bytes());
+    let func = &req.func;
+    Ok(format!(
+        r#"def __pyxis_runner():
+    import base64, json
+    def _conv(kind, v):
+        kind = (kind or "").lower()
+        if v is None:
+            return None
+        if kind in ("int", "integer"):
+            return int(v)
+        if kind in ("float", "number", "double"):
+            return float(v)
+        if kind in ("bool", "boolean"):
+            return v if isinstance(v, bool) else str(v).lower() in ("1", "true", "yes")
+        if kind in ("string", "str"):
+            return v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)
+        if kind in ("array", "list", "object", "dict") and isinstance(v, str):
+            return json.loads(v)
+        return v
+    ns = {{"__name__": "__pyxis_runner__"}}
+    exec(compile(base64.b64decode("{code}").decode(), "<code>", "exec"), ns)
+    if "{func}" not in ns or not callable(ns["{func}"]):
+        raise NameError("function '{func}' is not defined by the code")
+    args = [_conv(k, v) for k, v in json.loads(base64.b64decode("{inputs}"))]
+    res = ns["{func}"](*args)
+    keys = json.loads(base64.b64decode("{keys}"))
+    if not isinstance(res, dict):
+        raise TypeError("function '{func}' must return a dict, not " + type(res).__name__)
+    out = dict(res) if keys is None else {{k: res.get(k) for k in keys}}
+    print("\n{marker}" + json.dumps(out, ensure_ascii=False, default=str), flush=True)
+__pyxis_runner()
+"#
+    ))
+}
+
+fn is_identifier(s: &str) -> bool {
+    let mut c = s.chars();
+    c.next()
+        .is_some_and(|f| f == '_' || f.is_ascii_alphabetic())
+        && c.all(|c| c == '_' || c.is_ascii_alphanumeric())
+}
+
+fn marker() -> String {
+    let n: u128 = rand::thread_rng().gen();
+    format!("__PYXIS_RESULT_{n:032x}__:")
+}
+
+/// Run the function; its selected outputs.
+async fn run_params(app: &App, req: &ByParams) -> Result<Map<String, Value>, RunnerError> {
+    let marker = marker();
+    let code = program(req, &marker)?;
+    let out = match one_shot(app, code, req.timeout).await {
+        Ok(out) => out,
+        Err(e) => return Err(RunnerError::from_api(e).await),
+    };
+    match out.status {
+        ExecStatus::Ok => {}
+        ExecStatus::Timeout => {
+            return Err(RunnerError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "CodeRunner.Timeout",
+                error_text(&out),
+            ))
+        }
+        ExecStatus::Error | ExecStatus::Killed => {
+            return Err(RunnerError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "CodeRunner.ExecuteError",
+                error_text(&out),
+            ))
+        }
+    }
+    let line = out
+        .stdout
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix(marker.as_str()))
+        .ok_or_else(|| {
+            RunnerError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "CodeRunner.ExecuteError",
+                if out.truncated {
+                    "the output was too large and the result was cut off"
+                } else {
+                    "the function produced no result"
+                },
+            )
+        })?;
+    match serde_json::from_str(line) {
+        Ok(Value::Object(m)) => Ok(m),
+        _ => Err(RunnerError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "CodeRunner.ExecuteError",
+            "the function's result could not be read",
+        )),
+    }
+}
+
+/// `POST /api/coderunner/v1/pycode/run-by-params`.
+async fn run_by_params(
+    State(app): State<AppState>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> Result<Json<Map<String, Value>>, RunnerError> {
+    let req: ByParams = match parse(body) {
+        Ok(r) => r,
+        Err(e) => return Err(RunnerError::from_api(e).await),
+    };
+    Ok(Json(run_params(&app, &req).await?))
+}
+
+/// `POST /api/coderunner/v1/pycode/async-run-by-params`: 202 now, the
+/// result POSTed to `callback` later as `{"res": {…}, "type":
+/// "pythoncode"}` (on failure `res` is `{"detail", "code"}`). The callback
+/// obeys the same address rules as URL imports (`PYXIS_IMPORT_ALLOW`).
+async fn async_run_by_params(
+    State(app): State<AppState>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> Result<Response, RunnerError> {
+    let req: ByParams = match parse(body) {
+        Ok(r) => r,
+        Err(e) => return Err(RunnerError::from_api(e).await),
+    };
+    let Some(callback) = req.callback.clone() else {
+        return Err(RunnerError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "CodeRunner.InvalidParameter",
+            "callback is required",
+        ));
+    };
+    let url = reqwest::Url::parse(&callback)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+        .ok_or_else(|| {
+            RunnerError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "CodeRunner.InvalidParameter",
+                "callback must be an http or https URL",
+            )
+        })?;
+    // Check the generated program now, so a bad func is answered at once.
+    program(&req, "x")?;
+    tokio::spawn(async move {
+        let res = match run_params(&app, &req).await {
+            Ok(m) => Value::Object(m),
+            Err(e) => e.body(),
+        };
+        let body = json!({ "res": res, "type": "pythoncode" });
+        if let Err(e) = post_callback(&app, &url, &body).await {
+            tracing::warn!(callback = %url, error = %e, "runner callback failed");
+        }
+    });
+    Ok((StatusCode::ACCEPTED, Json(json!({ "status": "accepted" }))).into_response())
+}
+
+/// POST `body` to `url` with the import rules' checked client: every
+/// address the host resolves to public or in `PYXIS_IMPORT_ALLOW`, the
+/// connection pinned to the address checked, no redirects, no proxies,
+/// bounded in time.
+async fn post_callback(app: &Arc<App>, url: &reqwest::Url, body: &Value) -> Result<(), String> {
+    let policy = ImportPolicy {
+        allow: app.config.import_allow.clone(),
+        timeout: app.config.import_timeout.min(Duration::from_secs(60)),
+    };
+    let client = policy.pinned_client(url).await.map_err(|e| e.to_string())?;
+    let resp = client
+        .post(url.clone())
+        .json(body)
+        .send()
+        .await
+        .map_err(|e| without_url(&e))?;
+    if !resp.status().is_success() {
+        return Err(format!("the callback answered {}", resp.status()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers() {
+        assert!(is_identifier("main"));
+        assert!(is_identifier("_f2"));
+        assert!(!is_identifier("2f"));
+        assert!(!is_identifier("a\"); import os; (\""));
+        assert!(!is_identifier(""));
+    }
+}
