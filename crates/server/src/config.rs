@@ -110,6 +110,12 @@ pub struct Settings {
     /// Extensions of `/code/output/` files the Docker-pool door returns.
     #[arg(long, env = "PYXIS_COMPAT_OUTPUT_EXTENSIONS")]
     pub compat_output_extensions: Option<String>,
+    /// Seconds the Docker-pool door keeps stored images and files.
+    #[arg(long, env = "PYXIS_COMPAT_STORE_TTL_S")]
+    pub compat_store_ttl_s: Option<u64>,
+    /// Size bound of the Docker-pool door's store in MiB (oldest removed first).
+    #[arg(long, env = "PYXIS_COMPAT_STORE_MAX_MB")]
+    pub compat_store_max_mb: Option<u64>,
 }
 
 /// The validated configuration.
@@ -146,6 +152,8 @@ pub struct Config {
     pub compat_open_pool_api: bool,
     pub compat_public_base_url: Option<String>,
     pub compat_output_extensions: Vec<String>,
+    pub compat_store_ttl: Duration,
+    pub compat_store_max_bytes: u64,
 }
 
 const MIB: u64 = 1024 * 1024;
@@ -190,7 +198,9 @@ impl Settings {
             export_timeout_s,
             compat_open_pool_api,
             compat_public_base_url,
-            compat_output_extensions
+            compat_output_extensions,
+            compat_store_ttl_s,
+            compat_store_max_mb
         )
     }
 }
@@ -284,6 +294,8 @@ impl Config {
                 .map(|e| e.trim().trim_start_matches('.').to_ascii_lowercase())
                 .filter(|e| !e.is_empty())
                 .collect(),
+            compat_store_ttl: Duration::from_secs(s.compat_store_ttl_s.unwrap_or(86_400).max(1)),
+            compat_store_max_bytes: s.compat_store_max_mb.unwrap_or(1024) * MIB,
         };
         if cfg.memory_bytes < 64 * MIB {
             bail!("memory_mb must be at least 64");

@@ -163,6 +163,23 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
     std::fs::set_permissions(&cfg.data_dir, std::fs::Permissions::from_mode(0o700))?;
+    // One server per data directory: a second one would clean up (kill) the
+    // first one's sandboxes as "leftovers". The lock lives as long as the process.
+    let lock_path = cfg.data_dir.join("lock");
+    let lock_file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&lock_path)
+        .with_context(|| format!("opening {}", lock_path.display()))?;
+    let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|(_, e)| {
+            anyhow::anyhow!(
+                "another pyxis server is using the data directory {} ({e})",
+                cfg.data_dir.display()
+            )
+        })?;
     let token = load_token(&cfg)?;
     tracing::info!(config = %serde_json::to_string(&cfg)?, "effective configuration (token masked)");
     let rt = runtime::Runtime::new(&cfg.runtime_dir);

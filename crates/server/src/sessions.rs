@@ -591,9 +591,23 @@ impl Sessions {
         if session.closed.load(Ordering::Acquire) {
             return Err(ApiError::session_not_found(&session.id));
         }
-        self.restart_kernel(session, &mut slot)
-            .await
-            .map_err(ApiError::internal)?;
+        // A concurrent restart or delete kills through the cgroup without the
+        // lock, and can hit the kernel this one is starting: try again, and
+        // answer 404 if the session went away meanwhile.
+        let mut attempt = 0;
+        loop {
+            match self.restart_kernel(session, &mut slot).await {
+                Ok(()) => break,
+                Err(_) if session.closed.load(Ordering::Acquire) => {
+                    return Err(ApiError::session_not_found(&session.id));
+                }
+                Err(e) if attempt >= 2 => return Err(ApiError::internal(e)),
+                Err(e) => {
+                    tracing::warn!(id = %session.id, error = %e, "restart failed; retrying");
+                    attempt += 1;
+                }
+            }
+        }
         session.touch();
         Ok(())
     }

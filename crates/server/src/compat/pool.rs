@@ -42,8 +42,6 @@ const OUTPUT_MAX_FILES: usize = 20;
 const OUTPUT_FILE_MAX_BYTES: u64 = 5 * 1024 * 1024;
 /// `OUTPUT_TOTAL_MAX_BYTES`.
 const OUTPUT_TOTAL_MAX_BYTES: u64 = 20 * 1024 * 1024;
-/// Stored images and files older than this are deleted.
-const RETENTION: Duration = Duration::from_secs(24 * 3600);
 
 /// The pool door's routes other than `POST /api/v1/execute` (dispatched in
 /// `compat::execute_dispatch`).
@@ -110,21 +108,33 @@ fn valid_stored(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
 }
 
-/// Delete stored files past retention.
-fn prune(dir: &std::path::Path) {
+/// Keep the store within its bounds before adding `incoming` bytes to `dir`:
+/// delete files past retention, then the oldest until the rest and the new
+/// file fit the size bound.
+fn prune(dir: &std::path::Path, ttl: Duration, max_bytes: u64, incoming: u64) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     let now = SystemTime::now();
+    let mut kept: Vec<(SystemTime, u64, PathBuf)> = Vec::new();
     for e in entries.flatten() {
-        let old = e
-            .metadata()
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| now.duration_since(t).ok())
-            .is_some_and(|age| age > RETENTION);
-        if old {
+        let Ok(meta) = e.metadata() else { continue };
+        let modified = meta.modified().unwrap_or(now);
+        let expired = now.duration_since(modified).is_ok_and(|age| age > ttl);
+        if expired {
             let _ = std::fs::remove_file(e.path());
+        } else {
+            kept.push((modified, meta.len(), e.path()));
+        }
+    }
+    kept.sort_by_key(|(t, _, _)| *t);
+    let mut total: u64 = kept.iter().map(|(_, n, _)| n).sum::<u64>() + incoming;
+    for (_, size, path) in kept {
+        if total <= max_bytes {
+            break;
+        }
+        if std::fs::remove_file(&path).is_ok() {
+            total -= size;
         }
     }
 }
@@ -284,9 +294,13 @@ async fn store_image(app: &App, out: &Execution) -> Option<String> {
     let dir = store_dir(app, "images");
     let name = format!("plot_{}.png", token());
     let path = dir.join(&name);
+    let (ttl, max) = (
+        app.config.compat_store_ttl,
+        app.config.compat_store_max_bytes,
+    );
     let ok = tokio::task::spawn_blocking(move || {
         std::fs::create_dir_all(&dir)?;
-        prune(&dir);
+        prune(&dir, ttl, max, png.len() as u64);
         std::fs::write(path, png)
     })
     .await;
@@ -332,6 +346,10 @@ async fn collect_outputs(
         };
         let stored = format!("{}_{}", token(), safe_name(&original));
         let (s, d, name) = (session.clone(), dir.clone(), stored.clone());
+        let (ttl, max) = (
+            app.config.compat_store_ttl,
+            app.config.compat_store_max_bytes,
+        );
         let copied = blocking(move || {
             let (mut src, size) = s.workspace()?.open_read(&rel)?;
             if size > OUTPUT_FILE_MAX_BYTES {
@@ -339,7 +357,7 @@ async fn collect_outputs(
             }
             let io = |e| crate::workspace_fs::WorkspaceFsError::from_io("store", e);
             std::fs::create_dir_all(&d).map_err(io)?;
-            prune(&d);
+            prune(&d, ttl, max, size);
             let mut dst = std::fs::File::create(d.join(&name)).map_err(io)?;
             let n =
                 std::io::copy(&mut (&mut src).take(OUTPUT_FILE_MAX_BYTES), &mut dst).map_err(io)?;
@@ -431,4 +449,45 @@ async fn capabilities(State(app): State<AppState>) -> (StatusCode, Json<Value>) 
             },
         })),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(dir: &std::path::Path, name: &str, age_s: u64) {
+        let path = dir.join(name);
+        std::fs::write(&path, [0u8; 10]).unwrap();
+        let t = SystemTime::now() - Duration::from_secs(age_s);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
+    }
+
+    fn names(dir: &std::path::Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn the_store_drops_expired_files_then_the_oldest_beyond_its_size() {
+        let dir = tempfile::tempdir().unwrap();
+        file(dir.path(), "expired", 1000);
+        file(dir.path(), "old", 30);
+        file(dir.path(), "mid", 20);
+        file(dir.path(), "new", 10);
+        // 3 live files of 10 bytes + 10 incoming = 40 > 25: the two oldest go.
+        prune(dir.path(), Duration::from_secs(100), 25, 10);
+        assert_eq!(names(dir.path()), ["new"]);
+        // Within bounds nothing more is removed.
+        prune(dir.path(), Duration::from_secs(100), 25, 10);
+        assert_eq!(names(dir.path()), ["new"]);
+    }
 }
