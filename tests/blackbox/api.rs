@@ -1,6 +1,6 @@
 //! The HTTP surface: auth, error envelope, sessions CRUD, capacity.
 
-use pyxis_tests::TestServer;
+use pyxis_tests::{processes_with_cmdline, TestServer};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -137,20 +137,21 @@ fn status_capabilities_and_openapi() {
 #[test]
 fn one_shot_execute_runs_in_a_sandbox_that_is_gone_after() {
     let s = TestServer::shared();
-    let before: Value = s.get("/v1/status").json().unwrap();
     let r = s.post(
         "/v1/execute",
-        &json!({"code": "import os\nopen('/workspace/x','w').write('1')\nprint(sorted(os.listdir('/workspace')))"}),
+        &json!({"code": "import os, subprocess\nsubprocess.Popen(['sleep', '900.4242'])\nopen('/workspace/x','w').write('1')\nprint(sorted(os.listdir('/workspace')))"}),
     );
     assert_eq!(r.status(), 200);
     let v: Value = r.json().unwrap();
     assert_eq!(v["status"], "ok", "{v}");
-    assert_eq!(v["stdout"], "['x']\n");
-    let after: Value = s.get("/v1/status").json().unwrap();
-    assert_eq!(
-        before["sessions"], after["sessions"],
-        "one-shot leaves no session"
-    );
+    let out = v["stdout"].as_str().unwrap();
+    assert!(out.starts_with("['x']\n"), "{out}");
+    // Its processes (the background sleep included) are gone once it answered.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !processes_with_cmdline("900.4242").is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(processes_with_cmdline("900.4242"), Vec::<i32>::new());
 }
 
 #[test]

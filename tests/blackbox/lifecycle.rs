@@ -3,36 +3,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use pyxis_tests::TestServer;
-
-/// Host pids whose real uid satisfies `wanted`, zombies included or not.
-fn processes_with_uid(wanted: impl Fn(u32) -> bool, zombies: bool) -> Vec<i32> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
-            continue;
-        };
-        if !zombies
-            && status
-                .lines()
-                .any(|l| l.starts_with("State:") && l.contains("Z (zombie)"))
-        {
-            continue;
-        }
-        let uid = status
-            .lines()
-            .find(|l| l.starts_with("Uid:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|u| u.parse::<u32>().ok());
-        if uid.is_some_and(&wanted) {
-            pids.push(pid);
-        }
-    }
-    pids
-}
+use pyxis_tests::{processes_with_uid, TestServer};
 
 /// Live processes (zombies, which hold nothing but a pid until their parent
 /// reaps them, excepted) whose uid is in the server's sandbox range.
@@ -144,7 +115,9 @@ fn idle_sessions_are_released_after_the_idle_timeout() {
 
 #[test]
 fn a_released_session_leaves_no_process_not_even_a_zombie() {
-    let s = TestServer::shared();
+    // A server of its own: on a shared one another test could be given the
+    // released uid at once.
+    let s = TestServer::start(&[("PYXIS_POOL_MIN_IDLE", "0")]);
     let sess = s.session();
     let uid: u32 = sess
         .ok("import os, subprocess\nsubprocess.Popen(['sh', '-c', 'setsid sleep 900 &'])\nprint(os.getuid())")
@@ -152,14 +125,31 @@ fn a_released_session_leaves_no_process_not_even_a_zombie() {
         .parse()
         .unwrap();
     assert!(!processes_of_uid(uid).is_empty());
-    drop(sess); // DELETE
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let r = s.delete(&format!("/v1/sessions/{}", sess.id));
+    assert_eq!(r.status(), 204);
+    std::mem::forget(sess);
+    let deadline = Instant::now() + Duration::from_secs(10);
     while !processes_of_uid(uid).is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(
-        processes_of_uid(uid),
-        Vec::<i32>::new(),
-        "uid {uid} still has processes"
-    );
+    let left: Vec<String> = processes_of_uid(uid)
+        .into_iter()
+        .map(|pid| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let pick = |key: &str| {
+                status
+                    .lines()
+                    .find(|l| l.starts_with(key))
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            format!(
+                "{pid} {} {} {}",
+                pick("Name:"),
+                pick("State:"),
+                pick("PPid:")
+            )
+        })
+        .collect();
+    assert!(left.is_empty(), "uid {uid} still has processes: {left:?}");
 }

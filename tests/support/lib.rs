@@ -538,3 +538,49 @@ impl Drop for S3Server {
         }
     }
 }
+
+/// Host pids whose real uid satisfies `wanted`, zombies included or not.
+pub fn processes_with_uid(wanted: impl Fn(u32) -> bool, zombies: bool) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
+            continue;
+        };
+        if !zombies
+            && status
+                .lines()
+                .any(|l| l.starts_with("State:") && l.contains("Z (zombie)"))
+        {
+            continue;
+        }
+        let uid = status
+            .lines()
+            .find(|l| l.starts_with("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|u| u.parse::<u32>().ok());
+        if uid.is_some_and(&wanted) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Host pids whose command line contains `marker` (a unique argument a test
+/// gave a process inside a sandbox).
+pub fn processes_with_cmdline(marker: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) {
+            if String::from_utf8_lossy(&cmd).contains(marker) {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}

@@ -70,7 +70,8 @@ pub struct SandboxFactory {
     cfg: Arc<Config>,
     cgroups: CgroupRoot,
     zygote: Arc<Zygote>,
-    slots: Mutex<Vec<bool>>,
+    /// Which uid slots are in use, and where the next search starts.
+    slots: Mutex<(Vec<bool>, usize)>,
     root_mountpoint: PathBuf,
     workspaces: PathBuf,
     ro_binds: Vec<PathBuf>,
@@ -180,7 +181,7 @@ impl SandboxFactory {
             cfg,
             cgroups,
             zygote,
-            slots: Mutex::new(vec![false; slots]),
+            slots: Mutex::new((vec![false; slots], 0)),
             root_mountpoint,
             workspaces,
             ro_binds,
@@ -201,22 +202,28 @@ impl SandboxFactory {
         }
     }
 
+    /// Take a free slot (and so a uid), searching round-robin from the one
+    /// after the last taken, so a just-released uid is not handed out again
+    /// at once.
     fn take_slot(&self) -> Result<usize, SandboxError> {
         let mut slots = self
             .slots
             .lock()
             .map_err(|_| SandboxError::Internal("slot table poisoned".into()))?;
-        let i = slots
-            .iter()
-            .position(|used| !used)
+        let (used, next) = &mut *slots;
+        let n = used.len();
+        let i = (0..n)
+            .map(|k| (*next + k) % n)
+            .find(|&i| !used[i])
             .ok_or(SandboxError::NoSlot)?;
-        slots[i] = true;
+        used[i] = true;
+        *next = (i + 1) % n;
         Ok(i)
     }
 
     fn free_slot(&self, slot: usize) {
         if let Ok(mut slots) = self.slots.lock() {
-            if let Some(s) = slots.get_mut(slot) {
+            if let Some(s) = slots.0.get_mut(slot) {
                 *s = false;
             }
         }
