@@ -77,6 +77,10 @@ fn doctor(cfg: &Config) -> anyhow::Result<()> {
     let report = pyxis_sandbox::probe();
     let rt = runtime::Runtime::new(&cfg.runtime_dir);
     let mut out = std::io::stdout().lock();
+    // A piped core_pattern starts a host helper as root when a sandboxed
+    // process crashes, whatever the sandbox's RLIMIT_CORE says.
+    let core_pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap_or_default();
+    let core_pipe = core_pattern.trim_start().starts_with('|');
     writeln!(out, "pyxis doctor: what this host can do for sandboxes\n")?;
     for item in probe_items(&serde_json::to_value(&report)?) {
         let ok = item["ok"].as_bool().unwrap_or(false);
@@ -111,6 +115,19 @@ fn doctor(cfg: &Config) -> anyhow::Result<()> {
             "missing — build the workspace (`cargo build --release`) or set PYXIS_SANDBOX_LIB"
         }
     )?;
+    if core_pipe {
+        writeln!(
+            out,
+            "WARN core_pattern pipes crashes to a host helper ({}): a crash in a sandbox runs it as root\n       fix: sysctl kernel.core_pattern=core (or a path), or accept the helper",
+            core_pattern.trim()
+        )?;
+    } else {
+        writeln!(
+            out,
+            "ok   core_pattern: {} (no host helper)",
+            core_pattern.trim()
+        )?;
+    }
     if !(report.all_ok() && rt_ok && lib_ok) {
         std::process::exit(1);
     }
