@@ -159,31 +159,33 @@ print(json.dumps({{"mb": n * {chunk} // (1 << 20), "err": err}}))
     )
 }
 
-#[test]
-fn filling_tmp_stops_at_its_size() {
+/// Fill `dir` in a fresh session: the writes must stop with ENOSPC (or EFBIG)
+/// within its 64 MiB. Returns the session for further checks.
+fn filling_stops_within_its_size(dir: &str) -> pyxis_tests::Session<'static> {
     let s = server();
     let v = s.session();
-    let out = attack(s, &v, |v| json_of(v, &fill_code("/tmp", 1 << 20)));
-    assert!(out["err"] == "ENOSPC" || out["err"] == "EFBIG", "{out}");
-    assert!(out["mb"].as_u64().unwrap() <= 64, "{out}");
+    let out = attack(s, &v, |v| json_of(v, &fill_code(dir, 1 << 20)));
+    assert!(
+        out["err"] == "ENOSPC" || out["err"] == "EFBIG",
+        "{dir}: {out}"
+    );
+    assert!(out["mb"].as_u64().unwrap() <= 64, "{dir}: {out}");
+    v
+}
+
+#[test]
+fn filling_tmp_stops_at_its_size() {
+    filling_stops_within_its_size("/tmp");
 }
 
 #[test]
 fn filling_dev_shm_stops_at_its_size() {
-    let s = server();
-    let v = s.session();
-    let out = attack(s, &v, |v| json_of(v, &fill_code("/dev/shm", 1 << 20)));
-    assert!(out["err"] == "ENOSPC" || out["err"] == "EFBIG", "{out}");
-    assert!(out["mb"].as_u64().unwrap() <= 64, "{out}");
+    filling_stops_within_its_size("/dev/shm");
 }
 
 #[test]
 fn filling_the_workspace_stops_at_the_quota() {
-    let s = server();
-    let v = s.session();
-    let out = attack(s, &v, |v| json_of(v, &fill_code("/workspace", 1 << 20)));
-    assert!(out["err"] == "ENOSPC" || out["err"] == "EFBIG", "{out}");
-    assert!(out["mb"].as_u64().unwrap() <= 64, "{out}");
+    let v = filling_stops_within_its_size("/workspace");
     // The session can still free space and use its workspace.
     v.ok("import os\nos.remove('/workspace/fill/big')\nopen('/workspace/a', 'w').write('a')");
 }
