@@ -43,7 +43,7 @@ struct Args {
     #[arg(long, env = "PYXIS_BENCH_TOKEN")]
     token: Option<String>,
 
-    /// Server binary to start [default: `<workspace>/target/release/pyxis`].
+    /// Server binary to start (default: `<workspace>/target/release/pyxis`).
     #[arg(long)]
     server_bin: Option<PathBuf>,
 
