@@ -339,17 +339,13 @@ for _ in range(4000):
     assert_eq!(r["status"], "ok", "{r:#}");
 }
 
-#[test]
-fn cell_ignoring_sigint_is_killed_and_state_lost() {
+/// Run `code` (which never ends by itself) under a 2 s limit: it must end as
+/// `timeout` with the interpreter replaced, well before the test's own bound.
+fn ends_at_the_timeout_with_state_lost(v: &pyxis_tests::Session<'_>, code: &str) {
     let s = server();
-    let v = s.session();
-    v.ok("x = 1");
-    let r = attack(s, &v, |v| {
+    let r = attack(s, v, |v| {
         let t = Instant::now();
-        let r = v.exec_with(json!({
-            "code": "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    pass",
-            "timeout_s": 2,
-        }));
+        let r = v.exec_with(json!({ "code": code, "timeout_s": 2 }));
         assert!(
             t.elapsed() < Duration::from_secs(20),
             "took {:?}",
@@ -359,28 +355,26 @@ fn cell_ignoring_sigint_is_killed_and_state_lost() {
     });
     assert_eq!(r["status"], "timeout", "{r:#}");
     assert_eq!(r["state_lost"], true, "{r:#}");
+}
+
+#[test]
+fn cell_ignoring_sigint_is_killed_and_state_lost() {
+    let v = server().session();
+    v.ok("x = 1");
+    ends_at_the_timeout_with_state_lost(
+        &v,
+        "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    pass",
+    );
     assert_eq!(v.exec("x")["error"]["name"], "NameError");
 }
 
 #[test]
 fn sigstop_to_itself_still_ends_at_the_timeout() {
-    let s = server();
-    let v = s.session();
-    let r = attack(s, &v, |v| {
-        let t = Instant::now();
-        let r = v.exec_with(json!({
-            "code": "import os, signal\nos.kill(os.getpid(), signal.SIGSTOP)\nprint('resumed')",
-            "timeout_s": 2,
-        }));
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "took {:?}",
-            t.elapsed()
-        );
-        r
-    });
-    assert_eq!(r["status"], "timeout", "{r:#}");
-    assert_eq!(r["state_lost"], true, "{r:#}");
+    let v = server().session();
+    ends_at_the_timeout_with_state_lost(
+        &v,
+        "import os, signal\nos.kill(os.getpid(), signal.SIGSTOP)\nprint('resumed')",
+    );
 }
 
 #[test]
