@@ -11,7 +11,6 @@
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::PathBuf;
 
 use nix::sched::CloneFlags;
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
@@ -36,13 +35,16 @@ pub enum EnterError {
     #[error("close inherited fds: {0}")]
     CloseFds(#[source] io::Error),
     /// Writing our pid into a `cgroup.procs` file failed.
-    #[error("join cgroup {path}: {source}")]
+    #[error("join cgroup (fd {fd}): {source}")]
     JoinCgroup {
-        /// The `cgroup.procs` file.
-        path: PathBuf,
+        /// The open `cgroup.procs` file.
+        fd: i32,
         /// The error.
         source: io::Error,
     },
+    /// Copying the workspace's mount tree (`open_tree`) failed.
+    #[error("detach workspace mount: {0}")]
+    DetachWorkspace(#[source] io::Error),
     /// `PR_SET_PDEATHSIG` failed.
     #[error("set parent death signal: {0}")]
     SetParentDeathSignal(#[source] io::Error),
@@ -125,16 +127,21 @@ pub fn enter(spec: &SandboxSpec) -> std::result::Result<(), SandboxError> {
 
 fn enter_validated(spec: &SandboxSpec, filters: &[seccompiler::BpfProgram]) -> Result<()> {
     // First clean the process up: nothing inherited from the zygote but our own fds.
-    sys::close_fds_except(&[0, 1, 2, spec.kernel_fd, spec.report_fd])
-        .map_err(EnterError::CloseFds)?;
+    let mut keep = vec![0, 1, 2];
+    keep.extend(spec.fds());
+    sys::close_fds_except(&keep).map_err(EnterError::CloseFds)?;
 
-    let pid = nix::unistd::getpid();
-    for path in &spec.cgroup_procs {
-        std::fs::write(path, pid.to_string()).map_err(|source| EnterError::JoinCgroup {
-            path: path.clone(),
-            source,
-        })?;
+    let pid = nix::unistd::getpid().to_string();
+    for &fd in &spec.cgroup_fds {
+        sys::write_all_raw(fd, pid.as_bytes())
+            .map_err(|source| EnterError::JoinCgroup { fd, source })?;
+        // B and C must not inherit a way into the host's cgroup tree.
+        sys::close_raw(fd).map_err(EnterError::CloseFds)?;
     }
+
+    // Taken in the host's mount namespace; B attaches it in the new one, where neither a
+    // path nor a bind from this fd would work.
+    sys::detach_tree_in_place(spec.workspace_fd).map_err(EnterError::DetachWorkspace)?;
 
     let parent = nix::unistd::getppid();
     credentials::set_parent_death_kill().map_err(EnterError::SetParentDeathSignal)?;

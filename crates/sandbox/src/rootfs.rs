@@ -136,7 +136,12 @@ pub fn build(spec: &SandboxSpec) -> Result<()> {
     }
 
     let workspace = mkdir_in(root, Path::new("/workspace"))?;
-    bind(&spec.workspace, &workspace, MsFlags::MS_REC)?;
+    // A made the workspace fd a detached copy of its mount tree (see `process`).
+    sys::attach_tree(spec.workspace_fd, &workspace).map_err(|source| RootfsError::MountBind {
+        src: PathBuf::from(format!("fd {}", spec.workspace_fd)),
+        path: workspace.clone(),
+        source,
+    })?;
     remount_bind(&workspace, MsFlags::MS_NOSUID | MsFlags::MS_NODEV)?;
     for alias in &spec.workspace_aliases {
         let parent = alias.parent().unwrap_or(Path::new("/"));

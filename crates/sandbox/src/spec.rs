@@ -44,17 +44,20 @@ pub struct SandboxSpec {
     pub gid: u32,
     /// Hostname in the new UTS namespace.
     pub hostname: String,
-    /// `cgroup.procs` files the process writes its own pid into before unsharing.
-    pub cgroup_procs: Vec<PathBuf>,
+    /// Open (write-only) `cgroup.procs` files the process writes its own pid into before
+    /// unsharing. Descriptors rather than paths, so the sandbox's memory (a fork of the
+    /// caller) holds no host path of its cgroups.
+    pub cgroup_fds: Vec<i32>,
     /// An existing empty host directory; the new root tmpfs is mounted on it (in the new mount
-    /// namespace only).
+    /// namespace only, so every sandbox can share one).
     pub root_mountpoint: PathBuf,
     /// Host paths bind-mounted read-only, nosuid, nodev (recursively) at the same path.
     /// Missing paths are skipped; symlinks are recreated as symlinks; files are bound onto
     /// empty files.
     pub ro_binds: Vec<PathBuf>,
-    /// Host directory bound read-write (nosuid, nodev) at `/workspace`, the working directory.
-    pub workspace: PathBuf,
+    /// An open (`O_PATH`) host directory bound read-write (nosuid, nodev) at `/workspace`, the
+    /// working directory. A descriptor, for the same reason as `cgroup_fds`.
+    pub workspace_fd: i32,
     /// Symlinks to `/workspace` (e.g. `/sandbox`, `/code`).
     pub workspace_aliases: Vec<PathBuf>,
     /// `size=` of the private `/tmp` and `/dev/shm` tmpfs.
@@ -84,6 +87,13 @@ impl SandboxSpec {
         Ok(spec)
     }
 
+    /// Every descriptor the spec names; `enter` closes all others.
+    pub fn fds(&self) -> Vec<i32> {
+        let mut fds = vec![self.kernel_fd, self.report_fd, self.workspace_fd];
+        fds.extend(&self.cgroup_fds);
+        fds
+    }
+
     /// Checks the invariants `enter` relies on.
     pub fn validate(&self) -> Result<()> {
         if self.uid == 0 || self.gid == 0 {
@@ -98,17 +108,15 @@ impl SandboxSpec {
         if !hostname_ok {
             return invalid("hostname", "1 to 64 characters of [A-Za-z0-9.-]");
         }
-        if self.kernel_fd < 3 || self.report_fd < 3 || self.kernel_fd == self.report_fd {
+        let fds = self.fds();
+        let distinct = fds.iter().enumerate().all(|(i, fd)| !fds[..i].contains(fd));
+        if !distinct || fds.iter().any(|&fd| fd < 3) {
             return invalid(
                 "kernel_fd",
-                "kernel_fd and report_fd must be distinct and > 2",
+                "kernel_fd, report_fd, workspace_fd and cgroup_fds must be distinct and > 2",
             );
         }
         check_path("root_mountpoint", &self.root_mountpoint)?;
-        check_path("workspace", &self.workspace)?;
-        for path in &self.cgroup_procs {
-            check_path("cgroup_procs", path)?;
-        }
         for path in &self.ro_binds {
             check_path("ro_binds", path)?;
             check_not_reserved("ro_binds", path)?;
@@ -170,10 +178,10 @@ mod tests {
             uid: 10_001,
             gid: 10_001,
             hostname: "pyxis".into(),
-            cgroup_procs: vec!["/sys/fs/cgroup/pyxis/a/cgroup.procs".into()],
+            cgroup_fds: vec![6, 7],
             root_mountpoint: "/run/pyxis/root/a".into(),
             ro_binds: vec!["/usr".into(), "/lib".into(), "/etc/ld.so.cache".into()],
-            workspace: "/var/lib/pyxis/ws/a".into(),
+            workspace_fd: 5,
             workspace_aliases: vec!["/sandbox".into(), "/code".into()],
             tmp_bytes: 64 << 20,
             rlimits: Rlimits {
@@ -217,6 +225,12 @@ mod tests {
         assert!(spec.validate().is_err());
         let mut spec = sample();
         spec.report_fd = 3;
+        assert!(spec.validate().is_err());
+        let mut spec = sample();
+        spec.cgroup_fds.push(5);
+        assert!(spec.validate().is_err());
+        let mut spec = sample();
+        spec.workspace_fd = 2;
         assert!(spec.validate().is_err());
     }
 }

@@ -1,7 +1,7 @@
 //! Every raw syscall and every `unsafe` block of the crate, behind safe wrappers.
 //!
 //! The rest of the crate uses `nix` where it offers a safe API and these functions where it
-//! does not (`close_range`, `mount_setattr`, `PR_CAPBSET_DROP`, the interface-flags ioctl,
+//! does not (`close_range`, `mount_setattr`, `open_tree`, `move_mount`, `PR_CAPBSET_DROP`, the interface-flags ioctl,
 //! `_exit`, `fork`, and the C ABI's raw pointers).
 
 use std::ffi::{c_char, c_int, c_uint, c_ulong, CString};
@@ -247,6 +247,64 @@ pub fn mount_setattr_recursive(path: &Path, attr_set: u64) -> io::Result<()> {
             AT_RECURSIVE,
             &attr as *const MountAttr,
             std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `OPEN_TREE_CLONE` from `linux/mount.h`: a detached copy of the mount, not the mount itself.
+const OPEN_TREE_CLONE: c_uint = 1;
+/// `MOVE_MOUNT_F_EMPTY_PATH` from `linux/mount.h`: the source is the fd itself.
+const MOVE_MOUNT_F_EMPTY_PATH: c_uint = 0x4;
+
+/// Replaces the open directory `fd` with a detached recursive copy of its mount tree
+/// (`open_tree(fd, "", OPEN_TREE_CLONE | AT_RECURSIVE | AT_EMPTY_PATH)`), under the same fd
+/// number. Unlike a path or a plain fd, a detached tree can be attached in a mount namespace
+/// created afterwards.
+pub fn detach_tree_in_place(fd: RawFd) -> io::Result<()> {
+    // SAFETY: the path is a valid empty C string; the flags ask for a new fd, which is
+    // owned here until it is moved onto `fd` and closed.
+    let tree = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            fd,
+            c"".as_ptr(),
+            OPEN_TREE_CLONE
+                | AT_RECURSIVE
+                | libc::AT_EMPTY_PATH as c_uint
+                | libc::O_CLOEXEC as c_uint,
+        )
+    };
+    let tree = RawFd::try_from(tree).map_err(|_| io::Error::last_os_error())?;
+    if tree < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both are plain fd numbers: `tree` was just opened and `fd` is the caller's.
+    let rc = unsafe { libc::dup3(tree, fd, libc::O_CLOEXEC) };
+    let err = io::Error::last_os_error();
+    close_raw(tree)?;
+    if rc < 0 {
+        return Err(err);
+    }
+    Ok(())
+}
+
+/// Attaches the detached mount tree `fd` (see [`detach_tree_in_place`]) at `target`.
+pub fn attach_tree(fd: RawFd, target: &Path) -> io::Result<()> {
+    let ctarget = path_cstring(target)?;
+    // SAFETY: both strings are valid and NUL-terminated; the kernel only reads them.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            fd,
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            ctarget.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
         )
     };
     if rc == 0 {

@@ -7,6 +7,7 @@ use std::fs;
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -277,9 +278,42 @@ fn inside_checks(port: u16, hostname: &str) -> BTreeMap<&'static str, String> {
     out
 }
 
+/// Host resources `enter` gets as descriptors: the workspace directory and the cgroups.
+struct HostFds {
+    workspace: fs::File,
+    cgroups: Vec<fs::File>,
+}
+
+impl HostFds {
+    fn open(workspace: &Path, cgroup_procs: &[PathBuf]) -> HostFds {
+        let workspace = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+            .open(workspace)
+            .expect("open workspace");
+        let cgroups = cgroup_procs
+            .iter()
+            .map(|p| {
+                fs::OpenOptions::new()
+                    .write(true)
+                    .open(p)
+                    .expect("open cgroup.procs")
+            })
+            .collect();
+        HostFds { workspace, cgroups }
+    }
+
+    /// The numbers the zygote gives them in the child: workspace 5, cgroups from 6 on.
+    fn spec_numbers(&self) -> (i32, Vec<i32>) {
+        (5, (6..).take(self.cgroups.len()).collect())
+    }
+}
+
 /// In the forked test child: set up fds like the zygote does, enter, check, report.
-fn child_main(spec: &SandboxSpec, sock: RawFd, report: RawFd, port: u16) -> ! {
+fn child_main(spec: &SandboxSpec, sock: RawFd, report: RawFd, host: &HostFds, port: u16) -> ! {
     let (sock, report) = (high(sock), high(report));
+    let workspace = high(host.workspace.as_raw_fd());
+    let cgroups: Vec<RawFd> = host.cgroups.iter().map(|f| high(f.as_raw_fd())).collect();
     let null = fs::File::open("/dev/null")
         .expect("open /dev/null")
         .into_raw_fd();
@@ -288,6 +322,10 @@ fn child_main(spec: &SandboxSpec, sock: RawFd, report: RawFd, port: u16) -> ! {
     }
     nix::unistd::dup2(sock, 3).expect("dup2 3");
     nix::unistd::dup2(report, 4).expect("dup2 4");
+    nix::unistd::dup2(workspace, 5).expect("dup2 5");
+    for (fd, target) in cgroups.iter().zip(6..) {
+        nix::unistd::dup2(*fd, target).expect("dup2 cgroup");
+    }
     if let Err(err) = enter(spec) {
         // SAFETY: fd 4 is the report pipe, owned by nothing else in this process.
         let mut file = unsafe { fs::File::from_raw_fd(4) };
@@ -341,6 +379,8 @@ fn enter_builds_an_isolated_sandbox() {
     let listener = TcpListener::bind("127.0.0.1:0").expect("listen on loopback");
     let port = listener.local_addr().expect("addr").port();
     let workspace_path = workspace.path().to_path_buf();
+    let host = HostFds::open(&workspace_path, &cgroup.procs_files());
+    let (workspace_fd, cgroup_fds) = host.spec_numbers();
     let teardown = Teardown {
         cgroups: Some(cgroups),
         workspace: Some(workspace),
@@ -350,7 +390,7 @@ fn enter_builds_an_isolated_sandbox() {
         uid: SANDBOX_UID,
         gid: SANDBOX_UID,
         hostname: "pyxis-test".into(),
-        cgroup_procs: cgroup.procs_files(),
+        cgroup_fds,
         root_mountpoint: root_mountpoint.clone(),
         ro_binds: [
             "/usr",
@@ -364,7 +404,7 @@ fn enter_builds_an_isolated_sandbox() {
         .iter()
         .map(PathBuf::from)
         .collect(),
-        workspace: workspace_path.clone(),
+        workspace_fd,
         workspace_aliases: vec!["/sandbox".into(), "/code".into()],
         tmp_bytes: 16 << 20,
         rlimits: Rlimits {
@@ -387,6 +427,7 @@ fn enter_builds_an_isolated_sandbox() {
             &spec,
             child_sock.as_raw_fd(),
             report_write.as_raw_fd(),
+            &host,
             port,
         ),
         ForkResult::Parent { child } => child,
@@ -506,15 +547,16 @@ fn enter_reports_setup_failures() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let ws = tmp.path().join("ws");
     fs::create_dir(&ws).expect("mkdir");
+    let host = HostFds::open(&ws, &[]);
     // The root mount point does not exist: B fails and reports it.
     let spec = SandboxSpec {
         uid: SANDBOX_UID,
         gid: SANDBOX_UID,
         hostname: "x".into(),
-        cgroup_procs: Vec::new(),
+        cgroup_fds: Vec::new(),
         root_mountpoint: tmp.path().join("missing"),
         ro_binds: Vec::new(),
-        workspace: ws,
+        workspace_fd: 5,
         workspace_aliases: Vec::new(),
         tmp_bytes: 1 << 20,
         rlimits: Rlimits {
@@ -530,7 +572,13 @@ fn enter_reports_setup_failures() {
     let (report_read, report_write) = nix::unistd::pipe().expect("pipe");
     // SAFETY: as in `enter_builds_an_isolated_sandbox`.
     let a = match unsafe { nix::unistd::fork() }.expect("fork") {
-        ForkResult::Child => child_main(&spec, child_sock.as_raw_fd(), report_write.as_raw_fd(), 0),
+        ForkResult::Child => child_main(
+            &spec,
+            child_sock.as_raw_fd(),
+            report_write.as_raw_fd(),
+            &host,
+            0,
+        ),
         ForkResult::Parent { child } => child,
     };
     drop(child_sock);

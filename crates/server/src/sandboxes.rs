@@ -38,6 +38,9 @@ const HOST_RO_BINDS: &[&str] = &[
 const WORKSPACE_ALIASES: &[&str] = &["/sandbox", "/code"];
 /// Inodes per MiB of workspace quota (bounds inode exhaustion).
 const INODES_PER_MIB: u64 = 64;
+/// The empty host directory every sandbox mounts its root tmpfs on (each in its own mount
+/// namespace, so one directory serves them all).
+const ROOT_MOUNTPOINT: &str = "/run/pyxis/root";
 
 /// Why a sandbox could not be made or used.
 #[derive(Debug, thiserror::Error)]
@@ -170,7 +173,9 @@ impl SandboxFactory {
                 "cleaned up what an earlier run left behind"
             );
         }
-        let root_mountpoint = cfg.data_dir.join("root");
+        // Outside the data dir: the path travels to the zygote, and so into every kernel's
+        // memory. Each sandbox mounts its root there in its own mount namespace only.
+        let root_mountpoint = PathBuf::from(ROOT_MOUNTPOINT);
         std::fs::create_dir_all(&root_mountpoint).context("creating the root mountpoint")?;
         let mut ro_binds: Vec<PathBuf> = HOST_RO_BINDS.iter().map(PathBuf::from).collect();
         ro_binds.push(cfg.runtime_dir.clone());
@@ -291,14 +296,24 @@ impl SandboxFactory {
 
     /// Fork a fresh kernel into an existing sandbox (first start or restart).
     pub async fn start_kernel(&self, sb: &Arc<Sandbox>) -> Result<KernelConn, SandboxError> {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+        // The zygote receives the workspace and the cgroups as descriptors, never as paths
+        // (see `SandboxSpec`): kernel socket, workspace, then one per cgroup.procs file.
+        let mut fds = vec![OwnedFd::from(theirs), open_path_dir(sb.workspace.path())?];
+        for procs in sb.cgroup.procs_files() {
+            fds.push(OwnedFd::from(
+                std::fs::OpenOptions::new().write(true).open(procs)?,
+            ));
+        }
         let spec = SandboxSpec {
             uid: sb.uid,
             gid: sb.uid,
             hostname: "pyxis".into(),
-            cgroup_procs: sb.cgroup.procs_files(),
+            // The numbers the zygote gives the descriptors in the child.
+            cgroup_fds: (6..).take(fds.len() - 2).collect(),
             root_mountpoint: self.root_mountpoint.clone(),
             ro_binds: self.ro_binds.clone(),
-            workspace: sb.workspace.path().to_path_buf(),
+            workspace_fd: 5,
             workspace_aliases: WORKSPACE_ALIASES.iter().map(PathBuf::from).collect(),
             tmp_bytes: self.cfg.tmp_bytes,
             rlimits: Rlimits {
@@ -312,9 +327,8 @@ impl SandboxFactory {
         };
         let spec = serde_json::to_value(&spec)
             .map_err(|e| SandboxError::Internal(format!("spec: {e}")))?;
-        let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
         let t0 = std::time::Instant::now();
-        let pid = self.zygote.spawn(spec, OwnedFd::from(theirs)).await?;
+        let pid = self.zygote.spawn(spec, fds).await?;
         let spawned_ms = t0.elapsed().as_secs_f64() * 1e3;
         sb.init_pid.store(pid, Ordering::Release);
         ours.set_nonblocking(true)?;
@@ -377,6 +391,16 @@ impl SandboxFactory {
             self.free_slot(slot);
         }
     }
+}
+
+/// An `O_PATH` descriptor of the directory `path`.
+fn open_path_dir(path: &Path) -> std::io::Result<OwnedFd> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+        .open(path)?;
+    Ok(OwnedFd::from(dir))
 }
 
 /// A stable short name for this server instance, derived from its data

@@ -53,7 +53,7 @@ pub struct ZygoteInfo {
 
 struct SpawnJob {
     spec: serde_json::Value,
-    kernel_end: OwnedFd,
+    fds: Vec<OwnedFd>,
     reply: oneshot::Sender<Result<i32, SpawnError>>,
 }
 
@@ -101,19 +101,16 @@ impl Zygote {
             .unwrap_or_default()
     }
 
-    /// Fork a kernel into a sandbox built from `spec`; the kernel talks on the
-    /// peer of `kernel_end`. Returns the host pid of the sandbox's init.
+    /// Fork a kernel into a sandbox built from `spec`, handing it `fds` (the kernel
+    /// socket's peer first, then what the spec expects, in the zygote's order).
+    /// Returns the host pid of the sandbox's init.
     pub async fn spawn(
         &self,
         spec: serde_json::Value,
-        kernel_end: OwnedFd,
+        fds: Vec<OwnedFd>,
     ) -> Result<i32, SpawnError> {
         let (reply, rx) = oneshot::channel();
-        let job = SpawnJob {
-            spec,
-            kernel_end,
-            reply,
-        };
+        let job = SpawnJob { spec, fds, reply };
         self.jobs
             .lock()
             .map_err(|_| SpawnError::Unavailable("zygote handle poisoned".into()))?
@@ -175,7 +172,7 @@ fn run_thread(
                 return; // server shutting down
             };
             next_id += 1;
-            match spawn_one(&mut z, next_id, job.spec, &job.kernel_end) {
+            match spawn_one(&mut z, next_id, job.spec, &job.fds) {
                 Ok(result) => {
                     let _ = job.reply.send(result);
                 }
@@ -276,14 +273,14 @@ fn spawn_one(
     z: &mut Running,
     id: u64,
     spec: serde_json::Value,
-    kernel_end: &OwnedFd,
+    fds: &[OwnedFd],
 ) -> anyhow::Result<Result<i32, SpawnError>> {
     let id = id.to_string();
     let frame = encode(&ZygoteRequest::Spawn {
         id: id.clone(),
         spec,
     })?;
-    let fds = [kernel_end.as_raw_fd()];
+    let fds: Vec<i32> = fds.iter().map(AsRawFd::as_raw_fd).collect();
     let cmsg = [ControlMessage::ScmRights(&fds)];
     let sent = sendmsg::<()>(
         z.sock.as_raw_fd(),

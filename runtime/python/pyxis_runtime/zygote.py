@@ -3,6 +3,11 @@
 Started by the server with its control socket on fd 3 (`python -m pyxis_runtime.zygote`).
 It stays single-threaded and never runs user code: each child enters its sandbox through
 the sandbox library's C ABI and only then becomes a kernel.
+
+A `spawn` frame carries its descriptors with SCM_RIGHTS: the kernel's socket, the workspace
+directory (O_PATH), then one open cgroup.procs file per `spec.cgroup_fds` entry. The child
+puts them at fixed numbers (socket 3, setup report pipe 4, workspace 5, cgroups from 6), so
+the spec names no host path the kernel's memory could give away.
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ from . import framing
 CONTROL_FD = 3
 KERNEL_FD = 3
 REPORT_FD = 4
+WORKSPACE_FD = 5
+FIRST_CGROUP_FD = 6
+MAX_CGROUP_FDS = 8
 REPORT_TIMEOUT = 10.0
 REAP_INTERVAL = 1.0
 ERRLEN = 4096
@@ -79,28 +87,38 @@ def reap() -> None:
             return
 
 
-def _child(ctrl: socket.socket, lib: SandboxLib, kernel_fd: int, report_w: int, spec: dict):
-    """In the forked child: become the kernel. Never returns."""
+def _child(ctrl: socket.socket, lib: SandboxLib, fds: list[int], report_w: int, spec: dict):
+    """In the forked child: become the kernel. Never returns.
+
+    `fds` are the spawn request's descriptors: the kernel socket, the workspace directory,
+    then the cgroup.procs files. They are moved to fixed numbers (see the module docstring).
+    """
     code = 1
     try:
         ctrl.detach()  # fd 3 is about to become the kernel socket
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP):
             signal.signal(signum, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
-        high_kernel = _dup_high(kernel_fd)
-        high_report = _dup_high(report_w)
-        os.close(kernel_fd)
-        os.close(report_w)
+        targets = [KERNEL_FD, WORKSPACE_FD] + [FIRST_CGROUP_FD + i for i in range(len(fds) - 2)]
+        moves = [(_dup_high(fd), target) for fd, target in zip(fds, targets)]
+        moves.append((_dup_high(report_w), REPORT_FD))
+        for fd in fds + [report_w]:
+            os.close(fd)
         null = os.open("/dev/null", os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(null, fd)
         if null > 2:
             os.close(null)
-        os.dup2(high_kernel, KERNEL_FD)
-        os.dup2(high_report, REPORT_FD)
-        os.close(high_kernel)
-        os.close(high_report)
-        spec = dict(spec, kernel_fd=KERNEL_FD, report_fd=REPORT_FD)
+        for high, target in moves:
+            os.dup2(high, target)
+            os.close(high)
+        spec = dict(
+            spec,
+            kernel_fd=KERNEL_FD,
+            report_fd=REPORT_FD,
+            workspace_fd=WORKSPACE_FD,
+            cgroup_fds=targets[2:],
+        )
         error = lib.enter(json.dumps(spec).encode())
         if error is not None:
             _report(f"err {error}")
@@ -209,27 +227,30 @@ class Zygote:
         """Forks a kernel into a sandbox."""
         ident = str(msg.get("id", ""))
         spec = msg.get("spec")
-        if not self.fds:
-            self.send({"type": "spawn_failed", "id": ident, "error": "no socket attached"})
+        cgroups = spec.get("cgroup_fds") if isinstance(spec, dict) else None
+        if not isinstance(cgroups, list) or len(cgroups) > MAX_CGROUP_FDS:
+            self.send({"type": "spawn_failed", "id": ident, "error": "spec is not a valid object"})
             return
-        kernel_fd = self.fds.pop(0)
-        if not isinstance(spec, dict):
-            os.close(kernel_fd)
-            self.send({"type": "spawn_failed", "id": ident, "error": "spec is not an object"})
+        wanted = 2 + len(cgroups)
+        if len(self.fds) < wanted:
+            self.send(
+                {"type": "spawn_failed", "id": ident, "error": f"{wanted} descriptors expected"}
+            )
             return
+        fds, self.fds = self.fds[:wanted], self.fds[wanted:]
         report_r, report_w = os.pipe()
         try:
             child = os.fork()
         except OSError as exc:
-            for fd in (kernel_fd, report_r, report_w):
+            for fd in fds + [report_r, report_w]:
                 os.close(fd)
             self.send({"type": "spawn_failed", "id": ident, "error": f"fork: {exc}"})
             return
         if child == 0:
             os.close(report_r)
-            _child(self.ctrl, self.lib, kernel_fd, report_w, spec)
-        os.close(kernel_fd)
-        os.close(report_w)
+            _child(self.ctrl, self.lib, fds, report_w, spec)
+        for fd in fds + [report_w]:
+            os.close(fd)
         try:
             pid, error = read_report(report_r, child)
         finally:

@@ -73,7 +73,7 @@ def make_spec(tmp: Path) -> dict:
         "uid": UID,
         "gid": UID,
         "hostname": "pyxis-test",
-        "cgroup_procs": [],
+        "cgroup_fds": [],
         "root_mountpoint": str(root),
         "ro_binds": [
             "/usr",
@@ -91,7 +91,7 @@ def make_spec(tmp: Path) -> dict:
         # directories (a checkout under /tmp): the kernel's modules are
         # already imported by the zygote, so it can do without.
         + ([str(ROOT)] if not str(ROOT).startswith(("/tmp/", "/dev/", "/proc/")) else []),
-        "workspace": str(workspace),
+        "workspace_fd": 5,
         "workspace_aliases": ["/sandbox", "/code"],
         "tmp_bytes": 64 << 20,
         "rlimits": {"fsize_bytes": 1 << 30, "nofile": 1024, "nproc": 256},
@@ -99,6 +99,11 @@ def make_spec(tmp: Path) -> dict:
         "report_fd": 4,
         "loopback": True,
     }
+
+
+def workspace_fd(tmp: Path) -> int:
+    """The O_PATH descriptor of the workspace that make_spec created."""
+    return os.open(tmp / "ws", os.O_PATH | os.O_DIRECTORY)
 
 
 def test_zygote_spawns_a_sandboxed_kernel(tmp_path):
@@ -117,8 +122,10 @@ def test_zygote_spawns_a_sandboxed_kernel(tmp_path):
         ours, theirs = socket.socketpair()
         started = time.monotonic()
         frame = framing.encode({"type": "spawn", "id": "k1", "spec": make_spec(tmp_path)})
-        socket.send_fds(zygote.sock, [frame], [theirs.fileno()])
+        ws = workspace_fd(tmp_path)
+        socket.send_fds(zygote.sock, [frame], [theirs.fileno(), ws])
         theirs.close()
+        os.close(ws)
         answer = zygote.reader.read()
         assert answer["type"] == "spawned", answer
         assert answer["id"] == "k1" and answer["pid"] > 0
@@ -157,11 +164,20 @@ def test_zygote_spawns_a_sandboxed_kernel(tmp_path):
         bad = dict(make_spec(tmp_path / "x") if (tmp_path / "x").mkdir() is None else {})
         bad["uid"] = 0
         frame = framing.encode({"type": "spawn", "id": "k2", "spec": bad})
-        socket.send_fds(zygote.sock, [frame], [theirs2.fileno()])
+        ws = workspace_fd(tmp_path / "x")
+        socket.send_fds(zygote.sock, [frame], [theirs2.fileno(), ws])
         theirs2.close()
+        os.close(ws)
         answer = zygote.reader.read()
         assert answer["type"] == "spawn_failed" and answer["id"] == "k2", answer
         assert answer["error"]
+
+        # too few descriptors for the spec: refused before any fork
+        (tmp_path / "y").mkdir()
+        frame = framing.encode({"type": "spawn", "id": "k3", "spec": make_spec(tmp_path / "y")})
+        socket.send_fds(zygote.sock, [frame], [ours2.fileno()])
+        answer = zygote.reader.read()
+        assert answer == {"type": "spawn_failed", "id": "k3", "error": "2 descriptors expected"}
         ours2.close()
 
         framing.send(ours, {"type": "shutdown"})
