@@ -51,7 +51,10 @@ mod spec;
 mod sys;
 mod workspace;
 
-pub use cgroup::{Cgroup, CgroupError, CgroupRoot, CgroupUsage, CgroupVersion, ResourceLimits};
+pub use cgroup::{
+    dynamic_modifications_favored, favor_dynamic_modifications, Cgroup, CgroupError, CgroupRoot,
+    CgroupUsage, CgroupVersion, DynMods, ResourceLimits,
+};
 pub use credentials::CredentialsError;
 pub use error::SandboxError;
 pub use ffi::{pyxis_sandbox_enter, pyxis_sandbox_prepare};

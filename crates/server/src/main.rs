@@ -128,6 +128,24 @@ fn doctor(cfg: &Config) -> anyhow::Result<()> {
             core_pattern.trim()
         )?;
     }
+    match pyxis_sandbox::dynamic_modifications_favored() {
+        Ok(Some(true)) => writeln!(
+            out,
+            "ok   cgroup favordynmods: on (joining a cgroup takes well under a millisecond)"
+        )?,
+        Ok(Some(false)) if cfg.cgroup_favordynmods => writeln!(
+            out,
+            "ok   cgroup favordynmods: off now; the server turns it on at start"
+        )?,
+        Ok(Some(false)) => writeln!(
+            out,
+            "WARN cgroup favordynmods: off; every new sandbox waits for an RCU grace period (5-20 ms)\n       fix: PYXIS_CGROUP_FAVORDYNMODS=true"
+        )?,
+        Ok(None) | Err(_) => writeln!(
+            out,
+            "WARN cgroup favordynmods: no cgroup2 mount to set it on; every new sandbox waits for an RCU grace period (5-20 ms)"
+        )?,
+    }
     if !(report.all_ok() && rt_ok && lib_ok) {
         std::process::exit(1);
     }

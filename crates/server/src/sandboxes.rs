@@ -157,6 +157,16 @@ impl SandboxFactory {
     /// earlier, killed run of this instance left behind.
     pub fn new(cfg: Arc<Config>, zygote: Arc<Zygote>) -> anyhow::Result<Self> {
         use anyhow::Context;
+        if cfg.cgroup_favordynmods {
+            match pyxis_sandbox::favor_dynamic_modifications() {
+                Ok(state) => tracing::info!(?state, "cgroup favordynmods"),
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "could not set favordynmods on the cgroup2 mount; creating a sandbox \
+                     waits for an RCU grace period"
+                ),
+            }
+        }
         let cgroups = CgroupRoot::detect(&format!("pyxis/{}", instance_name(&cfg.data_dir)))
             .context("setting up cgroups")?;
         let left = cgroups

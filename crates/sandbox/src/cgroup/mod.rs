@@ -12,8 +12,11 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde::Serialize;
 
+mod dynmods;
 mod v1;
 mod v2;
+
+pub use dynmods::{dynamic_modifications_favored, favor_dynamic_modifications, DynMods};
 
 type Result<T> = std::result::Result<T, CgroupError>;
 
