@@ -1,7 +1,7 @@
 //! Linux sandboxes for Pyxis.
 //!
-//! This crate turns a single-threaded process (a fork child of the Python zygote) into an
-//! isolated, unprivileged one with [`enter`], and gives the supervisor what it needs around
+//! This crate turns a single-threaded process (a fork child of the Python zygote, pid 1 of a
+//! new pid namespace) into an isolated, unprivileged one with [`enter`], and gives the supervisor what it needs around
 //! that: per-sandbox cgroups ([`CgroupRoot`], [`Cgroup`]: memory without swap, pids, cpu,
 //! kill, usage, OOM kills; v2, and v1 where a host only has v1), workspaces with a byte quota
 //! ([`Workspace`]), and a host check for `pyxis doctor` ([`probe`]).

@@ -1,21 +1,17 @@
-//! `enter`: turns the calling single-threaded process into a sandboxed one.
+//! `enter`: turns pid 1 of a new pid namespace into a sandbox.
 //!
-//! Three processes come out of it:
-//!
-//! - **A**, the caller: joins the cgroups, unshares the namespaces, forks B, reports B's host
-//!   pid, then only waits for B and exits with its status.
-//! - **B**, pid 1 of the new pid namespace: builds the root filesystem, drops every privilege,
-//!   installs seccomp, forks C, then runs a tiny init (see [`crate::init`]).
-//! - **C**, pid 2: the only process in which `enter` returns `Ok(())`; it runs the kernel.
+//! The caller (the zygote) forks the process after `unshare(CLONE_NEWPID)`, so the child is
+//! **B**, pid 1 of its own pid namespace, without an extra process in between. In B, `enter`
+//! joins the cgroups, makes the other namespaces, builds the root filesystem, drops every
+//! privilege, installs seccomp and forks **C** (pid 2), then runs a tiny init (see
+//! [`crate::init`]). C is the only process in which `enter` returns `Ok(())`; it runs the
+//! kernel. Each fork copies the page tables of the zygote's whole heap, so there is no third
+//! process: that fork cost 3 to 8 ms of every new sandbox.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use nix::sched::CloneFlags;
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
-use nix::sys::wait::{waitpid, WaitStatus};
-use nix::unistd::Pid;
 
 use crate::credentials::{self, CredentialsError};
 use crate::error::SandboxError;
@@ -48,19 +44,16 @@ pub enum EnterError {
     /// `PR_SET_PDEATHSIG` failed.
     #[error("set parent death signal: {0}")]
     SetParentDeathSignal(#[source] io::Error),
-    /// The parent (the zygote) died before the death signal was armed.
-    #[error("parent process exited during setup")]
-    ParentDied,
+    /// The caller is not pid 1 of a new pid namespace.
+    #[error("enter must run as pid 1 of a new pid namespace (fork after unshare(CLONE_NEWPID))")]
+    NotPidOne,
     /// `unshare` failed.
     #[error("unshare namespaces: {0}")]
     Unshare(#[source] io::Error),
-    /// Creating the start-up pipe failed.
-    #[error("create pipe: {0}")]
-    Pipe(#[source] io::Error),
     /// `fork` failed.
     #[error("fork: {0}")]
     Fork(#[source] io::Error),
-    /// Writing to or reading from the report or start-up pipe failed.
+    /// Writing to the report fd failed.
     #[error("report: {0}")]
     Report(#[source] io::Error),
     /// `sethostname` failed.
@@ -86,13 +79,11 @@ pub enum EnterError {
     Seccomp(#[from] SeccompError),
 }
 
-/// Longest `err ...` line written to the report fd.
-const MAX_REPORT_MESSAGE: usize = 400;
-
-/// Namespaces of every sandbox. No user namespace: the ids are real host ids, never 0.
+/// Namespaces `enter` makes; the pid namespace is the caller's doing. No user namespace: the
+/// ids are real host ids, never 0. The cgroup namespace comes after the cgroups are joined,
+/// so its root is the sandbox's cgroup.
 fn namespaces() -> CloneFlags {
     CloneFlags::CLONE_NEWNS
-        | CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWNET
         | CloneFlags::CLONE_NEWIPC
         | CloneFlags::CLONE_NEWUTS
@@ -101,20 +92,24 @@ fn namespaces() -> CloneFlags {
 
 /// Turns the calling process into a sandboxed one, as described by `spec`.
 ///
-/// The caller must be single-threaded (a fresh fork child; this is checked) with fds 0, 1, 2,
-/// `spec.kernel_fd` and `spec.report_fd` open; every other fd is closed.
+/// The caller must be pid 1 of a new pid namespace (forked right after
+/// `unshare(CLONE_NEWPID)`; this is checked), single-threaded (checked), in the host's mount
+/// namespace, with fds 0, 1, 2 and every fd the spec names open; every other fd is closed.
+/// It should have armed nothing else: `enter` sets `PDEATHSIG` itself, so the sandbox dies
+/// with its parent.
 ///
 /// Returns `Ok(())` only in the sandboxed kernel process (C). Returns `Err` in the caller when
-/// a step before the first fork fails. In every other case the calling process never returns:
-/// it waits for the sandbox and exits with its status. Failures after the fork are written to
-/// `report_fd` as `err <message>`.
+/// a step before the fork of C fails, after which the caller should exit. Otherwise the
+/// calling process never returns: it becomes the sandbox's init and exits with the kernel's
+/// status. Failures in C before it runs are written to `report_fd` as `err <message>`; C
+/// writes `ok` when it is ready.
 ///
 /// # Example
 ///
 /// ```no_run
 /// # fn spec() -> pyxis_sandbox::SandboxSpec { unimplemented!() }
 /// pyxis_sandbox::prepare()?; // in the zygote, before forking
-/// // ... in a fresh fork child:
+/// // ... in the child of a fork made after unshare(CLONE_NEWPID):
 /// pyxis_sandbox::enter(&spec())?;
 /// // Only the sandboxed kernel gets here.
 /// # Ok::<(), pyxis_sandbox::SandboxError>(())
@@ -126,82 +121,32 @@ pub fn enter(spec: &SandboxSpec) -> std::result::Result<(), SandboxError> {
 }
 
 fn enter_validated(spec: &SandboxSpec, filters: &[seccompiler::BpfProgram]) -> Result<()> {
-    // First clean the process up: nothing inherited from the zygote but our own fds.
+    if nix::unistd::getpid().as_raw() != 1 {
+        return Err(EnterError::NotPidOne);
+    }
+    // The zygote has no other fds to give, but B must hold nothing it did not ask for.
     let mut keep = vec![0, 1, 2];
     keep.extend(spec.fds());
     sys::close_fds_except(&keep).map_err(EnterError::CloseFds)?;
+    credentials::set_parent_death_kill().map_err(EnterError::SetParentDeathSignal)?;
 
-    let pid = nix::unistd::getpid().to_string();
+    // "0" is the writing process itself, whatever pid namespace it is in.
     for &fd in &spec.cgroup_fds {
-        sys::write_all_raw(fd, pid.as_bytes())
-            .map_err(|source| EnterError::JoinCgroup { fd, source })?;
-        // B and C must not inherit a way into the host's cgroup tree.
+        sys::write_all_raw(fd, b"0").map_err(|source| EnterError::JoinCgroup { fd, source })?;
+        // C must not inherit a way into the host's cgroup tree.
         sys::close_raw(fd).map_err(EnterError::CloseFds)?;
     }
 
-    // Taken in the host's mount namespace; B attaches it in the new one, where neither a
+    // Taken in the host's mount namespace; attached in the new one below, where neither a
     // path nor a bind from this fd would work.
     sys::detach_tree_in_place(spec.workspace_fd).map_err(EnterError::DetachWorkspace)?;
-
-    let parent = nix::unistd::getppid();
-    credentials::set_parent_death_kill().map_err(EnterError::SetParentDeathSignal)?;
-    if nix::unistd::getppid() != parent {
-        return Err(EnterError::ParentDied);
-    }
-
     nix::sched::unshare(namespaces()).map_err(|e| EnterError::Unshare(e.into()))?;
-    // B waits on this pipe until A has reported B's pid, so `pid` is always the first line.
-    let (start_read, start_write) = nix::unistd::pipe().map_err(|e| EnterError::Pipe(e.into()))?;
 
-    match sys::fork().map_err(EnterError::Fork)? {
-        Forked::Parent(b) => {
-            drop(start_read);
-            supervise(spec, b, start_write)
-        }
-        Forked::Child => drop(start_write),
-    }
-
-    let outcome = catch_unwind(AssertUnwindSafe(|| setup_init(spec, filters, start_read)));
-    match outcome {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(err)) => fail(spec.report_fd, &err.to_string()),
-        Err(_) => fail(spec.report_fd, "panic during sandbox setup"),
-    }
-}
-
-/// Process A after the fork: report B's pid, then wait for B and exit with its status.
-fn supervise(spec: &SandboxSpec, b: Pid, start_write: OwnedFd) -> ! {
-    let line = format!("pid {b}\n");
-    if sys::write_all_raw(spec.report_fd, line.as_bytes()).is_err() {
-        // Nobody would know which process to signal: do not start at all.
-        let _ = nix::sys::signal::kill(b, nix::sys::signal::Signal::SIGKILL);
-    }
-    drop(start_write);
-    let _ = sys::close_fds_except(&[]);
-    sys::exit_now(wait_exit_code(b))
-}
-
-/// Waits for `child` and turns its end into an exit code (128 + signal when killed).
-fn wait_exit_code(child: Pid) -> i32 {
-    loop {
-        match waitpid(child, None) {
-            Ok(WaitStatus::Exited(_, code)) => return code,
-            Ok(WaitStatus::Signaled(_, signal, _)) => return 128 + signal as i32,
-            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
-            Err(_) => return 1,
-        }
-    }
+    setup_init(spec, filters)
 }
 
 /// Process B: build the sandbox, fork C; returns only in C.
-fn setup_init(
-    spec: &SandboxSpec,
-    filters: &[seccompiler::BpfProgram],
-    start: OwnedFd,
-) -> Result<()> {
-    wait_for_eof(&start).map_err(EnterError::Report)?;
-    drop(start);
-
+fn setup_init(spec: &SandboxSpec, filters: &[seccompiler::BpfProgram]) -> Result<()> {
     rootfs::build(spec)?;
     // B and C are forks of the zygote: `/proc/<pid>/environ` would show its environment
     // (host paths of the server's installation) to the sandbox. Needs the fresh `/proc`.
@@ -242,53 +187,4 @@ fn start_kernel(spec: &SandboxSpec) -> Result<()> {
     credentials::set_parent_death_kill().map_err(EnterError::SetParentDeathSignal)?;
     sys::write_all_raw(spec.report_fd, b"ok\n").map_err(EnterError::Report)?;
     sys::close_raw(spec.report_fd).map_err(EnterError::Report)
-}
-
-/// Reads `fd` until end of file.
-fn wait_for_eof(fd: &OwnedFd) -> io::Result<()> {
-    let mut buf = [0u8; 16];
-    loop {
-        match nix::unistd::read(fd.as_raw_fd(), &mut buf) {
-            Ok(0) => return Ok(()),
-            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
-            Err(err) => return Err(err.into()),
-        }
-    }
-}
-
-/// Reports `message` on the report fd and exits with status 1.
-fn fail(report_fd: i32, message: &str) -> ! {
-    let line = report_line(message);
-    let _ = sys::write_all_raw(report_fd, line.as_bytes());
-    sys::exit_now(1)
-}
-
-/// `err <message>\n`, on one line and at most [`MAX_REPORT_MESSAGE`] bytes of message.
-fn report_line(message: &str) -> String {
-    let mut clean: String = message
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    if clean.len() > MAX_REPORT_MESSAGE {
-        let mut cut = MAX_REPORT_MESSAGE;
-        while !clean.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        clean.truncate(cut);
-    }
-    format!("err {clean}\n")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn report_lines_are_single_bounded_lines() {
-        assert_eq!(report_line("a\nb"), "err a b\n");
-        let long = "é".repeat(1000);
-        let line = report_line(&long);
-        assert!(line.len() <= MAX_REPORT_MESSAGE + 5);
-        assert_eq!(line.matches('\n').count(), 1);
-    }
 }

@@ -309,7 +309,32 @@ impl HostFds {
     }
 }
 
-/// In the forked test child: set up fds like the zygote does, enter, check, report.
+/// The zygote's part, in a forked test process: fork `child_main` as pid 1 of a new pid
+/// namespace, report its pid, wait for it and exit with its status (128 + signal if killed).
+fn zygote_main(spec: &SandboxSpec, sock: RawFd, report: RawFd, host: &HostFds, port: u16) -> ! {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID).expect("unshare pid namespace");
+    // SAFETY: this process is a fork of one test thread, so it has a single thread.
+    let b = match unsafe { nix::unistd::fork() }.expect("fork") {
+        ForkResult::Child => child_main(spec, sock, report, host, port),
+        ForkResult::Parent { child } => child,
+    };
+    let line = format!("pid {b}\n");
+    // SAFETY: plain syscalls on fd numbers this process owns; `_exit` skips the harness.
+    unsafe {
+        libc::write(report, line.as_ptr().cast(), line.len());
+        // Only the sandbox may hold the socket and the report pipe now.
+        libc::syscall(libc::SYS_close_range, 3, u32::MAX, 0);
+    }
+    let code = match waitpid(b, None) {
+        Ok(WaitStatus::Exited(_, code)) => code,
+        Ok(WaitStatus::Signaled(_, signal, _)) => 128 + signal as i32,
+        _ => 1,
+    };
+    // SAFETY: as above.
+    unsafe { libc::_exit(code) }
+}
+
+/// In B, pid 1 of its pid namespace: set up fds like the zygote does, enter, check, report.
 fn child_main(spec: &SandboxSpec, sock: RawFd, report: RawFd, host: &HostFds, port: u16) -> ! {
     let (sock, report) = (high(sock), high(report));
     let workspace = high(host.workspace.as_raw_fd());
@@ -423,7 +448,7 @@ fn enter_builds_an_isolated_sandbox() {
     // SAFETY: the child only runs `enter` and the checks and ends with `_exit`; the
     // serial lock keeps other tests from forking or holding locks the child needs.
     let a = match unsafe { nix::unistd::fork() }.expect("fork") {
-        ForkResult::Child => child_main(
+        ForkResult::Child => zygote_main(
             &spec,
             child_sock.as_raw_fd(),
             report_write.as_raw_fd(),
@@ -440,13 +465,14 @@ fn enter_builds_an_isolated_sandbox() {
     report
         .read_to_string(&mut report_text)
         .expect("read report");
-    let mut lines = report_text.lines();
-    let b: i32 = lines
-        .next()
-        .and_then(|l| l.strip_prefix("pid "))
+    let b: i32 = report_text
+        .lines()
+        .find_map(|l| l.strip_prefix("pid "))
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("no pid line in report {report_text:?}"));
-    assert_eq!(lines.next(), Some("ok"), "report: {report_text:?}");
+    let mut others = report_text.lines().filter(|l| !l.starts_with("pid "));
+    assert_eq!(others.next(), Some("ok"), "report: {report_text:?}");
+    assert_eq!(others.next(), None, "report: {report_text:?}");
 
     let mut results = BTreeMap::new();
     while let Some(line) = read_line(&mut parent_sock) {
@@ -460,12 +486,12 @@ fn enter_builds_an_isolated_sandbox() {
     let get = |key: &str| results.get(key).map(String::as_str).unwrap_or("<missing>");
     eprintln!("inside: {results:#?}");
 
-    // The host sees B and A in the sandbox's cgroup.
+    // The host sees B (init) and C (the kernel) in the sandbox's cgroup, and nothing else.
     let usage = cgroup.usage().expect("usage");
-    assert!(usage.pids >= 3, "pids in cgroup: {}", usage.pids);
+    assert_eq!(usage.pids, 2, "pids in cgroup");
 
-    // Interrupt: SIGINT to B is forwarded to C, whose default action ends it; B and A exit
-    // with 128 + SIGINT.
+    // Interrupt: SIGINT to B is forwarded to C, whose default action ends it; B, and so the
+    // zygote's stand-in, exit with 128 + SIGINT.
     kill(Pid::from_raw(b), Signal::SIGINT).expect("signal B");
     let status = waitpid(a, None).expect("wait A");
     assert_eq!(status, WaitStatus::Exited(a, 128 + libc::SIGINT));
@@ -572,7 +598,7 @@ fn enter_reports_setup_failures() {
     let (report_read, report_write) = nix::unistd::pipe().expect("pipe");
     // SAFETY: as in `enter_builds_an_isolated_sandbox`.
     let a = match unsafe { nix::unistd::fork() }.expect("fork") {
-        ForkResult::Child => child_main(
+        ForkResult::Child => zygote_main(
             &spec,
             child_sock.as_raw_fd(),
             report_write.as_raw_fd(),
@@ -587,14 +613,16 @@ fn enter_reports_setup_failures() {
     fs::File::from(report_read)
         .read_to_string(&mut text)
         .expect("read report");
-    let lines: Vec<&str> = text.lines().collect();
+    // B's `enter` returns the error to its caller (which reports it and exits 2).
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.sort_unstable();
     assert_eq!(lines.len(), 2, "report: {text:?}");
-    assert!(lines[0].starts_with("pid "), "report: {text:?}");
     assert!(
-        lines[1].starts_with("err mount tmpfs on"),
+        lines[0].starts_with("enter-error mount tmpfs on"),
         "report: {text:?}"
     );
-    assert_eq!(waitpid(a, None).ok(), Some(WaitStatus::Exited(a, 1)));
+    assert!(lines[1].starts_with("pid "), "report: {text:?}");
+    assert_eq!(waitpid(a, None).ok(), Some(WaitStatus::Exited(a, 2)));
 }
 
 #[test]

@@ -4,6 +4,10 @@ Started by the server with its control socket on fd 3 (`python -m pyxis_runtime.
 It stays single-threaded and never runs user code: each child enters its sandbox through
 the sandbox library's C ABI and only then becomes a kernel.
 
+Each spawn forks once: the child is made right after `unshare(CLONE_NEWPID)`, so it is pid 1
+of a new pid namespace and becomes the sandbox's init itself (the zygote then puts its own
+namespace back for its next children). The sandbox library forks the kernel from it.
+
 A `spawn` frame carries its descriptors with SCM_RIGHTS: the kernel's socket, the workspace
 directory (O_PATH), then one open cgroup.procs file per `spec.cgroup_fds` entry. The child
 puts them at fixed numbers (socket 3, setup report pipe 4, workspace 5, cgroups from 6), so
@@ -35,6 +39,9 @@ MAX_CGROUP_FDS = 8
 REPORT_TIMEOUT = 10.0
 REAP_INTERVAL = 1.0
 ERRLEN = 4096
+# sched.h
+CLONE_NEWPID = 0x20000000
+PR_SET_PDEATHSIG = 1
 
 
 def log(text: str) -> None:
@@ -74,6 +81,36 @@ class SandboxLib:
         return None
 
 
+class PidNamespaces:
+    """Makes the zygote's next child pid 1 of a new pid namespace, one child at a time."""
+
+    def __init__(self) -> None:
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        # Readable once the zygote is gone: how a child checks it was not orphaned before
+        # its death signal was armed.
+        self.zygote = os.pidfd_open(os.getpid())
+
+    def new_for_next_child(self) -> None:
+        """unshare(CLONE_NEWPID): affects children only; raises OSError."""
+        if self.libc.unshare(CLONE_NEWPID) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"unshare(CLONE_NEWPID): {os.strerror(err)}")
+
+    def restore(self) -> None:
+        """Back to the zygote's own pid namespace for later children; exits if it cannot,
+        because the next unshare would nest a namespace in the last one."""
+        if self.libc.setns(self.own, CLONE_NEWPID) != 0:
+            log(f"setns back to the own pid namespace: {os.strerror(ctypes.get_errno())}")
+            os._exit(3)
+
+    def in_child(self) -> bool:
+        """In a new child: die with the zygote; False if it is already gone."""
+        self.libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        ready, _, _ = select.select([self.zygote], [], [], 0)
+        return not ready
+
+
 def reap() -> None:
     """Collects every exited child."""
     while True:
@@ -87,14 +124,24 @@ def reap() -> None:
             return
 
 
-def _child(ctrl: socket.socket, lib: SandboxLib, fds: list[int], report_w: int, spec: dict):
-    """In the forked child: become the kernel. Never returns.
+def _child(
+    ctrl: socket.socket,
+    lib: SandboxLib,
+    pidns: PidNamespaces,
+    fds: list[int],
+    report_w: int,
+    spec: dict,
+):
+    """In the forked child (pid 1 of its pid namespace): become the sandbox's init, and in
+    its one child the kernel. Never returns.
 
     `fds` are the spawn request's descriptors: the kernel socket, the workspace directory,
     then the cgroup.procs files. They are moved to fixed numbers (see the module docstring).
     """
     code = 1
     try:
+        if not pidns.in_child():
+            os._exit(1)
         ctrl.detach()  # fd 3 is about to become the kernel socket
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP):
             signal.signal(signum, signal.SIG_DFL)
@@ -155,27 +202,21 @@ def _report(line: str) -> None:
         pass
 
 
-def read_report(fd: int, child: int) -> tuple[int | None, str | None]:
-    """Reads `pid N` / `ok` / `err msg` lines; returns (pid, error)."""
+def read_report(fd: int) -> str | None:
+    """Reads the `ok` / `err msg` line of the sandbox's setup; returns the error, if any."""
     deadline = time.monotonic() + REPORT_TIMEOUT
     buf = b""
-    pid = None
     while True:
         while b"\n" in buf:
             line, buf = buf.split(b"\n", 1)
             text = line.decode("utf-8", "replace").strip()
-            if text.startswith("pid "):
-                try:
-                    pid = int(text[4:])
-                except ValueError:
-                    return pid, f"bad report line: {text[:200]}"
-            elif text == "ok":
-                return pid if pid is not None else child, None
-            elif text.startswith("err"):
-                return pid, text[3:].strip() or "sandbox setup failed"
+            if text == "ok":
+                return None
+            if text.startswith("err"):
+                return text[3:].strip() or "sandbox setup failed"
         left = deadline - time.monotonic()
         if left <= 0:
-            return pid, "timed out waiting for the sandbox to start"
+            return "timed out waiting for the sandbox to start"
         try:
             ready, _, _ = select.select([fd], [], [], left)
         except InterruptedError:
@@ -187,7 +228,7 @@ def read_report(fd: int, child: int) -> tuple[int | None, str | None]:
         except InterruptedError:
             continue
         if not data:
-            return pid, "the sandbox exited during setup"
+            return "the sandbox exited during setup"
         buf += data
 
 
@@ -197,6 +238,7 @@ class Zygote:
     def __init__(self, ctrl: socket.socket, lib: SandboxLib) -> None:
         self.ctrl = ctrl
         self.lib = lib
+        self.pidns = PidNamespaces()
         self.buffer = framing.FrameBuffer()
         self.fds: list[int] = []
 
@@ -240,7 +282,12 @@ class Zygote:
         fds, self.fds = self.fds[:wanted], self.fds[wanted:]
         report_r, report_w = os.pipe()
         try:
-            child = os.fork()
+            self.pidns.new_for_next_child()
+            try:
+                child = os.fork()
+            except OSError:
+                self.pidns.restore()
+                raise
         except OSError as exc:
             for fd in fds + [report_r, report_w]:
                 os.close(fd)
@@ -248,11 +295,12 @@ class Zygote:
             return
         if child == 0:
             os.close(report_r)
-            _child(self.ctrl, self.lib, fds, report_w, spec)
+            _child(self.ctrl, self.lib, self.pidns, fds, report_w, spec)
+        self.pidns.restore()
         for fd in fds + [report_w]:
             os.close(fd)
         try:
-            pid, error = read_report(report_r, child)
+            error = read_report(report_r)
         finally:
             os.close(report_r)
         if error is not None:
@@ -263,7 +311,7 @@ class Zygote:
             reap()
             self.send({"type": "spawn_failed", "id": ident, "error": error})
             return
-        self.send({"type": "spawned", "id": ident, "pid": pid})
+        self.send({"type": "spawned", "id": ident, "pid": child})
         reap()
 
     def handle(self, msg: dict) -> None:
