@@ -695,7 +695,6 @@ class Kernel:
     def serve(self) -> None:
         """The request loop; returns at EOF or shutdown."""
         reader = framing.FrameReader(self.sock)
-        self.reply({"type": "ready"})
         while True:
             try:
                 msg = reader.read()
@@ -744,6 +743,9 @@ def main(fd: int = 3) -> None:
     sock.setblocking(True)
     kernel = Kernel(sock)
     kernel.shell = _SHELL
+    # Ready first: the pipes and threads below are made while the supervisor answers its
+    # client, and before this thread reads the first request.
+    kernel.reply({"type": "ready"})
     kernel.setup_io()
     SINK = kernel
     if _SHELL is not None:
