@@ -153,3 +153,45 @@ fn a_released_session_leaves_no_process_not_even_a_zombie() {
         .collect();
     assert!(left.is_empty(), "uid {uid} still has processes: {left:?}");
 }
+
+/// A started server has set `favordynmods` on the host's cgroup2 mount (the default of
+/// `PYXIS_CGROUP_FAVORDYNMODS`), keeping the mount's other options.
+#[test]
+fn the_server_sets_favordynmods_on_the_cgroup2_mount() {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let cgroup2 = |info: &str| {
+        info.lines()
+            .find(|l| {
+                l.split(" - ")
+                    .nth(1)
+                    .is_some_and(|t| t.starts_with("cgroup2 "))
+            })
+            .map(str::to_owned)
+    };
+    let Some(before) = cgroup2(&info) else {
+        eprintln!("this host has no cgroup2 mount: favordynmods has nowhere to go");
+        return;
+    };
+    let s = TestServer::start(&[("PYXIS_POOL_MIN_IDLE", "0")]);
+    let _session = s.session();
+    let after = cgroup2(&std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo"))
+        .expect("the cgroup2 mount is still there");
+    let options = |line: &str| -> Vec<String> {
+        line.rsplit(' ')
+            .next()
+            .unwrap_or("")
+            .split(',')
+            .map(str::to_owned)
+            .collect()
+    };
+    assert!(
+        options(&after).iter().any(|o| o == "favordynmods"),
+        "{after}"
+    );
+    for o in options(&before) {
+        assert!(
+            options(&after).contains(&o),
+            "option {o} lost: {before} -> {after}"
+        );
+    }
+}
