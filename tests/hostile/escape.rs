@@ -410,15 +410,7 @@ print(json.dumps({"uid": os.getuid(), "pid": p.pid}))
     );
     let a_uid = a_info["uid"].as_u64().unwrap() as u32;
     // A's sleep as the host sees it.
-    let host_sleep = util::host_pids_with_uid_in(a_uid, a_uid + 1)
-        .into_iter()
-        .map(|(pid, _)| pid)
-        .find(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| c.starts_with(b"sleep\x00600"))
-                .unwrap_or(false)
-        })
-        .expect("A's sleep on the host");
+    let host_sleep = util::wait_host_process(a_uid, b"sleep\x00600", Duration::from_secs(10));
     let b = s.session();
     let data = s.data_dir.display().to_string();
     let out = attack(s, &b, |b| {

@@ -184,6 +184,38 @@ pub fn host_pids_with_uid_in(lo: u32, hi: u32) -> BTreeSet<(i32, u32)> {
     found
 }
 
+/// Waits up to `limit` for a host process with uid `uid` whose command line starts with
+/// `cmdline`, and returns its pid. It polls because a process that has just been spawned
+/// may not show its command line yet: a `vfork` parent (Python's `subprocess`) resumes as
+/// soon as the child's `execve` has replaced the memory map, before the kernel has set the
+/// new argument area. Panics with every process of that uid when none turns up.
+pub fn wait_host_process(uid: u32, cmdline: &[u8], limit: Duration) -> i32 {
+    let deadline = Instant::now() + limit;
+    loop {
+        let seen: Vec<(i32, Vec<u8>)> = host_pids_with_uid_in(uid, uid + 1)
+            .into_iter()
+            .map(|(pid, _)| {
+                let c = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                (pid, c)
+            })
+            .collect();
+        if let Some((pid, _)) = seen.iter().find(|(_, c)| c.starts_with(cmdline)) {
+            return *pid;
+        }
+        if Instant::now() >= deadline {
+            let seen: Vec<(i32, String)> = seen
+                .into_iter()
+                .map(|(p, c)| (p, String::from_utf8_lossy(&c).replace('\0', " ")))
+                .collect();
+            panic!(
+                "no process of uid {uid} runs {:?} after {limit:?}; its processes: {seen:?}",
+                String::from_utf8_lossy(cmdline)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Waits up to `limit` for no host process to run with a uid in `[lo, hi)`; returns what is
 /// left.
 pub fn wait_no_process_with_uid_in(lo: u32, hi: u32, limit: Duration) -> BTreeSet<(i32, u32)> {
