@@ -58,6 +58,11 @@ struct Args {
     #[arg(long)]
     quick: bool,
 
+    /// Cells per session in `stateful` (default 100, the published workload; more makes
+    /// a longer run to profile, and the row then reports against the same budget).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    stateful_cells: u32,
+
     /// Also write the JSON lines to this file.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -100,7 +105,7 @@ enum Target {
 
 impl Target {
     /// A context for a workload that wants `cfg` (ignored with --url).
-    async fn ctx(&mut self, cfg: ServerConfig, quick: bool) -> Result<Ctx> {
+    async fn ctx(&mut self, cfg: ServerConfig, quick: bool, stateful_cells: u32) -> Result<Ctx> {
         match self {
             Target::External {
                 api,
@@ -114,6 +119,7 @@ impl Target {
                 server_pid: *pid,
                 own: false,
                 quick,
+                stateful_cells,
             }),
             Target::Own { bin, server } => {
                 let reuse = match server.as_mut() {
@@ -141,6 +147,7 @@ impl Target {
                     server_pid: Some(s.pid),
                     own: true,
                     quick,
+                    stateful_cells,
                 })
             }
         }
@@ -410,7 +417,7 @@ async fn run(args: Args) -> Result<bool> {
         let load_before = loadavg_1m();
         let cpu_before = own_cpu_s();
         let result = async {
-            let ctx = target.ctx(cfg, args.quick).await?;
+            let ctx = target.ctx(cfg, args.quick, args.stateful_cells).await?;
             match (workload, variant) {
                 ("roundtrip", _) => workloads::roundtrip(&ctx).await,
                 ("stateful", v) => workloads::stateful(&ctx, v == Some("churn")).await,

@@ -22,6 +22,8 @@ pub struct Ctx {
     /// Whether we started the server (and so chose its settings).
     pub own: bool,
     pub quick: bool,
+    /// Cells per session in `stateful` (without --quick).
+    pub stateful_cells: u32,
 }
 
 /// One result line.
@@ -219,7 +221,11 @@ async fn churn_loop(api: Api, stop: Arc<AtomicBool>) -> Churn {
 }
 
 pub async fn stateful(ctx: &Ctx, churn: bool) -> Result<Row> {
-    let (sessions, cells) = if ctx.quick { (10, 20) } else { (25, 100) };
+    let (sessions, cells) = if ctx.quick {
+        (10, 20)
+    } else {
+        (25, ctx.stateful_cells as usize)
+    };
     let api = &ctx.api;
     let mut ids = Vec::with_capacity(sessions);
     for _ in 0..sessions {

@@ -16,6 +16,24 @@ fn processes_of_uid(uid: u32) -> Vec<i32> {
     processes_with_uid(|u| u == uid, true)
 }
 
+/// The server instance's cgroup directories (`…/pyxis/<instance>` in every hierarchy),
+/// found from the cgroup of one of its sandbox processes.
+fn instance_cgroup_dirs(sandbox_pid: i32) -> Vec<std::path::PathBuf> {
+    let own = std::fs::read_to_string(format!("/proc/{sandbox_pid}/cgroup")).unwrap();
+    let instance = own
+        .lines()
+        .filter_map(|l| l.splitn(3, ':').nth(2))
+        .find_map(|path| path.strip_prefix("/pyxis/"))
+        .and_then(|rest| rest.split('/').next())
+        .expect("the sandbox is in a pyxis cgroup")
+        .to_string();
+    let mut dirs = vec![Path::new("/sys/fs/cgroup/pyxis").join(&instance)];
+    for hierarchy in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        dirs.push(hierarchy.path().join("pyxis").join(&instance));
+    }
+    dirs.into_iter().filter(|d| d.is_dir()).collect()
+}
+
 fn workspace_mounts(data_dir: &Path) -> usize {
     let prefix = data_dir.join("workspaces").display().to_string();
     std::fs::read_to_string("/proc/self/mountinfo")
@@ -85,9 +103,19 @@ fn graceful_shutdown_releases_every_sandbox() {
         a.ok("import subprocess\nsubprocess.Popen(['sleep', '1000'])");
         std::mem::forget(a);
     }
+    let sandbox = *sandbox_processes(uid_base)
+        .first()
+        .expect("a sandbox process");
+    let cgroups = instance_cgroup_dirs(sandbox);
+    assert!(!cgroups.is_empty(), "the instance has cgroups");
     drop(s); // SIGTERM and wait
     assert_eq!(sandbox_processes(uid_base), Vec::<i32>::new());
     assert_eq!(workspace_mounts(&data_dir), 0);
+    let left: Vec<_> = cgroups.iter().filter(|d| d.exists()).collect();
+    assert!(
+        left.is_empty(),
+        "instance cgroups left after shutdown: {left:?}"
+    );
 }
 
 #[test]

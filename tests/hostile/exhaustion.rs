@@ -509,6 +509,11 @@ fn no_daemon_survives_a_server_killed_with_sigkill() {
     s.kill9();
     let left = util::wait_no_process_with_uid_in(range.0, range.1, Duration::from_secs(15));
     assert!(left.is_empty(), "left after SIGKILL: {left:?}");
+    // The next start on the same data directory removes the cgroups the killed one left.
+    drop(TestServer::start_in(
+        s.data_dir.clone(),
+        &[("PYXIS_POOL_MIN_IDLE", "0")],
+    ));
 }
 
 #[test]

@@ -369,12 +369,13 @@ impl SandboxFactory {
     }
 
     /// Kill and remove every sandbox of this instance, including any still
-    /// being created (used at shutdown, after the orderly teardown).
+    /// being created, and then the instance cgroup itself (used at shutdown, after the
+    /// orderly teardown).
     pub async fn cleanup_all(&self) {
         let cgroups = self.cgroups.clone();
         let workspaces = self.workspaces.clone();
         let _ = tokio::task::spawn_blocking(move || {
-            if let Err(e) = cgroups.cleanup_leftovers() {
+            if let Err(e) = cgroups.remove() {
                 tracing::error!(error = %e, "final cgroup cleanup failed");
             }
             if let Err(e) = Workspace::cleanup_leftovers(&workspaces) {
