@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import codecs
+import ctypes
 import fcntl
 import io
 import json
@@ -236,6 +237,62 @@ def _block_sigint():
     return signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
 
 
+class _Timespec(ctypes.Structure):  # pylint: disable=too-few-public-methods
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+class _Itimerspec(ctypes.Structure):  # pylint: disable=too-few-public-methods
+    _fields_ = [("it_interval", _Timespec), ("it_value", _Timespec)]
+
+
+class FlushTimer:
+    """A one-shot timerfd: armed by the thread that writes output, read by the I/O thread.
+
+    Arming is one system call and wakes nobody, so a cell that ends within FLUSH_INTERVAL
+    never wakes the I/O thread. A thread woken during a cell competes with the main thread
+    for the GIL; on a loaded host the main thread then waits for that thread's turn on a
+    CPU, which can be tens of milliseconds.
+    """
+
+    _CLOCK_MONOTONIC = 1
+    _TFD_NONBLOCK = os.O_NONBLOCK
+    _TFD_CLOEXEC = os.O_CLOEXEC
+
+    def __init__(self, interval: float) -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        self._settime = libc.timerfd_settime
+        self._settime.argtypes = [
+            ctypes.c_int,
+            ctypes.c_int,
+            ctypes.POINTER(_Itimerspec),
+            ctypes.c_void_p,
+        ]
+        fd = libc.timerfd_create(self._CLOCK_MONOTONIC, self._TFD_NONBLOCK | self._TFD_CLOEXEC)
+        if fd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"timerfd_create: {os.strerror(err)}")
+        self.fd = fd
+        self._arm = _Itimerspec()
+        self._arm.it_value.tv_sec = int(interval)
+        self._arm.it_value.tv_nsec = int((interval - int(interval)) * 1e9)
+        self._disarm = _Itimerspec()
+
+    def arm(self) -> None:
+        """Fires once, FLUSH_INTERVAL from now."""
+        self._settime(self.fd, 0, ctypes.byref(self._arm), None)
+
+    def disarm(self) -> None:
+        """Cancels a pending expiry."""
+        self._settime(self.fd, 0, ctypes.byref(self._disarm), None)
+
+    def clear(self) -> None:
+        """Consumes an expiry (the I/O thread, after poll)."""
+        try:
+            os.read(self.fd, 8)
+        except BlockingIOError:
+            pass
+
+
 class Output:
     """Per-cell output: coalesced stream text, queued frames, the byte cap, the sender."""
 
@@ -257,7 +314,7 @@ class Output:
         self.pend: list[str] = []
         self.pend_len = 0
         self.armed = False
-        self.flush_event = threading.Event()
+        self.timer = FlushTimer(FLUSH_INTERVAL)
 
     # Callers hold self.lock.
     def _flush_stream(self) -> None:
@@ -277,7 +334,14 @@ class Output:
     def _arm(self) -> None:
         if not self.armed and self.executing:
             self.armed = True
-            self.flush_event.set()
+            self.timer.arm()
+
+    def disarm(self) -> None:
+        """After a cell: a flush that is still pending has nothing left to do."""
+        with self.lock:
+            if self.armed:
+                self.armed = False
+                self.timer.disarm()
 
     def write(self, name: str, text: str) -> None:
         """Stream text from sys.stdout/sys.stderr or the fd pipes."""
@@ -345,21 +409,16 @@ class Output:
             if masked:
                 signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
-    def flusher(self) -> None:
-        """Thread: sends pending text and events at most FLUSH_INTERVAL after they appear."""
-        _block_sigint()
-        while True:
-            self.flush_event.wait()
-            time.sleep(FLUSH_INTERVAL)
-            with self.lock:
-                self.flush_event.clear()
-                self.armed = False
-                if not self.executing:
-                    continue
-                self._flush_stream()
-                if not self.queue:
-                    continue
-            self.send()
+    def on_timer(self) -> None:
+        """The I/O thread, FLUSH_INTERVAL after output appeared in a running cell: sends it."""
+        with self.lock:
+            self.armed = False
+            if not self.executing:
+                return
+            self._flush_stream()
+            if not self.queue:
+                return
+        self.send()
 
 
 class PipeReader:
@@ -399,15 +458,38 @@ class PipeReader:
         with self.lock:
             self._read(4 * PIPE_SIZE)
 
-    def run(self) -> None:
-        """Thread body."""
-        _block_sigint()
-        poller = select.poll()
-        poller.register(self.fd, select.POLLIN)
-        while not self.closed:
-            poller.poll()
-            with self.lock:
+    def drain(self) -> None:
+        """The I/O thread, when the pipe is readable."""
+        with self.lock:
+            try:
                 self._read(4 * PIPE_SIZE)
+            except OSError:
+                self.closed = True
+
+
+def io_loop(out: Output, pipes: list[PipeReader]) -> None:
+    """Thread body: reads the fd pipes and sends output when the flush timer fires."""
+    _block_sigint()
+    poller = select.poll()
+    readers = {pipe.fd: pipe for pipe in pipes}
+    for fd in readers:
+        poller.register(fd, select.POLLIN)
+    timer_fd = out.timer.fd
+    poller.register(timer_fd, select.POLLIN)
+    while True:
+        for fd, events in poller.poll():
+            if events & select.POLLNVAL:
+                # User code closed one of our descriptors: stop watching it.
+                poller.unregister(fd)
+                continue
+            if fd == timer_fd:
+                out.timer.clear()
+                out.on_timer()
+                continue
+            pipe = readers[fd]
+            pipe.drain()
+            if pipe.closed:
+                poller.unregister(fd)
 
 
 class TextWriter(io.TextIOBase):
@@ -532,10 +614,10 @@ class Kernel:
                 pass
             os.dup2(wfd, fd)
             os.close(wfd)
-            reader = PipeReader(self.out, name, rfd)
-            self.pipes.append(reader)
-            threading.Thread(target=reader.run, name=f"pyxis-{name}", daemon=True).start()
-        threading.Thread(target=self.out.flusher, name="pyxis-flusher", daemon=True).start()
+            self.pipes.append(PipeReader(self.out, name, rfd))
+        threading.Thread(
+            target=io_loop, args=(self.out, self.pipes), name="pyxis-io", daemon=True
+        ).start()
         sys.stdout = TextWriter(self, "stdout", 1)
         sys.stderr = TextWriter(self, "stderr", 2)
         sys.__stdout__ = sys.stdout
@@ -675,6 +757,7 @@ class Kernel:
             out.limit = IDLE_OUTPUT_LIMIT
             out.used = 0
         out.send()
+        out.disarm()
 
     def configure(self, msg: dict) -> None:
         """Sets environment variables."""

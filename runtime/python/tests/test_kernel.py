@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 import signal
 import time
 
@@ -348,3 +349,60 @@ def test_eof_exits(fresh_kernel):
 def test_oversized_frame_closes(fresh_kernel):
     fresh_kernel.sock.sendall((65 * 1024 * 1024).to_bytes(4, "big"))
     assert fresh_kernel.proc.wait(10) == 0
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat", encoding="ascii").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_short_cells_do_not_wake_the_io_thread(fresh_kernel):
+    # The flush timer is armed by the first output of a cell and disarmed at its end, so a
+    # cell that ends within the flush interval never wakes the I/O thread (a woken thread
+    # takes the GIL from the main thread).
+    for _ in range(3):
+        reply(fresh_kernel.run("print('x')"))
+    pid = fresh_kernel.proc.pid
+    threads = [tid for tid in os.listdir(f"/proc/{pid}/task") if tid != str(pid)]
+    assert threads, "the kernel has its I/O thread"
+
+    def switches() -> int:
+        total = 0
+        for tid in threads:
+            status = open(f"/proc/{pid}/task/{tid}/status", encoding="ascii").read()
+            total += int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+        return total
+
+    before = switches()
+    for _ in range(8):
+        reply(fresh_kernel.run("print('x')"))
+        time.sleep(0.15)  # past the flush interval of the cell
+    assert switches() - before <= 1
+
+
+def test_a_closed_timer_descriptor_neither_spins_nor_loses_output(fresh_kernel):
+    events = fresh_kernel.run(
+        "import os\n"
+        "for fd in os.listdir('/proc/self/fd'):\n"
+        "    try:\n"
+        "        if 'timerfd' in os.readlink(f'/proc/self/fd/{fd}'):\n"
+        "            os.close(int(fd))\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "print('closed')"
+    )
+    assert stream(events) == "closed\n"
+    events = fresh_kernel.run("import time\nprint('early')\ntime.sleep(0.3)\nprint('late')")
+    assert stream(events) == "early\nlate\n"
+    # More than a pipe's capacity from a child: only a live I/O thread lets it finish.
+    events = fresh_kernel.run(
+        "import subprocess\n"
+        "subprocess.run(['sh', '-c', 'head -c 3000000 /dev/zero | tr \"\\\\0\" x'])\n"
+        "print('done')"
+    )
+    assert reply(events)["status"] == "ok"
+    assert stream(events).endswith("done\n") or reply(events)["truncated"]
+    pid = fresh_kernel.proc.pid
+    before = _cpu_seconds(pid)
+    time.sleep(1.0)
+    assert _cpu_seconds(pid) - before < 0.2, "the kernel spins"
