@@ -245,6 +245,19 @@ class _Itimerspec(ctypes.Structure):  # pylint: disable=too-few-public-methods
     _fields_ = [("it_interval", _Timespec), ("it_value", _Timespec)]
 
 
+# Looked up once, in the zygote; every kernel inherits them.
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_timerfd_create = _LIBC.timerfd_create
+_timerfd_create.argtypes = [ctypes.c_int, ctypes.c_int]
+_timerfd_settime = _LIBC.timerfd_settime
+_timerfd_settime.argtypes = [
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.POINTER(_Itimerspec),
+    ctypes.c_void_p,
+]
+
+
 class FlushTimer:
     """A one-shot timerfd: armed by the thread that writes output, read by the I/O thread.
 
@@ -259,15 +272,8 @@ class FlushTimer:
     _TFD_CLOEXEC = os.O_CLOEXEC
 
     def __init__(self, interval: float) -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        self._settime = libc.timerfd_settime
-        self._settime.argtypes = [
-            ctypes.c_int,
-            ctypes.c_int,
-            ctypes.POINTER(_Itimerspec),
-            ctypes.c_void_p,
-        ]
-        fd = libc.timerfd_create(self._CLOCK_MONOTONIC, self._TFD_NONBLOCK | self._TFD_CLOEXEC)
+        self._settime = _timerfd_settime
+        fd = _timerfd_create(self._CLOCK_MONOTONIC, self._TFD_NONBLOCK | self._TFD_CLOEXEC)
         if fd < 0:
             err = ctypes.get_errno()
             raise OSError(err, f"timerfd_create: {os.strerror(err)}")
