@@ -28,7 +28,7 @@ import socket
 import sys
 import time
 
-from . import framing
+from . import framing, hugepages
 
 CONTROL_FD = 3
 KERNEL_FD = 3
@@ -380,6 +380,11 @@ def main() -> None:
         sys.exit(2)
     gc.collect()
     gc.freeze()  # keeps the preloaded objects' pages shared with the kernels
+    huge = hugepages.collapse()
+    log(
+        f"huge pages: {huge['collapsed_mib']} of {huge['candidate_mib']} MiB collapsed "
+        f"in {huge['ms']} ms" + (f" ({huge['error']})" if huge["error"] else "")
+    )
     framing.send(
         ctrl,
         {
