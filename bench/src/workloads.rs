@@ -242,6 +242,7 @@ pub async fn stateful(ctx: &Ctx, churn: bool) -> Result<Row> {
     let StatefulOut {
         lat,
         dur,
+        session_means,
         correct,
         wall,
         first_error: errors,
@@ -264,6 +265,10 @@ pub async fn stateful(ctx: &Ctx, churn: bool) -> Result<Row> {
     r.fields.insert("correct".into(), json!(correct));
     r.fields.insert("total".into(), json!(total));
     r.fields.insert("wall_s".into(), num(wall.as_secs_f64()));
+    let fastest = session_means.iter().copied().fold(f64::INFINITY, f64::min);
+    let slowest = session_means.iter().copied().fold(0.0, f64::max);
+    r.fields.insert("session_mean_min_ms".into(), num(fastest));
+    r.fields.insert("session_mean_max_ms".into(), num(slowest));
     if let Some(e) = &errors {
         r.fields.insert("first_error".into(), json!(e));
     }
@@ -307,6 +312,8 @@ struct StatefulOut {
     lat: Vec<f64>,
     /// Server-reported `duration_ms` of each cell.
     dur: Vec<f64>,
+    /// Each session's mean latency: how evenly the sessions were served.
+    session_means: Vec<f64>,
     correct: usize,
     wall: Duration,
     first_error: Option<String>,
@@ -363,8 +370,12 @@ async fn stateful_run(ctx: &Ctx, ids: &[String], cells: usize, churn: bool) -> R
     let mut dur = Vec::with_capacity(ids.len() * cells);
     let mut correct = 0;
     let mut first_error = None;
+    let mut session_means = Vec::with_capacity(ids.len());
     for t in tasks {
         let (l, d, c, e) = t.await.context("a session task panicked")?;
+        if !l.is_empty() {
+            session_means.push(l.iter().sum::<f64>() / l.len() as f64);
+        }
         lat.extend(l);
         dur.extend(d);
         correct += c;
@@ -381,6 +392,7 @@ async fn stateful_run(ctx: &Ctx, ids: &[String], cells: usize, churn: bool) -> R
     Ok(StatefulOut {
         lat,
         dur,
+        session_means,
         correct,
         wall,
         first_error,
