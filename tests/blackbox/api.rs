@@ -56,6 +56,32 @@ fn unknown_session_is_404_with_the_error_envelope() {
 }
 
 #[test]
+fn a_wrong_method_is_405_with_the_error_envelope_and_allow() {
+    let s = TestServer::shared();
+    for (method, path, allowed) in [
+        (Method::PUT, "/v1/sessions", "POST"),
+        (Method::PATCH, "/v1/sessions/nope", "DELETE"),
+        (Method::GET, "/v1/execute", "POST"),
+        (Method::DELETE, "/v1/status", "GET"),
+    ] {
+        let r = s.req(method.clone(), path).send().unwrap();
+        assert_eq!(r.status(), 405, "{method} {path}");
+        let allow = r
+            .headers()
+            .get("allow")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        assert!(allow.contains(allowed), "{method} {path}: Allow {allow:?}");
+        let v: Value = r.json().unwrap();
+        assert_eq!(v["error"]["code"], "method_not_allowed", "{method} {path}");
+    }
+    // Still 404 for a route that does not exist at all.
+    let r = s.req(Method::PUT, "/v1/nothing-here").send().unwrap();
+    assert_eq!(r.status(), 404);
+}
+
+#[test]
 fn malformed_bodies_are_422() {
     let s = TestServer::shared();
     let sess = s.session();

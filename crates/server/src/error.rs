@@ -57,6 +57,16 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "not_found", "no such route")
     }
 
+    /// 405 for a route that exists, asked with a method it does not take (the
+    /// `Allow` header lists the ones it does).
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this route does not take that method; see the Allow header",
+        )
+    }
+
     /// 409 when too many requests already wait for a session.
     pub fn busy() -> Self {
         Self::new(

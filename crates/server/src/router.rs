@@ -148,6 +148,7 @@ pub fn build(app: Arc<App>) -> Router {
                 .layer(DefaultBodyLimit::disable()),
         )
         .merge(crate::compat::routes())
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .fallback(|| async { ApiError::not_found() });
     crate::middleware::apply(routes, app)
 }
