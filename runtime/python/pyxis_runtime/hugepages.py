@@ -17,6 +17,7 @@ kernels' later allocations nor khugepaged are affected. Best effort: on kernels 
 from __future__ import annotations
 
 import ctypes
+import errno
 import time
 
 HUGE = 2 << 20
@@ -62,13 +63,18 @@ def collapse(min_resident: float = MIN_RESIDENT) -> dict:
                 resident = sum(b & 1 for b in vec.raw)
                 if resident >= min_resident * (HUGE // PAGE):
                     candidates += 1
-                    if libc.madvise(addr, HUGE, MADV_COLLAPSE) == 0:
+                    # EAGAIN: a page was busy for a moment (khugepaged, reclaim).
+                    for _ in range(3):
+                        ok = libc.madvise(addr, HUGE, MADV_COLLAPSE) == 0
+                        err = 0 if ok else ctypes.get_errno()
+                        if err != errno.EAGAIN:
+                            break
+                    if ok:
                         collapsed += 1
                     else:
                         failed += 1
-                        err = ctypes.get_errno()
                         # EINVAL on every range: the kernel has no MADV_COLLAPSE.
-                        if err == 22 and collapsed == 0 and failed >= 4:
+                        if err == errno.EINVAL and collapsed == 0 and failed >= 4:
                             error = "MADV_COLLAPSE is not supported"
                             break
             addr += HUGE
