@@ -28,18 +28,30 @@ MADV_COLLAPSE = 25
 MIN_RESIDENT = 0.75
 
 
-def _anonymous_regions(maps: str = "/proc/self/maps") -> list[tuple[int, int]]:
-    """Private, writable, anonymous regions (the brk heap and nameless mappings)."""
-    regions = []
+def _aligned_ranges(maps: str = "/proc/self/maps"):
+    """Start addresses of the 2 MiB-aligned ranges that lie wholly inside a private,
+    writable, anonymous region (the brk heap and nameless mappings)."""
     with open(maps, encoding="ascii") as f:
-        for line in f:
-            parts = line.split()
-            name = parts[5] if len(parts) > 5 else ""
-            if parts[1] != "rw-p" or name not in ("", "[heap]"):
-                continue
-            start, end = (int(x, 16) for x in parts[0].split("-"))
-            regions.append((start, end))
-    return regions
+        lines = f.readlines()
+    for line in lines:
+        parts = line.split()
+        name = parts[5] if len(parts) > 5 else ""
+        if parts[1] != "rw-p" or name not in ("", "[heap]"):
+            continue
+        start, end = (int(x, 16) for x in parts[0].split("-"))
+        yield from range((start + HUGE - 1) & ~(HUGE - 1), end - HUGE + 1, HUGE)
+
+
+def _collapse_range(libc, addr: int) -> int:
+    """MADV_COLLAPSE of one range; 0 or the errno. EAGAIN (a page busy for a moment:
+    khugepaged, reclaim) is tried again twice."""
+    for _ in range(3):
+        if libc.madvise(addr, HUGE, MADV_COLLAPSE) == 0:
+            return 0
+        err = ctypes.get_errno()
+        if err != errno.EAGAIN:
+            return err
+    return errno.EAGAIN
 
 
 def collapse(min_resident: float = MIN_RESIDENT) -> dict:
@@ -54,31 +66,21 @@ def collapse(min_resident: float = MIN_RESIDENT) -> dict:
     libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
     vec = ctypes.create_string_buffer(HUGE // PAGE)
+    wanted = min_resident * (HUGE // PAGE)
     collapsed = candidates = failed = 0
     error = None
-    for start, end in _anonymous_regions():
-        addr = (start + HUGE - 1) & ~(HUGE - 1)
-        while addr + HUGE <= end:
-            if libc.mincore(addr, HUGE, vec) == 0:
-                resident = sum(b & 1 for b in vec.raw)
-                if resident >= min_resident * (HUGE // PAGE):
-                    candidates += 1
-                    # EAGAIN: a page was busy for a moment (khugepaged, reclaim).
-                    for _ in range(3):
-                        ok = libc.madvise(addr, HUGE, MADV_COLLAPSE) == 0
-                        err = 0 if ok else ctypes.get_errno()
-                        if err != errno.EAGAIN:
-                            break
-                    if ok:
-                        collapsed += 1
-                    else:
-                        failed += 1
-                        # EINVAL on every range: the kernel has no MADV_COLLAPSE.
-                        if err == errno.EINVAL and collapsed == 0 and failed >= 4:
-                            error = "MADV_COLLAPSE is not supported"
-                            break
-            addr += HUGE
-        if error:
+    for addr in _aligned_ranges():
+        if libc.mincore(addr, HUGE, vec) != 0 or sum(b & 1 for b in vec.raw) < wanted:
+            continue
+        candidates += 1
+        err = _collapse_range(libc, addr)
+        if err == 0:
+            collapsed += 1
+            continue
+        failed += 1
+        # EINVAL on every range: the kernel has no MADV_COLLAPSE.
+        if err == errno.EINVAL and collapsed == 0 and failed >= 4:
+            error = "MADV_COLLAPSE is not supported"
             break
     return {
         "collapsed_mib": collapsed * HUGE >> 20,
