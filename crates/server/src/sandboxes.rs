@@ -368,6 +368,28 @@ impl SandboxFactory {
         (self.cfg.max_output_bytes as usize).saturating_mul(2) + (1 << 20)
     }
 
+    /// Waits, up to `limit`, until every sandbox made so far has been destroyed; false if
+    /// some are still there. At shutdown this lets creations still in flight (the warm
+    /// pool's refill) finish and destroy their own sandbox before [`Self::cleanup_all`]
+    /// removes the instance cgroup, which it could not while one of theirs was in it.
+    pub async fn wait_all_released(&self, limit: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let in_use = self
+                .slots
+                .lock()
+                .map(|s| s.0.iter().any(|&used| used))
+                .unwrap_or(false);
+            if !in_use {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// Kill and remove every sandbox of this instance, including any still
     /// being created, and then the instance cgroup itself (used at shutdown, after the
     /// orderly teardown).

@@ -701,7 +701,11 @@ impl Sessions {
         for r in pooled {
             self.factory.destroy(r.sandbox).await;
         }
-        // Whatever was still being created when the shutdown began.
+        // A creation in flight (the pool's refill) destroys its sandbox when it sees the
+        // shutdown; whatever is still there after the wait is killed with the rest.
+        if !self.factory.wait_all_released(Duration::from_secs(5)).await {
+            tracing::warn!("sandboxes still being created at shutdown; killing them");
+        }
         self.factory.cleanup_all().await;
     }
 }
