@@ -639,6 +639,8 @@ fn memory_limit_oom_kills() {
     };
     let cgroups = teardown.cgroups.as_ref().expect("set above");
     let cgroup = cgroups.create("oom", &limits).expect("cgroup");
+    // Read once first: the counter file stays open, and later reads must see new kills.
+    assert_eq!(cgroup.oom_kills().expect("oom_kills"), 0);
     let mut child = spawn_in(&cgroup, "exec dd if=/dev/zero of=/dev/null bs=256M count=1");
     let status = child.wait().expect("wait");
     use std::os::unix::process::ExitStatusExt;

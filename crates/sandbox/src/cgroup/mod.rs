@@ -4,8 +4,11 @@
 //! dispatches to one of them. The root of the cgroup filesystem is a parameter
 //! ([`CgroupRoot::with_base`]), so the file writes are unit-tested against a tempdir.
 
+use std::fs::File;
 use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -130,7 +133,8 @@ trait CgroupManager {
     fn procs_files(&self) -> Vec<PathBuf>;
     fn set_limits(&self, limits: &ResourceLimits) -> Result<()>;
     fn kill(&self) -> Result<()>;
-    fn oom_kills(&self) -> Result<u64>;
+    /// The flat-keyed file whose `oom_kill` line counts OOM kills.
+    fn oom_events_file(&self) -> PathBuf;
     fn usage(&self) -> Result<CgroupUsage>;
     fn remove(&self) -> Result<()>;
 }
@@ -145,6 +149,8 @@ trait CgroupRootManager {
     fn children(&self) -> Result<Vec<String>>;
     /// The instance cgroup's directories (one per v1 hierarchy).
     fn dirs(&self) -> Vec<PathBuf>;
+    /// The instance cgroup's directory in the cpu hierarchy.
+    fn cpu_dir(&self) -> PathBuf;
 }
 
 enum Manager {
@@ -182,6 +188,8 @@ impl RootManager {
 pub struct CgroupRoot {
     version: CgroupVersion,
     manager: RootManager,
+    /// How many cgroups deep the instance cgroup is below the base (`pyxis/ab12cd34`: 2).
+    levels: usize,
 }
 
 impl std::fmt::Debug for CgroupRoot {
@@ -209,7 +217,30 @@ impl CgroupRoot {
             CgroupVersion::V1 => RootManager::V1(v1::V1Root::create(base, name)?),
             CgroupVersion::V2 => RootManager::V2(v2::V2Root::create(base, name)?),
         };
-        Ok(CgroupRoot { version, manager })
+        let levels = Path::new(name).components().count();
+        Ok(CgroupRoot {
+            version,
+            manager,
+            levels,
+        })
+    }
+
+    /// Sets the CPU weight (cgroup v2 scale: 1–10000, 100 is the default) of the instance
+    /// cgroup and of each cgroup above it up to the base: how much of a contended CPU the
+    /// sandboxes together get against their siblings, such as the server's own cgroup.
+    /// v1 gets the same ratio in `cpu.shares` (100 ↔ 1024).
+    pub fn set_cpu_weight(&self, weight: u64) -> Result<()> {
+        let weight = weight.clamp(1, 10_000);
+        let (file, value) = match self.version {
+            CgroupVersion::V1 => ("cpu.shares", (weight * 1024 / 100).max(2)),
+            CgroupVersion::V2 => ("cpu.weight", weight),
+        };
+        let mut dir = self.manager.get().cpu_dir();
+        for _ in 0..self.levels {
+            write_file(&dir.join(file), &value.to_string())?;
+            dir.pop();
+        }
+        Ok(())
     }
 
     /// The cgroup interface in use.
@@ -223,6 +254,7 @@ impl CgroupRoot {
         let cgroup = Cgroup {
             name: name.to_owned(),
             manager: self.manager.get().create(name)?,
+            oom_events: OnceLock::new(),
         };
         if let Err(err) = cgroup.set_limits(limits) {
             let _ = cgroup.remove();
@@ -239,6 +271,7 @@ impl CgroupRoot {
             let cgroup = Cgroup {
                 name: name.clone(),
                 manager: self.manager.get().open(name),
+                oom_events: OnceLock::new(),
             };
             cgroup.remove()?;
         }
@@ -262,6 +295,9 @@ impl CgroupRoot {
 pub struct Cgroup {
     name: String,
     manager: Manager,
+    /// The OOM counter file, opened on first use: it is read before every cell, and a
+    /// `pread` of an open file costs a fraction of a path lookup and `open`.
+    oom_events: OnceLock<Option<File>>,
 }
 
 impl std::fmt::Debug for Cgroup {
@@ -297,7 +333,22 @@ impl Cgroup {
 
     /// How many processes the OOM killer killed in this cgroup.
     pub fn oom_kills(&self) -> Result<u64> {
-        self.manager.get().oom_kills()
+        let path = || self.manager.get().oom_events_file();
+        // Without the open file (it could not be opened), a plain read reports why.
+        let mut buf = [0u8; 1024];
+        let text = match self.oom_events.get_or_init(|| File::open(path()).ok()) {
+            Some(file) => {
+                let n = file
+                    .read_at(&mut buf, 0)
+                    .map_err(|source| CgroupError::Read {
+                        path: path(),
+                        source,
+                    })?;
+                String::from_utf8_lossy(&buf[..n]).into_owned()
+            }
+            None => read_file(&path())?,
+        };
+        parse_keyed(&text, "oom_kill").ok_or_else(|| CgroupError::Parse { path: path() })
     }
 
     /// Current usage.
@@ -409,17 +460,19 @@ fn read_u64(path: &Path) -> Result<u64> {
 
 /// The value of `key` in a flat-keyed file (`key value` lines); 0 when the key is absent.
 fn read_keyed(path: &Path, key: &str) -> Result<u64> {
-    let text = read_file(path)?;
+    parse_keyed(&read_file(path)?, key).ok_or_else(|| CgroupError::Parse { path: path.into() })
+}
+
+/// The value of `key` in flat-keyed text; `Some(0)` when the key is absent, `None` when
+/// its value is not a number.
+fn parse_keyed(text: &str, key: &str) -> Option<u64> {
     for line in text.lines() {
         let mut fields = line.split_whitespace();
         if fields.next() == Some(key) {
-            return fields
-                .next()
-                .and_then(|v| v.parse().ok())
-                .ok_or_else(|| CgroupError::Parse { path: path.into() });
+            return fields.next().and_then(|v| v.parse().ok());
         }
     }
-    Ok(0)
+    Some(0)
 }
 
 /// Pids in a `cgroup.procs` file; none when the file (the cgroup) is gone.

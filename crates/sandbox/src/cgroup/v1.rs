@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::{
-    child_dirs, cpu_quota_usec, create_dir_all, kill_until_empty, read_file, read_keyed, read_pids,
-    read_u64, remove_dir, wait_until_empty, write_file, CgroupError, CgroupManager,
-    CgroupRootManager, CgroupUsage, Manager, ResourceLimits, Result, CPU_PERIOD_USEC, REQUIRED,
+    child_dirs, cpu_quota_usec, create_dir_all, kill_until_empty, read_file, read_pids, read_u64,
+    remove_dir, wait_until_empty, write_file, CgroupError, CgroupManager, CgroupRootManager,
+    CgroupUsage, Manager, ResourceLimits, Result, CPU_PERIOD_USEC, REQUIRED,
 };
 
 /// Optional controllers used when mounted.
@@ -97,6 +97,15 @@ impl CgroupRootManager for V1Root {
 
     fn dirs(&self) -> Vec<PathBuf> {
         self.dirs.iter().map(|(_, dir)| dir.clone()).collect()
+    }
+
+    fn cpu_dir(&self) -> PathBuf {
+        // cpu is required, so create() put it in.
+        self.dirs
+            .iter()
+            .find(|(c, _)| *c == "cpu")
+            .map(|(_, dir)| dir.clone())
+            .unwrap_or_default()
     }
 }
 
@@ -223,8 +232,8 @@ impl CgroupManager for V1Cgroup {
         wait_until_empty(self.dir_for_errors(), &procs)
     }
 
-    fn oom_kills(&self) -> Result<u64> {
-        read_keyed(&self.file("memory", "memory.oom_control"), "oom_kill")
+    fn oom_events_file(&self) -> PathBuf {
+        self.file("memory", "memory.oom_control")
     }
 
     fn usage(&self) -> Result<CgroupUsage> {
@@ -276,6 +285,12 @@ mod tests {
         // No freezer hierarchy: not used.
         assert!(!base.path().join("freezer").exists());
 
+        // The weight goes to the instance and to `pyxis`, not to the hierarchy's root.
+        root.set_cpu_weight(800).expect("weight");
+        assert_eq!(read(&base.path().join("cpu/pyxis/inst/cpu.shares")), "8192");
+        assert_eq!(read(&base.path().join("cpu/pyxis/cpu.shares")), "8192");
+        assert!(!base.path().join("cpu/cpu.shares").exists());
+
         let memory_dir = base.path().join("memory/pyxis/inst/sb1");
         fs::create_dir_all(&memory_dir).expect("mkdir");
         fs::write(memory_dir.join("memory.memsw.limit_in_bytes"), "-1").expect("write");
@@ -308,6 +323,13 @@ mod tests {
         )
         .expect("write");
         assert_eq!(cgroup.oom_kills().ok(), Some(5));
+        // The file stays open between reads: a new count is still seen.
+        fs::write(
+            memory_dir.join("memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 6\n",
+        )
+        .expect("write");
+        assert_eq!(cgroup.oom_kills().ok(), Some(6));
 
         fs::write(memory_dir.join("memory.usage_in_bytes"), "100\n").expect("write");
         fs::write(memory_dir.join("memory.max_usage_in_bytes"), "200\n").expect("write");

@@ -69,6 +69,10 @@ impl CgroupRootManager for V2Root {
     fn dirs(&self) -> Vec<PathBuf> {
         vec![self.dir.clone()]
     }
+
+    fn cpu_dir(&self) -> PathBuf {
+        self.dir.clone()
+    }
 }
 
 /// One sandbox cgroup.
@@ -128,8 +132,8 @@ impl CgroupManager for V2Cgroup {
         wait_until_empty(&self.dir, &procs)
     }
 
-    fn oom_kills(&self) -> Result<u64> {
-        read_keyed(&self.file("memory.events"), "oom_kill")
+    fn oom_events_file(&self) -> PathBuf {
+        self.file("memory.events")
     }
 
     fn usage(&self) -> Result<CgroupUsage> {
@@ -176,6 +180,10 @@ mod tests {
             let control = read(&base.path().join(dir).join("cgroup.subtree_control"));
             assert_eq!(control, "+memory +pids +cpu");
         }
+        root.set_cpu_weight(800).expect("weight");
+        assert_eq!(read(&base.path().join("pyxis/inst/cpu.weight")), "800");
+        assert_eq!(read(&base.path().join("pyxis/cpu.weight")), "800");
+        assert!(!base.path().join("cpu.weight").exists());
 
         let sandbox_dir = base.path().join("pyxis/inst/sb1");
         fs::create_dir_all(&sandbox_dir).expect("mkdir");
@@ -204,6 +212,8 @@ mod tests {
 
         fs::write(sandbox_dir.join("memory.events"), "oom 1\noom_kill 3\n").expect("write");
         assert_eq!(cgroup.oom_kills().ok(), Some(3));
+        fs::write(sandbox_dir.join("memory.events"), "oom 2\noom_kill 4\n").expect("write");
+        assert_eq!(cgroup.oom_kills().ok(), Some(4));
         fs::write(sandbox_dir.join("memory.current"), "1000\n").expect("write");
         fs::write(sandbox_dir.join("memory.peak"), "2000\n").expect("write");
         fs::write(sandbox_dir.join("pids.current"), "3\n").expect("write");
