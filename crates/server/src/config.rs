@@ -105,6 +105,12 @@ pub struct Settings {
     /// RCU grace period (5-20 ms); forks and exits host-wide get slightly slower.
     #[arg(long, env = "PYXIS_CGROUP_FAVORDYNMODS")]
     pub cgroup_favordynmods: Option<bool>,
+    /// CPU weight of the sandboxes' cgroup against its siblings (the server's own
+    /// cgroup, the host's services), on the cgroup v2 scale: 1-10000, 100 is a
+    /// default cgroup's. Above 100, a server relaying replies waits for the cell
+    /// on the CPU to finish instead of cutting it short.
+    #[arg(long, env = "PYXIS_SANDBOX_CPU_WEIGHT")]
+    pub sandbox_cpu_weight: Option<u64>,
     /// Serve the Docker-pool interpreter's routes without a token (for a
     /// trusted network only).
     #[arg(long, env = "PYXIS_COMPAT_OPEN_POOL_API")]
@@ -155,6 +161,7 @@ pub struct Config {
     pub import_max_bytes: u64,
     pub export_timeout: Duration,
     pub cgroup_favordynmods: bool,
+    pub sandbox_cpu_weight: u64,
     pub compat_open_pool_api: bool,
     pub compat_public_base_url: Option<String>,
     pub compat_output_extensions: Vec<String>,
@@ -203,6 +210,7 @@ impl Settings {
             import_max_mb,
             export_timeout_s,
             cgroup_favordynmods,
+            sandbox_cpu_weight,
             compat_open_pool_api,
             compat_public_base_url,
             compat_output_extensions,
@@ -244,6 +252,10 @@ impl Config {
         let cpus = s.cpus.unwrap_or(1.0);
         if !(cpus.is_finite() && cpus > 0.0 && cpus <= 1024.0) {
             bail!("cpus must be between 0 and 1024");
+        }
+        let sandbox_cpu_weight = s.sandbox_cpu_weight.unwrap_or(800);
+        if !(1..=10_000).contains(&sandbox_cpu_weight) {
+            bail!("sandbox_cpu_weight must be between 1 and 10000");
         }
         let max_sessions = s.max_sessions.unwrap_or(64);
         if max_sessions == 0 {
@@ -289,6 +301,7 @@ impl Config {
             import_max_bytes: s.import_max_mb.unwrap_or(512) * MIB,
             export_timeout: secs("export_timeout_s", s.export_timeout_s.unwrap_or(300.0))?,
             cgroup_favordynmods: s.cgroup_favordynmods.unwrap_or(true),
+            sandbox_cpu_weight,
             compat_open_pool_api: s.compat_open_pool_api.unwrap_or(false),
             compat_public_base_url: s
                 .compat_public_base_url

@@ -169,6 +169,9 @@ impl SandboxFactory {
         }
         let cgroups = CgroupRoot::detect(&format!("pyxis/{}", instance_name(&cfg.data_dir)))
             .context("setting up cgroups")?;
+        if let Err(e) = cgroups.set_cpu_weight(cfg.sandbox_cpu_weight) {
+            tracing::warn!(error = %e, "could not set the sandboxes' CPU weight");
+        }
         let left = cgroups
             .cleanup_leftovers()
             .context("cleaning up leftover cgroups")?;
