@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import ast
+import bdb
 import re
+import sys
 import warnings
 
 from IPython.core.autocall import IPyAutocall
 from IPython.core.displayhook import DisplayHook
 from IPython.core.displaypub import DisplayPublisher
 from IPython.core.history import HistoryManager
-from IPython.core.interactiveshell import InteractiveShell
+from IPython.core.interactiveshell import ExecutionInfo, ExecutionResult, InteractiveShell
 from IPython.core.macro import Macro
-from traitlets import Type
+from traitlets import All, Type
 
 from . import kernel as _kernel
 
@@ -23,6 +26,24 @@ _FIRST_NAME = re.compile(r"\s*([A-Za-z_][\w.]*)")
 _PLAIN_TYPES = frozenset(
     {int, float, complex, bool, str, bytes, list, tuple, dict, set, frozenset, type(None)}
 )
+
+
+_NONE: dict = {}
+
+
+def _set_quietly(obj, name: str, value) -> None:
+    """Sets trait `name` without traitlets' validation and change events when nothing
+    validates or observes it (the value is of the trait's type): ~3 µs less per set."""
+    # pylint: disable=protected-access
+    notifiers = obj._trait_notifiers
+    if (
+        name in obj._trait_validators
+        or any(notifiers.get(name, _NONE).values())
+        or any(notifiers.get(All, _NONE).values())
+    ):
+        setattr(obj, name, value)
+    else:
+        obj._trait_values[name] = value
 
 
 class PyxisDisplayPublisher(DisplayPublisher):
@@ -120,7 +141,7 @@ class PyxisShell(InteractiveShell):
 
     def transform_cell(self, raw_cell):
         # Plain Python needs none of IPython's transformations (~50 µs per cell).
-        if raw_cell and raw_cell[0] not in " \t\r\n\f" and self._plain(raw_cell):
+        if raw_cell and self._is_plain(raw_cell):
             return raw_cell if raw_cell.endswith("\n") else raw_cell + "\n"
         return super().transform_cell(raw_cell)
 
@@ -144,6 +165,136 @@ class PyxisShell(InteractiveShell):
                 return False
             if isinstance(self.user_ns.get(name), (IPyAutocall, Macro)):
                 return False
+        return True
+
+    def hold_traps(self) -> None:
+        """Installs IPython's builtins (exit, quit, get_ipython) and displayhook for good,
+        instead of around each cell as run_cell does: a kernel runs nothing but cells."""
+        self.builtin_trap.__enter__()  # pylint: disable=unnecessary-dunder-call
+        self.display_trap.__enter__()  # pylint: disable=unnecessary-dunder-call
+
+    def run_cell(  # pylint: disable=too-many-arguments
+        self, raw_cell, store_history=False, silent=False, shell_futures=True, cell_id=None
+    ):
+        # As IPython, each cell starts with the shell's displayhook, whatever the last
+        # one did to sys.displayhook (a no-op when it is already in place).
+        self.display_trap.set()
+        # The common cell (plain Python, no await, default settings) takes a shorter
+        # road with the same outcome; anything else goes IPython's way.
+        if (
+            store_history
+            and not silent
+            and shell_futures
+            and raw_cell
+            and not raw_cell.isspace()
+            and "await" not in raw_cell
+            and "async" not in raw_cell
+            and self._fast_path_settings()
+        ):
+            if self._is_plain(raw_cell):
+                # What transform_cell makes of a plain cell.
+                cell = raw_cell if raw_cell.endswith("\n") else raw_cell + "\n"
+                result = self._run_plain_cell(raw_cell, cell, cell_id)
+                if result is not None:
+                    return result
+        return super().run_cell(raw_cell, store_history, silent, shell_futures, cell_id)
+
+    def _fast_path_settings(self) -> bool:
+        return (
+            self.ast_node_interactivity == "last_expr"
+            and not self.ast_transformers
+            and not self.custom_exceptions
+            and self.trio_runner is None
+            and not self.logger.log_active
+        )
+
+    def _is_plain(self, raw_cell: str) -> bool:
+        return raw_cell[0] not in " \t\r\n\f" and self._plain(raw_cell)
+
+    def _run_plain_cell(self, raw_cell: str, cell: str, cell_id):
+        """IPython's run_cell for plain Python: one parse, at most two compiles, no
+        coroutine runner, traps entered once per kernel. None (nothing done yet) when
+        the cell does not parse or needs IPython's own handling."""
+        compiler = self.compile
+        count = self.execution_count
+        cell_name = compiler.cache(cell, count, raw_code=raw_cell)
+        try:
+            body = compiler.ast_parse(cell, filename=cell_name).body
+        except Exception:  # pylint: disable=broad-except
+            return None  # IPython reports it
+        if not body or any(
+            isinstance(node, ast.ImportFrom) and node.module == "__future__" for node in body
+        ):
+            return None
+        info = ExecutionInfo(raw_cell, True, False, True, cell_id)
+        result = ExecutionResult(info)
+        result.execution_count = count
+        events = self.events
+        try:
+            events.trigger("pre_execute")
+            events.trigger("pre_run_cell", info)
+            if "get_ipython().run_line_magic(" in cell and "paste" in cell:
+                pass  # IPython does not store paste/cpaste; never plain, kept for parity
+            else:
+                self.history_manager.store_inputs(count, cell, raw_cell)
+            displayhook = self.displayhook
+            with self.builtin_trap, self.display_trap:
+                _set_quietly(displayhook, "exec_result", result)
+                has_raised = self._run_nodes(body, cell_name, result)
+                _set_quietly(self, "last_execution_succeeded", not has_raised)
+                _set_quietly(self, "last_execution_result", result)
+                _set_quietly(displayhook, "exec_result", None)
+            self.history_manager.store_output(count)
+            _set_quietly(self, "execution_count", count + 1)
+        finally:
+            events.trigger("post_execute")
+            events.trigger("post_run_cell", result)
+        return result
+
+    def _run_nodes(self, body: list, cell_name: str, result) -> bool:
+        """run_ast_nodes with interactivity 'last_expr': the statements before a final
+        expression compile as one module, the expression alone in 'single' mode."""
+        if isinstance(body[-1], ast.Expr):
+            head, last = body[:-1], body[-1]
+        else:
+            head, last = body, None
+        try:
+            code = self.compile(ast.Module(head, []), cell_name, "exec") if head else None
+            single = (
+                self.compile(ast.Interactive([last]), cell_name, "single")
+                if last is not None
+                else None
+            )
+        except:  # noqa: E722  pylint: disable=bare-except
+            result.error_before_exec = sys.exc_info()[1]
+            self.showtraceback()
+            return True
+        if code is not None and self._run_code(code, result):
+            return True
+        return single is not None and self._run_code(single, result)
+
+    def _run_code(self, code_obj, result) -> bool:
+        """run_code without the coroutine: True if the code raised."""
+        # pylint: disable=unused-variable
+        __tracebackhide__ = "__ipython_bottom__"  # noqa: F841
+        old_excepthook, sys.excepthook = sys.excepthook, self.excepthook
+        self.sys_excepthook = old_excepthook
+        try:
+            try:
+                exec(code_obj, self.user_global_ns, self.user_ns)  # pylint: disable=exec-used
+            finally:
+                sys.excepthook = old_excepthook
+        except SystemExit as e:
+            result.error_in_exec = e
+            self.showtraceback(exception_only=True)
+            warnings.warn("To exit: use 'exit', 'quit', or Ctrl-D.", stacklevel=1)
+        except bdb.BdbQuit:
+            result.error_in_exec = sys.exc_info()[1]
+        except:  # noqa: E722  pylint: disable=bare-except
+            result.error_in_exec = sys.exc_info()[1]
+            self.showtraceback(running_compiled_code=True)
+        else:
+            return False
         return True
 
     def _showtraceback(self, etype, evalue, stb) -> None:

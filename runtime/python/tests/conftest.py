@@ -20,7 +20,7 @@ from pyxis_runtime import framing  # noqa: E402  pylint: disable=wrong-import-po
 class KernelProcess:
     """A kernel subprocess and the supervisor end of its socket."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, prelude: str = "") -> None:
         parent, child = socket.socketpair()
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -38,7 +38,7 @@ class KernelProcess:
         self.workspace = tmp_path / "workspace"
         fd = child.fileno()
         self.proc = subprocess.Popen(  # pylint: disable=consider-using-with
-            [sys.executable, "-c", f"from pyxis_runtime.kernel import main; main({fd})"],
+            [sys.executable, "-c", f"{prelude}\nfrom pyxis_runtime.kernel import main; main({fd})"],
             pass_fds=[fd],
             env=env,
             stdin=subprocess.DEVNULL,
