@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import select
 import socket
 import struct
 
 MAX_FRAME = 64 * 1024 * 1024
 _HEADER = struct.Struct(">I")
 _RECV_SIZE = 256 * 1024
+# json.dumps builds a new encoder per call when given options; one will do.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)
 
 
 class FrameError(Exception):
@@ -17,9 +20,7 @@ class FrameError(Exception):
 
 def encode(msg: dict) -> bytes:
     """One frame. Lone surrogates (possible in user text) become '?' so the JSON is UTF-8."""
-    body = json.dumps(msg, ensure_ascii=False, separators=(",", ":"), default=str).encode(
-        "utf-8", "replace"
-    )
+    body = _ENCODER.encode(msg).encode("utf-8", "replace")
     return _HEADER.pack(len(body)) + body
 
 
@@ -68,11 +69,19 @@ class FrameBuffer:
 
 
 class FrameReader:
-    """Reads frames from a blocking stream socket."""
+    """Reads frames from a blocking stream socket.
+
+    It waits in poll() for input rather than in recv(): a Unix socket wakes a task
+    blocked in recv() also whenever the peer reads what this side sent (to report
+    room to write), so each reply would cost the kernel a useless wakeup. poll()
+    is woken for input only.
+    """
 
     def __init__(self, sock: socket.socket, max_frame: int = MAX_FRAME) -> None:
         self.sock = sock
         self.buffer = FrameBuffer(max_frame)
+        self._poll = select.poll()
+        self._poll.register(sock.fileno(), select.POLLIN)
 
     def read(self) -> dict | None:
         """The next message, or None at EOF. Raises FrameError on a bad frame."""
@@ -80,6 +89,7 @@ class FrameReader:
             msg = self.buffer.next_frame()
             if msg is not None:
                 return msg
+            self._poll.poll()
             data = self.sock.recv(_RECV_SIZE)
             if not data:
                 if self.buffer.pending():

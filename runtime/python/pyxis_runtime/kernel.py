@@ -397,7 +397,8 @@ class Output:
 
     def send(self) -> None:
         """Writes every queued frame, in order, with one sendall."""
-        masked = threading.get_ident() == self.main_ident
+        # SIGINT raises only while a cell runs; a send after it cannot be cut short.
+        masked = self.executing and threading.get_ident() == self.main_ident
         old = _block_sigint() if masked else None
         try:
             with self.send_lock:
@@ -457,12 +458,17 @@ class PipeReader:
             if text:
                 self.out.write(self.name, text)
 
-    def sync(self) -> None:
-        """Takes in everything already written to the pipe (bounded if a writer never stops)."""
+    def sync(self, readable: bool = True) -> None:
+        """Takes in everything already written to the pipe (bounded if a writer never
+        stops); with `readable` false, only waits for a drain in progress."""
         if self.closed:
             return
         with self.lock:
-            self._read(4 * PIPE_SIZE)
+            if readable:
+                try:
+                    self._read(4 * PIPE_SIZE)
+                except OSError:
+                    self.closed = True  # user code closed our end
 
     def drain(self) -> None:
         """The I/O thread, when the pipe is readable."""
@@ -605,6 +611,7 @@ class Kernel:
         self.out = Output(sock)
         self.shell = _SHELL
         self.pipes: list[PipeReader] = []
+        self.pipe_poll = select.poll()
         self.last_sync = 0.0
         self.timing = bool(os.environ.get("PYXIS_KERNEL_TIMING"))
 
@@ -621,6 +628,7 @@ class Kernel:
             os.dup2(wfd, fd)
             os.close(wfd)
             self.pipes.append(PipeReader(self.out, name, rfd))
+            self.pipe_poll.register(rfd, select.POLLIN)
         threading.Thread(
             target=io_loop, args=(self.out, self.pipes), name="pyxis-io", daemon=True
         ).start()
@@ -632,8 +640,11 @@ class Kernel:
     def sync_pipes(self, now: float | None = None) -> None:
         """Takes in fd-level output written so far, so it keeps its place in the order."""
         self.last_sync = time.perf_counter() if now is None else now
+        # One poll tells which pipes hold data; each pipe's lock is still taken, so a
+        # drain the I/O thread has begun is complete before this returns.
+        ready = {fd for fd, _ in self.pipe_poll.poll(0)}
         for pipe in self.pipes:
-            pipe.sync()
+            pipe.sync(pipe.fd in ready)
 
     # ---- events from the shell
 
@@ -839,6 +850,7 @@ def main(fd: int = 3) -> None:
     SINK = kernel
     if _SHELL is not None:
         _SHELL.user_ns["_dh"][:] = [os.getcwd()]
+        _SHELL.hold_traps()
     signal.signal(signal.SIGINT, _on_sigint)
     try:
         kernel.serve()

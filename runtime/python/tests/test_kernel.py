@@ -6,6 +6,7 @@ import base64
 import os
 import signal
 import time
+from pathlib import Path
 
 from conftest import of_type, reply, stream
 
@@ -406,3 +407,22 @@ def test_a_closed_timer_descriptor_neither_spins_nor_loses_output(fresh_kernel):
     before = _cpu_seconds(pid)
     time.sleep(1.0)
     assert _cpu_seconds(pid) - before < 0.2, "the kernel spins"
+
+
+def _voluntary_switches(pid: int) -> int:
+    status = Path(f"/proc/{pid}/task/{pid}/status").read_text(encoding="ascii")
+    return int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+
+
+def test_one_wakeup_per_cell(fresh_kernel):
+    # The kernel sleeps once per cell, waiting for the next request. Reading its
+    # reply must not wake it again (a Unix socket wakes a task blocked in recv()
+    # whenever the peer reads what it sent).
+    for _ in range(20):
+        fresh_kernel.run("c = globals().get('c', 0) + 1; print(c)")
+    before = _voluntary_switches(fresh_kernel.proc.pid)
+    cells = 200
+    for _ in range(cells):
+        fresh_kernel.run("c = globals().get('c', 0) + 1; print(c)")
+    per_cell = (_voluntary_switches(fresh_kernel.proc.pid) - before) / cells
+    assert per_cell < 1.25, per_cell
