@@ -31,6 +31,19 @@ _PLAIN_TYPES = frozenset(
 _NONE: dict = {}
 
 
+def _needs_own_module(node) -> bool:
+    """A statement that behaves differently once it is not the first of its module
+    (IPython compiles each statement alone): a __future__ import, or a string that
+    would be that module's docstring."""
+    if isinstance(node, ast.ImportFrom):
+        return node.module == "__future__"
+    return (
+        isinstance(node, ast.Expr)
+        and isinstance(node.value, ast.Constant)
+        and isinstance(node.value.value, str)
+    )
+
+
 def _set_quietly(obj, name: str, value) -> None:
     """Sets trait `name` without traitlets' validation and change events when nothing
     validates or observes it (the value is of the trait's type): ~3 µs less per set."""
@@ -181,23 +194,20 @@ class PyxisShell(InteractiveShell):
         self.display_trap.set()
         # The common cell (plain Python, no await, default settings) takes a shorter
         # road with the same outcome; anything else goes IPython's way.
-        if (
-            store_history
-            and not silent
-            and shell_futures
-            and raw_cell
-            and not raw_cell.isspace()
-            and "await" not in raw_cell
-            and "async" not in raw_cell
-            and self._fast_path_settings()
-        ):
-            if self._is_plain(raw_cell):
-                # What transform_cell makes of a plain cell.
-                cell = raw_cell if raw_cell.endswith("\n") else raw_cell + "\n"
-                result = self._run_plain_cell(raw_cell, cell, cell_id)
-                if result is not None:
-                    return result
+        if store_history and not silent and shell_futures and self._short_road_for(raw_cell):
+            # What transform_cell makes of a plain cell.
+            cell = raw_cell if raw_cell.endswith("\n") else raw_cell + "\n"
+            result = self._run_plain_cell(raw_cell, cell, cell_id)
+            if result is not None:
+                return result
         return super().run_cell(raw_cell, store_history, silent, shell_futures, cell_id)
+
+    def _short_road_for(self, raw_cell: str) -> bool:
+        if not raw_cell or raw_cell.isspace():
+            return False
+        if "await" in raw_cell or "async" in raw_cell:
+            return False
+        return self._fast_path_settings() and self._is_plain(raw_cell)
 
     def _fast_path_settings(self) -> bool:
         return (
@@ -222,9 +232,7 @@ class PyxisShell(InteractiveShell):
             body = compiler.ast_parse(cell, filename=cell_name).body
         except Exception:  # pylint: disable=broad-except
             return None  # IPython reports it
-        if not body or any(
-            isinstance(node, ast.ImportFrom) and node.module == "__future__" for node in body
-        ):
+        if not body or any(map(_needs_own_module, body[1:])):
             return None
         info = ExecutionInfo(raw_cell, True, False, True, cell_id)
         result = ExecutionResult(info)

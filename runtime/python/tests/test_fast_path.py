@@ -27,7 +27,18 @@ CELLS = [
     "if True:\n    5",
     "1\n2\n3",
     "z = 3\nz",
+    "'first string'\nw = 1\n'second string'\nw2 = 2\n__doc__",
+    "'only string'",
+    "del __doc__\n__doc__ if '__doc__' in dir() else None",
     "1/0",
+    "class R:\n    def __repr__(self):\n        raise ValueError('bad repr')\nR()",
+    "__import__ = None\n5",
+    "del __import__",
+    "import builtins\nreal_import = builtins.__import__\n"
+    "def spy(name, *args, **kwargs):\n    print('import', name)\n"
+    "    return real_import(name, *args, **kwargs)\nbuiltins.__import__ = spy",
+    "6",
+    "builtins.__import__ = real_import\n7",
     "def f():\n    return 1/0\nf()",
     "return 5",
     "x = (",
@@ -45,7 +56,8 @@ CELLS = [
     "_2",
     "from __future__ import annotations\ndef g(a: Undefined) -> None: pass\ng.__annotations__",
     "def h(a: Undefined): pass\nh.__annotations__",
-    "ip = get_ipython()\nip.events.register('post_run_cell', lambda r: print('post', r.execution_count, r.success))",
+    "ip = get_ipython()\n"
+    "ip.events.register('post_run_cell', lambda r: print('post', r.execution_count, r.success))",
     "9",
     "ip.observe(lambda change: print('count', change['new']), 'execution_count')",
     "10",
@@ -70,8 +82,8 @@ def comparable(events: list[dict]) -> list[dict]:
     return out
 
 
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory):
+@pytest.fixture(scope="module", name="pair")
+def pair_fixture(tmp_path_factory):
     fast = KernelProcess(tmp_path_factory.mktemp("fast"))
     slow = KernelProcess(tmp_path_factory.mktemp("slow"), prelude=IPYTHON_ONLY)
     yield fast, slow
