@@ -48,6 +48,8 @@ struct Args {
     server_bin: Option<PathBuf>,
 
     /// Comma-separated workloads: roundtrip, stateful, create, oneshot, density, analysis.
+    /// `name:variant` picks one variant (stateful:steady, stateful:churn, create:cold,
+    /// create:warm).
     #[arg(
         long,
         default_value = "roundtrip,stateful,create,oneshot,density,analysis"
@@ -230,18 +232,6 @@ fn loadavg_1m() -> Option<f64> {
         .ok()
 }
 
-/// CPU time (user + system) used by this process so far, in seconds.
-fn own_cpu_s() -> f64 {
-    // SAFETY: getrusage only writes into the zeroed struct we pass.
-    let ru = unsafe {
-        let mut ru: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
-        ru
-    };
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    tv(ru.ru_utime) + tv(ru.ru_stime)
-}
-
 /// Table position of a row.
 fn order(r: &Row) -> usize {
     const ORDER: &[(&str, Option<&str>)] = &[
@@ -307,7 +297,7 @@ fn print_table(rows: &[Row]) {
     }
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let args = Args::parse();
     match run(args).await {
@@ -330,7 +320,8 @@ async fn run(args: Args) -> Result<bool> {
         .map(str::trim)
         .filter(|w| !w.is_empty())
     {
-        if !ALL.contains(&w) {
+        let name = w.split_once(':').map_or(w, |(name, _)| name);
+        if !ALL.contains(&name) {
             bail!("unknown workload {w:?} (known: {})", ALL.join(", "));
         }
         if !selected.contains(&w) {
@@ -398,6 +389,13 @@ async fn run(args: Args) -> Result<bool> {
         ("density", None, cold_cfg, Some("USS ≤ 15 MiB/session")),
     ];
 
+    for w in &selected {
+        if let Some((name, v)) = w.split_once(':') {
+            if !plan.iter().any(|s| s.0 == name && s.1 == Some(v)) {
+                bail!("{name} has no variant {v:?}");
+            }
+        }
+    }
     let mut out_file = match &args.out {
         Some(p) => {
             Some(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?)
@@ -406,7 +404,11 @@ async fn run(args: Args) -> Result<bool> {
     };
     let mut rows = Vec::new();
     for (workload, variant, cfg, budget) in plan {
-        if !selected.contains(&workload) {
+        let picked = selected.iter().any(|w| match w.split_once(':') {
+            None => *w == workload,
+            Some((name, v)) => name == workload && Some(v) == variant,
+        });
+        if !picked {
             continue;
         }
         let label = match variant {
@@ -415,7 +417,7 @@ async fn run(args: Args) -> Result<bool> {
         };
         eprintln!("[bench] running {label}…");
         let load_before = loadavg_1m();
-        let cpu_before = own_cpu_s();
+        let cpu_before = procmem::own_cpu_s();
         let result = async {
             let ctx = target.ctx(cfg, args.quick, args.stateful_cells).await?;
             match (workload, variant) {
@@ -438,8 +440,10 @@ async fn run(args: Args) -> Result<bool> {
                     .insert("host_load_1m_before".into(), serde_json::json!(load_before));
                 r.fields
                     .insert("host_load_1m_after".into(), serde_json::json!(loadavg_1m()));
-                r.fields
-                    .insert("bench_cpu_s".into(), stats::num(own_cpu_s() - cpu_before));
+                r.fields.insert(
+                    "bench_cpu_s".into(),
+                    stats::num(procmem::own_cpu_s() - cpu_before),
+                );
                 r
             }
             Err(e) => {

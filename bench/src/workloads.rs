@@ -185,21 +185,33 @@ const STATEFUL_CELL: &str = "c = globals().get('c', 0) + 1; print(c)";
 
 struct Churn {
     cycles: u64,
+    /// How long the churn ran.
+    elapsed: Duration,
     errors: u64,
     first_error: Option<String>,
     create_ms: Vec<f64>,
     delete_ms: Vec<f64>,
 }
 
+/// How often the churn task creates (and then deletes) a session: a steady load
+/// that keeps the warm pool refilling, the same in every run.
+const CHURN_INTERVAL: Duration = Duration::from_millis(100);
+
 async fn churn_loop(api: Api, stop: Arc<AtomicBool>) -> Churn {
+    let started = Instant::now();
     let mut c = Churn {
         cycles: 0,
+        elapsed: Duration::ZERO,
         errors: 0,
         first_error: None,
         create_ms: Vec::new(),
         delete_ms: Vec::new(),
     };
+    let mut tick = tokio::time::interval(CHURN_INTERVAL);
+    // A cycle slower than the interval delays the next one rather than bunching them.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while !stop.load(Ordering::Relaxed) {
+        tick.tick().await;
         let res = async {
             let t = api.create_session().await?;
             c.create_ms.push(t.ms);
@@ -213,10 +225,10 @@ async fn churn_loop(api: Api, stop: Arc<AtomicBool>) -> Churn {
             Err(e) => {
                 c.errors += 1;
                 c.first_error.get_or_insert_with(|| format!("{e:#}"));
-                tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
     }
+    c.elapsed = started.elapsed();
     c
 }
 
@@ -247,6 +259,7 @@ pub async fn stateful(ctx: &Ctx, churn: bool) -> Result<Row> {
         wall,
         first_error: errors,
         churned,
+        cpu,
     } = res?;
     let ds = Summary::of(&dur);
     let total = sessions * cells;
@@ -269,6 +282,18 @@ pub async fn stateful(ctx: &Ctx, churn: bool) -> Result<Row> {
     let slowest = session_means.iter().copied().fold(0.0, f64::max);
     r.fields.insert("session_mean_min_ms".into(), num(fastest));
     r.fields.insert("session_mean_max_ms".into(), num(slowest));
+    // Where the CPU went, per cell: the server process, this client, and the whole host
+    // (kernels, the network stack, churn, anything else running).
+    let per_cell = |s: f64| num(s * 1e6 / total as f64);
+    if let Some(s) = cpu.server_s {
+        r.fields
+            .insert("server_cpu_us_per_cell".into(), per_cell(s));
+    }
+    r.fields
+        .insert("bench_cpu_us_per_cell".into(), per_cell(cpu.bench_s));
+    if let Some(s) = cpu.host_s {
+        r.fields.insert("host_cpu_us_per_cell".into(), per_cell(s));
+    }
     if let Some(e) = &errors {
         r.fields.insert("first_error".into(), json!(e));
     }
@@ -276,6 +301,10 @@ pub async fn stateful(ctx: &Ctx, churn: bool) -> Result<Row> {
     if let Some(c) = churned {
         let cs = Summary::of(&c.create_ms);
         r.fields.insert("churn_cycles".into(), json!(c.cycles));
+        r.fields.insert(
+            "churn_cycles_per_s".into(),
+            num(c.cycles as f64 / c.elapsed.as_secs_f64()),
+        );
         r.fields.insert("churn_errors".into(), json!(c.errors));
         r.fields.insert("churn_create_p50_ms".into(), num(cs.p50));
         r.fields.insert("churn_create_p95_ms".into(), num(cs.p95));
@@ -318,6 +347,8 @@ struct StatefulOut {
     wall: Duration,
     first_error: Option<String>,
     churned: Option<Churn>,
+    /// CPU used while the cells ran.
+    cpu: CpuUse,
 }
 
 async fn stateful_run(ctx: &Ctx, ids: &[String], cells: usize, churn: bool) -> Result<StatefulOut> {
@@ -332,6 +363,7 @@ async fn stateful_run(ctx: &Ctx, ids: &[String], cells: usize, churn: bool) -> R
         // Let the churn get going (and the pool start refilling) first.
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let cpu_before = CpuUse::now(ctx.server_pid);
     let start = Instant::now();
     let mut tasks = Vec::new();
     for id in ids {
@@ -340,9 +372,11 @@ async fn stateful_run(ctx: &Ctx, ids: &[String], cells: usize, churn: bool) -> R
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(cells);
             let mut dur = Vec::with_capacity(cells);
+            let mut sent = Vec::with_capacity(cells);
             let mut correct = 0usize;
             let mut first_error = None;
             for i in 1..=cells {
+                sent.push(start.elapsed().as_secs_f64() * 1000.0);
                 match api.execute(&id, STATEFUL_CELL).await {
                     Ok(t) => {
                         lat.push(t.ms);
@@ -363,7 +397,7 @@ async fn stateful_run(ctx: &Ctx, ids: &[String], cells: usize, churn: bool) -> R
                     }
                 }
             }
-            (lat, dur, correct, first_error)
+            (lat, dur, sent, correct, first_error)
         }));
     }
     let mut lat = Vec::with_capacity(ids.len() * cells);
@@ -371,8 +405,15 @@ async fn stateful_run(ctx: &Ctx, ids: &[String], cells: usize, churn: bool) -> R
     let mut correct = 0;
     let mut first_error = None;
     let mut session_means = Vec::with_capacity(ids.len());
-    for t in tasks {
-        let (l, d, c, e) = t.await.context("a session task panicked")?;
+    let samples_path = std::env::var("PYXIS_BENCH_SAMPLES").ok();
+    let mut samples = String::new();
+    for (n, t) in tasks.into_iter().enumerate() {
+        let (l, d, at, c, e) = t.await.context("a session task panicked")?;
+        let keep = if samples_path.is_some() { l.len() } else { 0 };
+        for (i, (ms, at)) in l.iter().zip(&at).take(keep).enumerate() {
+            let server = d.get(i).copied().unwrap_or(f64::NAN);
+            samples.push_str(&format!("{n} {i} {at:.3} {ms:.3} {server:.3}\n"));
+        }
         if !l.is_empty() {
             session_means.push(l.iter().sum::<f64>() / l.len() as f64);
         }
@@ -384,6 +425,12 @@ async fn stateful_run(ctx: &Ctx, ids: &[String], cells: usize, churn: bool) -> R
         }
     }
     let wall = start.elapsed();
+    let cpu = CpuUse::now(ctx.server_pid).since(&cpu_before);
+    // Every cell (session, index, sent at ms, latency ms, server duration ms), to study
+    // how latency is spread over time.
+    if let Some(path) = samples_path {
+        std::fs::write(&path, samples).with_context(|| format!("writing {path}"))?;
+    }
     stop.store(true, Ordering::Relaxed);
     let churned = match churn_task {
         Some(t) => Some(t.await.context("the churn task panicked")?),
@@ -397,7 +444,34 @@ async fn stateful_run(ctx: &Ctx, ids: &[String], cells: usize, churn: bool) -> R
         wall,
         first_error,
         churned,
+        cpu,
     })
+}
+
+/// CPU seconds used so far by the server, this benchmark and the whole host.
+struct CpuUse {
+    server_s: Option<f64>,
+    bench_s: f64,
+    host_s: Option<f64>,
+}
+
+impl CpuUse {
+    fn now(server_pid: Option<i32>) -> CpuUse {
+        CpuUse {
+            server_s: server_pid.and_then(procmem::process_cpu_s),
+            bench_s: procmem::own_cpu_s(),
+            host_s: procmem::host_busy_cpu_s(),
+        }
+    }
+
+    fn since(&self, before: &CpuUse) -> CpuUse {
+        let diff = |a: Option<f64>, b: Option<f64>| Some(a? - b?);
+        CpuUse {
+            server_s: diff(self.server_s, before.server_s),
+            bench_s: self.bench_s - before.bench_s,
+            host_s: diff(self.host_s, before.host_s),
+        }
+    }
 }
 
 // ---------------------------------------------------------------- create
