@@ -90,6 +90,30 @@ fn a_server_killed_with_sigkill_leaves_nothing_and_restarts_clean() {
 }
 
 #[test]
+fn the_instance_cgroup_gets_the_configured_cpu_weight() {
+    let s = TestServer::start(&[("PYXIS_SANDBOX_CPU_WEIGHT", "300")]);
+    let sess = s.session();
+    sess.ok("x = 1");
+    let sandbox = *sandbox_processes(s.uid_base)
+        .first()
+        .expect("a sandbox process");
+    // Only the instance's own cgroup: `pyxis/` above it is shared with other servers.
+    let mut seen = Vec::new();
+    for dir in instance_cgroup_dirs(sandbox) {
+        for (file, want) in [("cpu.weight", "300"), ("cpu.shares", "3072")] {
+            if let Ok(got) = std::fs::read_to_string(dir.join(file)) {
+                assert_eq!(got.trim(), want, "{}", dir.join(file).display());
+                seen.push(file);
+            }
+        }
+    }
+    assert!(
+        !seen.is_empty(),
+        "no cpu weight file in the instance cgroups"
+    );
+}
+
+#[test]
 fn graceful_shutdown_releases_every_sandbox() {
     let dir = tempfile::Builder::new()
         .prefix("pyxis-term-")

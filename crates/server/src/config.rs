@@ -378,5 +378,14 @@ mod tests {
             ..Default::default()
         };
         assert!(Config::load(args, None).is_err());
+        for weight in [0, 10_001] {
+            let args = Settings {
+                sandbox_cpu_weight: Some(weight),
+                ..Default::default()
+            };
+            assert!(Config::load(args, None).is_err(), "weight {weight}");
+        }
+        let cfg = Config::load(Settings::default(), None).unwrap();
+        assert_eq!(cfg.sandbox_cpu_weight, 800);
     }
 }
