@@ -234,6 +234,8 @@ class PyxisShell(InteractiveShell):
             return None  # IPython reports it
         if not body or any(map(_needs_own_module, body[1:])):
             return None
+        if "get_ipython().run_line_magic(" in cell and "paste" in cell:
+            return None  # IPython keeps (c)paste out of the history and the count
         info = ExecutionInfo(raw_cell, True, False, True, cell_id)
         result = ExecutionResult(info)
         result.execution_count = count
@@ -241,10 +243,7 @@ class PyxisShell(InteractiveShell):
         try:
             events.trigger("pre_execute")
             events.trigger("pre_run_cell", info)
-            if "get_ipython().run_line_magic(" in cell and "paste" in cell:
-                pass  # IPython does not store paste/cpaste; never plain, kept for parity
-            else:
-                self.history_manager.store_inputs(count, cell, raw_cell)
+            self.history_manager.store_inputs(count, cell, raw_cell)
             displayhook = self.displayhook
             with self.builtin_trap, self.display_trap:
                 _set_quietly(displayhook, "exec_result", result)

@@ -64,6 +64,8 @@ CELLS = [
     "ip.last_execution_succeeded, ip.last_execution_result.result",
     "len(In), sorted(Out)[-3:]",
     "get_ipython().execution_count",
+    "get_ipython().run_line_magic('who', '')  # paste",
+    "get_ipython().execution_count",
 ]
 
 
