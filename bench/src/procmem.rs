@@ -93,21 +93,22 @@ pub fn by_uid_range(lo: u32, hi: u32) -> MemSum {
     sum
 }
 
-/// State letter from `/proc/PID/stat` (R, S, D, Z, …).
-fn state_of(pid: i32) -> Option<char> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 1..]
-        .split_whitespace()
-        .next()?
-        .chars()
-        .next()
-}
-
-/// Parent pid from `/proc/PID/stat` (the field after the parenthesised comm).
-fn ppid_of(pid: i32) -> Option<i32> {
+/// The fields of `/proc/PID/stat` after the parenthesised command name (which may hold
+/// spaces and parentheses): state, ppid, …, utime (11), stime (12), ….
+fn stat_fields(pid: i32) -> Option<Vec<String>> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(1)?.parse().ok()
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+/// State letter from `/proc/PID/stat` (R, S, D, Z, …).
+fn state_of(pid: i32) -> Option<char> {
+    stat_fields(pid)?.first()?.chars().next()
+}
+
+/// Parent pid from `/proc/PID/stat`.
+fn ppid_of(pid: i32) -> Option<i32> {
+    stat_fields(pid)?.get(1)?.parse().ok()
 }
 
 /// Descendants of `root` (not `root` itself) whose uid is *outside*
@@ -186,12 +187,9 @@ fn ticks_per_s() -> f64 {
 
 /// CPU time (user + system) a process has used, in seconds.
 pub fn process_cpu_s(pid: i32) -> Option<f64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which may hold spaces and parentheses.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let mut fields = rest.split_whitespace();
-    let utime: f64 = fields.nth(11)?.parse().ok()?;
-    let stime: f64 = fields.next()?.parse().ok()?;
+    let fields = stat_fields(pid)?;
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
     Some((utime + stime) / ticks_per_s())
 }
 

@@ -400,20 +400,31 @@ async fn stateful_run(ctx: &Ctx, ids: &[String], cells: usize, churn: bool) -> R
             (lat, dur, sent, correct, first_error)
         }));
     }
+    let mut results = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        results.push(t.await.context("a session task panicked")?);
+    }
+    let wall = start.elapsed();
+    let cpu = CpuUse::now(ctx.server_pid).since(&cpu_before);
+    stop.store(true, Ordering::Relaxed);
+    // With PYXIS_BENCH_SAMPLES, every cell (session, index, sent at ms, latency ms,
+    // server duration ms), to study how latency is spread over time.
+    if let Ok(path) = std::env::var("PYXIS_BENCH_SAMPLES") {
+        let mut samples = String::new();
+        for (n, (l, d, at, _, _)) in results.iter().enumerate() {
+            for (i, (ms, at)) in l.iter().zip(at).enumerate() {
+                let server = d.get(i).copied().unwrap_or(f64::NAN);
+                samples.push_str(&format!("{n} {i} {at:.3} {ms:.3} {server:.3}\n"));
+            }
+        }
+        std::fs::write(&path, samples).with_context(|| format!("writing {path}"))?;
+    }
     let mut lat = Vec::with_capacity(ids.len() * cells);
     let mut dur = Vec::with_capacity(ids.len() * cells);
     let mut correct = 0;
     let mut first_error = None;
     let mut session_means = Vec::with_capacity(ids.len());
-    let samples_path = std::env::var("PYXIS_BENCH_SAMPLES").ok();
-    let mut samples = String::new();
-    for (n, t) in tasks.into_iter().enumerate() {
-        let (l, d, at, c, e) = t.await.context("a session task panicked")?;
-        let keep = if samples_path.is_some() { l.len() } else { 0 };
-        for (i, (ms, at)) in l.iter().zip(&at).take(keep).enumerate() {
-            let server = d.get(i).copied().unwrap_or(f64::NAN);
-            samples.push_str(&format!("{n} {i} {at:.3} {ms:.3} {server:.3}\n"));
-        }
+    for (l, d, _, c, e) in results {
         if !l.is_empty() {
             session_means.push(l.iter().sum::<f64>() / l.len() as f64);
         }
@@ -424,14 +435,6 @@ async fn stateful_run(ctx: &Ctx, ids: &[String], cells: usize, churn: bool) -> R
             first_error = e;
         }
     }
-    let wall = start.elapsed();
-    let cpu = CpuUse::now(ctx.server_pid).since(&cpu_before);
-    // Every cell (session, index, sent at ms, latency ms, server duration ms), to study
-    // how latency is spread over time.
-    if let Some(path) = samples_path {
-        std::fs::write(&path, samples).with_context(|| format!("writing {path}"))?;
-    }
-    stop.store(true, Ordering::Relaxed);
     let churned = match churn_task {
         Some(t) => Some(t.await.context("the churn task panicked")?),
         None => None,

@@ -460,7 +460,8 @@ class PipeReader:
 
     def sync(self, readable: bool = True) -> None:
         """Takes in everything already written to the pipe (bounded if a writer never
-        stops); with `readable` false, only waits for a drain in progress."""
+        stops); with `readable` false, only waits for a drain in progress. Called by
+        the main thread, and by the I/O thread when the pipe is readable."""
         if self.closed:
             return
         with self.lock:
@@ -469,14 +470,6 @@ class PipeReader:
                     self._read(4 * PIPE_SIZE)
                 except OSError:
                     self.closed = True  # user code closed our end
-
-    def drain(self) -> None:
-        """The I/O thread, when the pipe is readable."""
-        with self.lock:
-            try:
-                self._read(4 * PIPE_SIZE)
-            except OSError:
-                self.closed = True
 
 
 def io_loop(out: Output, pipes: list[PipeReader]) -> None:
@@ -499,7 +492,7 @@ def io_loop(out: Output, pipes: list[PipeReader]) -> None:
                 out.on_timer()
                 continue
             pipe = readers[fd]
-            pipe.drain()
+            pipe.sync()
             if pipe.closed:
                 poller.unregister(fd)
 

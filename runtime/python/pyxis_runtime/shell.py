@@ -31,6 +31,11 @@ _PLAIN_TYPES = frozenset(
 _NONE: dict = {}
 
 
+def _as_transformed(plain_cell: str) -> str:
+    """What IPython's transform_cell makes of a plain cell: the same, ending in a newline."""
+    return plain_cell if plain_cell.endswith("\n") else plain_cell + "\n"
+
+
 def _needs_own_module(node) -> bool:
     """A statement that behaves differently once it is not the first of its module
     (IPython compiles each statement alone): a __future__ import, or a string that
@@ -155,7 +160,7 @@ class PyxisShell(InteractiveShell):
     def transform_cell(self, raw_cell):
         # Plain Python needs none of IPython's transformations (~50 µs per cell).
         if raw_cell and self._is_plain(raw_cell):
-            return raw_cell if raw_cell.endswith("\n") else raw_cell + "\n"
+            return _as_transformed(raw_cell)
         return super().transform_cell(raw_cell)
 
     def _plain(self, cell: str) -> bool:
@@ -195,9 +200,7 @@ class PyxisShell(InteractiveShell):
         # The common cell (plain Python, no await, default settings) takes a shorter
         # road with the same outcome; anything else goes IPython's way.
         if store_history and not silent and shell_futures and self._short_road_for(raw_cell):
-            # What transform_cell makes of a plain cell.
-            cell = raw_cell if raw_cell.endswith("\n") else raw_cell + "\n"
-            result = self._run_plain_cell(raw_cell, cell, cell_id)
+            result = self._run_plain_cell(raw_cell, _as_transformed(raw_cell), cell_id)
             if result is not None:
                 return result
         return super().run_cell(raw_cell, store_history, silent, shell_futures, cell_id)

@@ -149,8 +149,9 @@ trait CgroupRootManager {
     fn children(&self) -> Result<Vec<String>>;
     /// The instance cgroup's directories (one per v1 hierarchy).
     fn dirs(&self) -> Vec<PathBuf>;
-    /// The instance cgroup's directory in the cpu hierarchy.
-    fn cpu_dir(&self) -> PathBuf;
+    /// The instance cgroup's directory in the cpu hierarchy (None only if a v1 root was
+    /// somehow made without one).
+    fn cpu_dir(&self) -> Option<PathBuf>;
 }
 
 enum Manager {
@@ -235,7 +236,13 @@ impl CgroupRoot {
             CgroupVersion::V1 => ("cpu.shares", (weight * 1024 / 100).max(2)),
             CgroupVersion::V2 => ("cpu.weight", weight),
         };
-        let mut dir = self.manager.get().cpu_dir();
+        let mut dir = self
+            .manager
+            .get()
+            .cpu_dir()
+            .ok_or_else(|| CgroupError::Detect {
+                reason: "no cpu hierarchy".into(),
+            })?;
         for _ in 0..self.levels {
             write_file(&dir.join(file), &value.to_string())?;
             dir.pop();

@@ -99,13 +99,12 @@ impl CgroupRootManager for V1Root {
         self.dirs.iter().map(|(_, dir)| dir.clone()).collect()
     }
 
-    fn cpu_dir(&self) -> PathBuf {
+    fn cpu_dir(&self) -> Option<PathBuf> {
         // cpu is required, so create() put it in.
         self.dirs
             .iter()
             .find(|(c, _)| *c == "cpu")
             .map(|(_, dir)| dir.clone())
-            .unwrap_or_default()
     }
 }
 

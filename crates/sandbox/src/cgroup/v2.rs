@@ -70,8 +70,8 @@ impl CgroupRootManager for V2Root {
         vec![self.dir.clone()]
     }
 
-    fn cpu_dir(&self) -> PathBuf {
-        self.dir.clone()
+    fn cpu_dir(&self) -> Option<PathBuf> {
+        Some(self.dir.clone())
     }
 }
 
