@@ -657,7 +657,7 @@ pub async fn density(ctx: &Ctx) -> Result<Row> {
     let pss = mib(after.pss_kib.saturating_sub(before.pss_kib)) / n as f64;
     let rss = mib(after.rss_kib.saturating_sub(before.rss_kib)) / n as f64;
     // The server-side processes (uid outside the sandbox range) that come and
-    // go with sessions, e.g. a root-owned fork of the zygote per sandbox.
+    // go with sessions (none since the init is a sandbox-uid process of its own).
     let helper_delta = match (&helpers_before, &helpers) {
         (Some(b), Some(a)) => Some((
             a.processes as i64 - b.processes as i64,

@@ -745,3 +745,48 @@ fn interrupt_of_a_cell_that_ignores_it() {
     assert_eq!(r["status"], "killed", "{r:#}");
     assert_eq!(r["state_lost"], true, "{r:#}");
 }
+
+#[test]
+fn the_sandbox_init_is_a_small_program_whose_proc_files_are_closed() {
+    let s = server();
+    let v = s.session();
+    let out = attack(s, &v, |v| {
+        json_of(
+            v,
+            r#"
+import os, json
+def attempt(f):
+    try:
+        f()
+        return "allowed"
+    except OSError as e:
+        return type(e).__name__
+tries = {
+    "environ": lambda: open('/proc/1/environ', 'rb').read(),
+    "exe": lambda: os.readlink('/proc/1/exe'),
+    "cwd": lambda: os.readlink('/proc/1/cwd'),
+    "fd": lambda: os.listdir('/proc/1/fd'),
+    "maps": lambda: open('/proc/1/maps').read(),
+    "mem_write": lambda: open('/proc/1/mem', 'r+b').write(b'x'),
+}
+status = dict(l.split(':\t', 1) for l in open('/proc/self/status').read().splitlines() if ':\t' in l)
+print(json.dumps({
+    "cmdline": open('/proc/1/cmdline', 'rb').read().decode(),
+    "tries": {k: attempt(f) for k, f in tries.items()},
+    "pid": os.getpid(),
+    "ppid": status["PPid"].strip(),
+    "pids": sorted(int(p) for p in os.listdir('/proc') if p.isdigit()),
+}))
+"#,
+        )
+    });
+    // Not a copy of the zygote: the small init program, started without arguments.
+    assert_eq!(out["cmdline"], "pyxis-sandbox-init\u{0}", "{out}");
+    for (what, result) in out["tries"].as_object().unwrap() {
+        assert_eq!(result, "PermissionError", "/proc/1 {what}: {out}");
+    }
+    // The kernel is pid 2; its parent (the zygote) is outside the namespace.
+    assert_eq!(out["pid"], 2, "{out}");
+    assert_eq!(out["ppid"], "0", "{out}");
+    assert_eq!(out["pids"], serde_json::json!([1, 2]), "{out}");
+}

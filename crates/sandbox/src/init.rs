@@ -1,65 +1,151 @@
-//! The sandbox's init (process B, pid 1 of the pid namespace).
+//! The sandbox's init (process B, pid 1 of the pid namespace): the `pyxis-sandbox-init`
+//! program, started by [`crate::spawn`].
 //!
-//! It reaps every orphan (double-forked daemons end up here), forwards the interrupt and
-//! termination signals to the kernel (C), and exits with the kernel's status when the kernel
-//! exits, which ends the pid namespace and kills whatever is left in it.
+//! Its stdin is a Unix socket to the zygote. It reads the spec (one JSON line), builds the
+//! sandbox (cgroups, namespaces, root filesystem, hostname, loopback, rlimits, credentials,
+//! seccomp) and answers `ok` or `err <message>`. After `go`, the kernel (C) is pid 2 of its
+//! namespace: init then reaps every orphan (double-forked daemons end up here) and exits
+//! when the kernel exits, which ends the pid namespace and kills whatever is left in it.
+//!
+//! The kernel is the zygote's child, not init's: init watches it through a pidfd, and the
+//! supervisor signals it directly.
 
-use nix::sys::signal::{kill, SigSet, Signal};
+use std::convert::Infallible;
+use std::io::Write;
+use std::os::fd::{AsFd, RawFd};
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
+use crate::credentials::{self, CredentialsError};
+use crate::process::{join_cgroups, namespaces, read_line, EnterError};
+use crate::rootfs;
+use crate::seccomp;
+use crate::spec::SandboxSpec;
 use crate::sys;
 
-/// Signals init waits for: `SIGCHLD` to reap, the rest to forward to the kernel.
-const HANDLED: [Signal; 7] = [
-    Signal::SIGCHLD,
-    Signal::SIGINT,
-    Signal::SIGTERM,
-    Signal::SIGHUP,
-    Signal::SIGQUIT,
-    Signal::SIGUSR1,
-    Signal::SIGUSR2,
-];
+/// The channel to the zygote.
+const CHANNEL: RawFd = 0;
+/// How long init waits for the spec and for `go`.
+const WAIT: Duration = Duration::from_secs(30);
 
-/// The set of [`HANDLED`] signals, to block before forking the kernel.
-pub fn handled_signals() -> SigSet {
-    let mut set = SigSet::empty();
-    for signal in HANDLED {
-        set.add(signal);
-    }
-    set
+/// The program's `main`: never returns.
+pub fn main() -> ! {
+    let code = match run() {
+        Ok(code) => code,
+        Err(error) => {
+            let line = format!("err {}\n", error.to_string().replace('\n', " "));
+            let _ = sys::write_all_raw(CHANNEL, line.as_bytes());
+            1
+        }
+    };
+    sys::exit_now(code)
 }
 
-/// Runs init until `kernel` exits, then exits with its status (128 + signal if killed).
-/// `signals` must be blocked already.
-pub fn run(kernel: Pid, signals: &SigSet) -> ! {
+fn run() -> Result<i32, EnterError> {
+    credentials::set_parent_death_kill().map_err(EnterError::SetParentDeathSignal)?;
+    if nix::unistd::getpid().as_raw() != 1 {
+        return Err(EnterError::NotPidOne);
+    }
+    // Not closed on the way out: `main` reports errors on it.
+    let channel = std::mem::ManuallyDrop::new(sys::file_from_raw(CHANNEL));
+    let line =
+        read_line(&*channel, Instant::now() + WAIT).map_err(|message| EnterError::Setup {
+            who: "the zygote",
+            message,
+        })?;
+    let spec = SandboxSpec::from_json(line.as_bytes())?;
+    let filters = seccomp::filters()?;
+    let sigchld = build(&spec, filters)?;
+    (&*channel).write_all(b"ok\n").map_err(EnterError::Report)?;
+    match read_line(&*channel, Instant::now() + WAIT) {
+        Ok(go) if go == "go" => {}
+        // The zygote gave up on this sandbox.
+        _ => return Ok(1),
+    }
+    drop(std::mem::ManuallyDrop::into_inner(channel));
+    // C is pid 2. If it is gone already, so is the reason to exist.
+    let Ok(kernel) = sys::pidfd_open(Pid::from_raw(2)) else {
+        return Ok(0);
+    };
+    match supervise(kernel.as_fd(), &sigchld) {
+        Ok(never) => match never {},
+        Err(_) => Ok(1),
+    }
+}
+
+/// Everything before `ok`; returns the `SIGCHLD` signalfd.
+fn build(spec: &SandboxSpec, filters: &[seccompiler::BpfProgram]) -> Result<SignalFd, EnterError> {
+    // Nothing but the channel, /dev/null and what the spec names.
+    let mut keep = vec![0, 1, 2, spec.workspace_fd];
+    keep.extend(&spec.cgroup_fds);
+    sys::close_fds_except(&keep).map_err(EnterError::CloseFds)?;
+    join_cgroups(&spec.cgroup_fds)?;
+    // Taken in the host's mount namespace; attached in the new one, where neither a path
+    // nor a bind from this fd would work.
+    sys::detach_tree_in_place(spec.workspace_fd).map_err(EnterError::DetachWorkspace)?;
+    nix::sched::unshare(namespaces()).map_err(|e| EnterError::Unshare(e.into()))?;
+    rootfs::build(spec)?;
+    nix::unistd::sethostname(&spec.hostname).map_err(|e| EnterError::SetHostname(e.into()))?;
+    if spec.loopback {
+        sys::set_interface_up("lo").map_err(EnterError::LoopbackUp)?;
+    }
+    credentials::set_rlimits(&spec.rlimits)?;
+    credentials::drop_to(spec.uid, spec.gid)?;
+    // Unlike the kernel, init has no use for its own `/proc/1/*`, and the sandbox's code,
+    // with the same uid, must not read or write them (`mem`, `exe`, `environ`).
+    nix::sys::prctl::set_dumpable(false).map_err(|e| CredentialsError::Prctl {
+        what: "PR_SET_DUMPABLE",
+        source: e.into(),
+    })?;
+    sys::close_fds_except(&[0, 1, 2]).map_err(EnterError::CloseFds)?;
+    // The zygote started us with every signal blocked; only SIGCHLD stays so, for the
+    // signalfd.
+    let mut sigchld = SigSet::empty();
+    sigchld.add(Signal::SIGCHLD);
+    sys::default_action(Signal::SIGCHLD).map_err(EnterError::Signals)?;
+    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&sigchld), None)
+        .map_err(|e| EnterError::Signals(e.into()))?;
+    let signals = SignalFd::with_flags(&sigchld, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+        .map_err(|e| EnterError::Signals(e.into()))?;
+    seccomp::install(filters)?;
+    Ok(signals)
+}
+
+/// Reaps orphans until the kernel (`kernel`, a pidfd) exits.
+fn supervise(kernel: std::os::fd::BorrowedFd<'_>, sigchld: &SignalFd) -> nix::Result<Infallible> {
     loop {
-        match signals.wait() {
-            Ok(Signal::SIGCHLD) => {
-                if let Some(code) = reap(kernel) {
-                    sys::exit_now(code);
-                }
-            }
-            Ok(signal) => {
-                let _ = kill(kernel, signal);
-            }
-            Err(_) => {}
+        let mut fds = [
+            PollFd::new(kernel, PollFlags::POLLIN),
+            PollFd::new(sigchld.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(err) => return Err(err),
+        }
+        let ready = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
+        if ready(&fds[0]) {
+            sys::exit_now(0);
+        }
+        if ready(&fds[1]) {
+            while let Ok(Some(_)) = sigchld.read_signal() {}
+            reap();
         }
     }
 }
 
-/// Reaps every zombie; returns the kernel's exit code if it was among them.
-fn reap(kernel: Pid) -> Option<i32> {
-    let mut kernel_code = None;
+/// Reaps every zombie.
+fn reap() {
     loop {
         match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(pid, code)) if pid == kernel => kernel_code = Some(code),
-            Ok(WaitStatus::Signaled(pid, signal, _)) if pid == kernel => {
-                kernel_code = Some(128 + signal as i32);
-            }
-            Ok(WaitStatus::StillAlive) => return kernel_code,
+            Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => return,
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            Err(_) => return kernel_code,
+            Err(_) => return,
         }
     }
 }

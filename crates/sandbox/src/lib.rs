@@ -1,8 +1,8 @@
 //! Linux sandboxes for Pyxis.
 //!
-//! This crate turns a single-threaded process (a fork child of the Python zygote, pid 1 of a
-//! new pid namespace) into an isolated, unprivileged one with [`enter`], and gives the supervisor what it needs around
-//! that: per-sandbox cgroups ([`CgroupRoot`], [`Cgroup`]: memory without swap, pids, cpu,
+//! This crate makes isolated, unprivileged processes from a single-threaded one (the Python
+//! zygote) with [`spawn`]: a small init, pid 1 of the sandbox's namespaces, and a fork of
+//! the caller, which runs in them. It gives the supervisor what it needs around that: per-sandbox cgroups ([`CgroupRoot`], [`Cgroup`]: memory without swap, pids, cpu,
 //! kill, usage, OOM kills; v2, and v1 where a host only has v1), workspaces with a byte quota
 //! ([`Workspace`]), and a host check for `pyxis doctor` ([`probe`]).
 //!
@@ -14,10 +14,12 @@
 //!   a minimal `/dev`, a fresh `/proc` and no `/sys`;
 //! - a distinct unprivileged uid, no capabilities, `no_new_privs`, rlimits, `PDEATHSIG`, no
 //!   inherited fds, and a seccomp filter installed last;
-//! - an init (pid 1) that reaps orphans and forwards `SIGINT` to the kernel (pid 2).
+//! - an init (pid 1, the small `pyxis-sandbox-init` program) that reaps orphans and ends the
+//!   namespace when the kernel (pid 2, a fork of the caller) exits.
 //!
 //! The Python zygote calls the same code through a C ABI (`pyxis_sandbox_prepare`,
-//! `pyxis_sandbox_enter`), built as `libpyxis_sandbox.so`.
+//! `pyxis_sandbox_spawn`), built as `libpyxis_sandbox.so`. The init is the
+//! `pyxis-sandbox-init` program, which the build puts beside the library.
 //!
 //! # Example
 //!
@@ -57,17 +59,54 @@ pub use cgroup::{
 };
 pub use credentials::CredentialsError;
 pub use error::SandboxError;
-pub use ffi::{pyxis_sandbox_enter, pyxis_sandbox_prepare};
+pub use ffi::{pyxis_sandbox_prepare, pyxis_sandbox_spawn};
 pub use probe::{probe, HostReport, ProbeItem};
-pub use process::{enter, EnterError};
+pub use process::{spawn, EnterError, Handover, Spawned};
 pub use rootfs::RootfsError;
 pub use seccomp::SeccompError;
 pub use spec::{Rlimits, SandboxSpec, SpecError};
 pub use workspace::{Workspace, WorkspaceError};
 
-/// Compiles and caches the seccomp policy. Call it once in the zygote before forking, so that
-/// each [`enter`] only installs the precompiled filters.
-pub fn prepare() -> Result<(), SandboxError> {
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::OnceLock;
+
+/// The init program, opened by [`prepare`].
+static INIT_PROGRAM: OnceLock<OwnedFd> = OnceLock::new();
+
+/// Call once in the zygote before [`spawn`]: opens `init_program` (the `pyxis-sandbox-init`
+/// executable, which [`spawn`] starts as each sandbox's init) and compiles the seccomp policy,
+/// so that each [`spawn`] only installs the precompiled filters. Later calls keep the first
+/// program.
+pub fn prepare(init_program: &Path) -> Result<(), SandboxError> {
     seccomp::filters()?;
+    if INIT_PROGRAM.get().is_none() {
+        let opened = nix::unistd::access(init_program, nix::unistd::AccessFlags::X_OK)
+            .map_err(io::Error::from)
+            .and_then(|()| {
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_PATH)
+                    .open(init_program)
+            })
+            .map_err(|source| EnterError::InitProgram {
+                path: init_program.to_path_buf(),
+                source,
+            })?;
+        let _ = INIT_PROGRAM.set(opened.into());
+    }
     Ok(())
+}
+
+/// The init program's descriptor, once [`prepare`] opened it.
+fn init_program() -> Option<RawFd> {
+    INIT_PROGRAM.get().map(AsRawFd::as_raw_fd)
+}
+
+/// `main` of the `pyxis-sandbox-init` program: the sandbox's init (see [`spawn`]). It only
+/// works as started by [`spawn`]; run by hand, it fails at once.
+pub fn init_main() -> ! {
+    init::main()
 }

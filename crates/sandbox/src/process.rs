@@ -1,32 +1,75 @@
-//! `enter`: turns pid 1 of a new pid namespace into a sandbox.
+//! `spawn`: a new sandbox of two processes, made from the caller (the zygote).
 //!
-//! The caller (the zygote) forks the process after `unshare(CLONE_NEWPID)`, so the child is
-//! **B**, pid 1 of its own pid namespace, without an extra process in between. In B, `enter`
-//! joins the cgroups, makes the other namespaces, builds the root filesystem, drops every
-//! privilege, installs seccomp and forks **C** (pid 2), then runs a tiny init (see
-//! [`crate::init`]). C is the only process in which `enter` returns `Ok(())`; it runs the
-//! kernel. Each fork copies the page tables of the zygote's whole heap, so there is no third
-//! process: that fork cost 3 to 8 ms of every new sandbox.
+//! - **B**, the sandbox's init, is pid 1 of a new pid namespace. It is not a copy of the
+//!   caller: it is started with `clone(CLONE_VM | CLONE_VFORK | CLONE_NEWPID)` and at once
+//!   executes the small `pyxis-sandbox-init` program (see [`crate::init`]). Over its stdin, a
+//!   Unix socket, it gets the spec; it joins the cgroups, makes the other namespaces, builds
+//!   the root filesystem, drops every privilege, installs seccomp and says `ok`. Then it reaps
+//!   orphans until the kernel exits.
+//! - **C**, the kernel, is a fork of the caller made in B's pid namespace (pid 2). It joins
+//!   B's cgroups and namespaces with `setns`, drops every privilege, installs seccomp, writes
+//!   `ok` to the report pipe and returns [`Spawned::Kernel`] to the caller's code: the
+//!   Python interpreter with everything preloaded.
+//!
+//! Every fork of the zygote copies the page tables of its heap, and every exit of such a copy
+//! tears them down: about 3 ms of CPU each on the development machine. When B was a fork
+//! too, a sandbox cost two of each; now it costs one, plus the start of a small program.
 
-use std::io;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::{Duration, Instant};
 
 use nix::sched::CloneFlags;
-use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
+use nix::sys::signal::{kill, sigprocmask, SigSet, SigmaskHow, Signal};
+use nix::unistd::Pid;
 
 use crate::credentials::{self, CredentialsError};
 use crate::error::SandboxError;
-use crate::init;
-use crate::rootfs::{self, RootfsError};
+use crate::rootfs::RootfsError;
 use crate::seccomp::{self, SeccompError};
-use crate::spec::SandboxSpec;
+use crate::spec::{SandboxSpec, SpecError};
 use crate::sys::{self, Forked};
 
 type Result<T> = std::result::Result<T, EnterError>;
 
-/// A failure of one step of `enter`.
+/// How long B and then C may take to report on their setup.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A failure of one step of making a sandbox.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum EnterError {
+    /// The spec is invalid.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// [`crate::prepare`] was not called, so the init program is not known.
+    #[error("the sandbox library was not prepared with its init program")]
+    NotPrepared,
+    /// Opening the init program failed.
+    #[error("init program {path}: {source}")]
+    InitProgram {
+        /// Its path.
+        path: std::path::PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+    /// Starting the init (B) failed.
+    #[error("start the sandbox's init: {0}")]
+    StartInit(#[source] io::Error),
+    /// B or C reported a failure, went away, or did not answer in time.
+    #[error("{who}: {message}")]
+    Setup {
+        /// "the sandbox's init" or "the kernel".
+        who: &'static str,
+        /// What it said, or what went wrong.
+        message: String,
+    },
+    /// Talking to B failed.
+    #[error("talk to the sandbox's init: {0}")]
+    Channel(#[source] io::Error),
     /// `close_range` failed.
     #[error("close inherited fds: {0}")]
     CloseFds(#[source] io::Error),
@@ -44,12 +87,18 @@ pub enum EnterError {
     /// `PR_SET_PDEATHSIG` failed.
     #[error("set parent death signal: {0}")]
     SetParentDeathSignal(#[source] io::Error),
-    /// The caller is not pid 1 of a new pid namespace.
-    #[error("enter must run as pid 1 of a new pid namespace (fork after unshare(CLONE_NEWPID))")]
+    /// The init is not pid 1 of a new pid namespace.
+    #[error("the sandbox's init must be pid 1 of a new pid namespace")]
     NotPidOne,
     /// `unshare` failed.
     #[error("unshare namespaces: {0}")]
     Unshare(#[source] io::Error),
+    /// Joining the init's namespaces (`setns`) failed.
+    #[error("join the sandbox's namespaces: {0}")]
+    JoinNamespaces(#[source] io::Error),
+    /// `chdir` to the workspace failed.
+    #[error("chdir /workspace: {0}")]
+    Chdir(#[source] io::Error),
     /// `fork` failed.
     #[error("fork: {0}")]
     Fork(#[source] io::Error),
@@ -68,6 +117,17 @@ pub enum EnterError {
     /// Wiping the inherited environment block failed.
     #[error("scrub inherited environment: {0}")]
     ScrubEnviron(#[source] io::Error),
+    /// The descriptors handed to [`spawn`] do not match the spec.
+    #[error("{given} descriptors handed over, the spec names {wanted}")]
+    Handover {
+        /// How many the spec needs: the kernel socket, the workspace, each cgroup.
+        wanted: usize,
+        /// How many were given.
+        given: usize,
+    },
+    /// Moving a handed-over descriptor to its number failed.
+    #[error("move descriptors: {0}")]
+    MoveFds(#[source] io::Error),
     /// Building the root filesystem failed.
     #[error(transparent)]
     Rootfs(#[from] RootfsError),
@@ -79,10 +139,10 @@ pub enum EnterError {
     Seccomp(#[from] SeccompError),
 }
 
-/// Namespaces `enter` makes; the pid namespace is the caller's doing. No user namespace: the
-/// ids are real host ids, never 0. The cgroup namespace comes after the cgroups are joined,
-/// so its root is the sandbox's cgroup.
-fn namespaces() -> CloneFlags {
+/// Namespaces B makes; the pid namespace is made by its `clone`. No user namespace: the ids
+/// are real host ids, never 0. The cgroup namespace comes after the cgroups are joined, so
+/// its root is the sandbox's cgroup. C joins the same set.
+pub(crate) fn namespaces() -> CloneFlags {
     CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWNET
         | CloneFlags::CLONE_NEWIPC
@@ -90,101 +150,284 @@ fn namespaces() -> CloneFlags {
         | CloneFlags::CLONE_NEWCGROUP
 }
 
-/// Turns the calling process into a sandboxed one, as described by `spec`.
+/// Descriptors [`spawn`] hands to the new sandbox, numbered as in the caller.
+#[derive(Debug, Clone)]
+pub struct Handover {
+    /// The kernel's socket, the workspace directory, then one `cgroup.procs` file per entry
+    /// of [`SandboxSpec::cgroup_fds`], in that order. B gets the workspace and the cgroups at
+    /// the spec's numbers; C gets the socket at `kernel_fd`.
+    pub fds: Vec<RawFd>,
+    /// A pidfd of the caller, if it has one. C checks it right after arming its death
+    /// signal: a caller that died before then would leave C orphaned.
+    pub parent_pidfd: Option<RawFd>,
+}
+
+/// Where [`spawn`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spawned {
+    /// In the caller, once both processes are ready: the host pids of the sandbox's init (B)
+    /// and of its kernel (C).
+    Caller {
+        /// B, pid 1 of the sandbox's pid namespace.
+        init: i32,
+        /// C, pid 2: the process that returned [`Spawned::Kernel`].
+        kernel: i32,
+    },
+    /// In the sandboxed kernel process (C), ready to run the kernel.
+    Kernel,
+}
+
+/// Makes a sandbox described by `spec` from the calling process (see the module docs).
 ///
-/// The caller must be pid 1 of a new pid namespace (forked right after
-/// `unshare(CLONE_NEWPID)`; this is checked), single-threaded (checked), in the host's mount
-/// namespace, with fds 0, 1, 2 and every fd the spec names open; every other fd is closed.
-/// It should have armed nothing else: `enter` sets `PDEATHSIG` itself, so the sandbox dies
-/// with its parent.
+/// The caller must be single-threaded (checked), root, and must have called
+/// [`crate::prepare`]. Both B and C are its children; it should reap them. C arms its death
+/// signal, resets the signals the caller may have handled to their default action, empties its
+/// signal mask and keeps only fds 0 to 2 (`/dev/null`), `kernel_fd` and `report_fd` (closed
+/// once it is ready).
 ///
-/// Returns `Ok(())` only in the sandboxed kernel process (C). Returns `Err` in the caller when
-/// a step before the fork of C fails, after which the caller should exit. Otherwise the
-/// calling process never returns: it becomes the sandbox's init and exits with the kernel's
-/// status. Failures in C before it runs are written to `report_fd` as `err <message>`; C
-/// writes `ok` when it is ready.
-///
-/// # Example
-///
-/// ```no_run
-/// # fn spec() -> pyxis_sandbox::SandboxSpec { unimplemented!() }
-/// pyxis_sandbox::prepare()?; // in the zygote, before forking
-/// // ... in the child of a fork made after unshare(CLONE_NEWPID):
-/// pyxis_sandbox::enter(&spec())?;
-/// // Only the sandboxed kernel gets here.
-/// # Ok::<(), pyxis_sandbox::SandboxError>(())
-/// ```
-pub fn enter(spec: &SandboxSpec) -> std::result::Result<(), SandboxError> {
+/// Returns [`Spawned::Caller`] in the caller once both B and C are ready; it still owns, and
+/// should close, the handed-over descriptors. Returns [`Spawned::Kernel`] in C. Returns `Err`
+/// only in the caller, after killing whatever it had started.
+pub fn spawn(
+    spec: &SandboxSpec,
+    handover: &Handover,
+) -> std::result::Result<Spawned, SandboxError> {
     spec.validate()?;
-    let filters = seccomp::filters()?;
-    enter_validated(spec, filters).map_err(SandboxError::from)
-}
-
-fn enter_validated(spec: &SandboxSpec, filters: &[seccompiler::BpfProgram]) -> Result<()> {
-    if nix::unistd::getpid().as_raw() != 1 {
-        return Err(EnterError::NotPidOne);
-    }
-    // The zygote has no other fds to give, but B must hold nothing it did not ask for.
-    let mut keep = vec![0, 1, 2];
-    keep.extend(spec.fds());
-    sys::close_fds_except(&keep).map_err(EnterError::CloseFds)?;
-    credentials::set_parent_death_kill().map_err(EnterError::SetParentDeathSignal)?;
-
-    // "0" is the writing process itself, whatever pid namespace it is in.
-    for &fd in &spec.cgroup_fds {
-        sys::write_all_raw(fd, b"0").map_err(|source| EnterError::JoinCgroup { fd, source })?;
-        // C must not inherit a way into the host's cgroup tree.
-        sys::close_raw(fd).map_err(EnterError::CloseFds)?;
-    }
-
-    // Taken in the host's mount namespace; attached in the new one below, where neither a
-    // path nor a bind from this fd would work.
-    sys::detach_tree_in_place(spec.workspace_fd).map_err(EnterError::DetachWorkspace)?;
-    nix::sched::unshare(namespaces()).map_err(|e| EnterError::Unshare(e.into()))?;
-
-    setup_init(spec, filters)
-}
-
-/// Process B: build the sandbox, fork C; returns only in C.
-fn setup_init(spec: &SandboxSpec, filters: &[seccompiler::BpfProgram]) -> Result<()> {
-    rootfs::build(spec)?;
-    // B and C are forks of the zygote: `/proc/<pid>/environ` would show its environment
-    // (host paths of the server's installation) to the sandbox. Needs the fresh `/proc`.
-    sys::scrub_initial_environ().map_err(EnterError::ScrubEnviron)?;
-    nix::unistd::sethostname(&spec.hostname).map_err(|e| EnterError::SetHostname(e.into()))?;
-    if spec.loopback {
-        sys::set_interface_up("lo").map_err(EnterError::LoopbackUp)?;
-    }
-    credentials::set_rlimits(&spec.rlimits)?;
-    credentials::drop_to(spec.uid, spec.gid)?;
-    sys::close_fds_except(&[0, 1, 2, spec.kernel_fd, spec.report_fd])
-        .map_err(EnterError::CloseFds)?;
-
-    // Block the signals init handles before C exists, so none is lost in between.
-    let signals = init::handled_signals();
-    sys::default_sigchld().map_err(EnterError::Signals)?;
-    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&signals), None)
-        .map_err(|e| EnterError::Signals(e.into()))?;
-
-    // Seccomp goes last: after it, the mounts and namespace calls above would fail.
-    seccomp::install(filters)?;
-
-    match sys::fork().map_err(EnterError::Fork)? {
-        Forked::Parent(c) => {
-            // The kernel's fds belong to C; init holding them would hide C's death.
-            let _ = sys::close_raw(spec.kernel_fd);
-            let _ = sys::close_raw(spec.report_fd);
-            init::run(c, &signals)
+    let wanted = 2 + spec.cgroup_fds.len();
+    if handover.fds.len() != wanted {
+        return Err(EnterError::Handover {
+            wanted,
+            given: handover.fds.len(),
         }
-        Forked::Child => start_kernel(spec),
+        .into());
+    }
+    let filters = seccomp::filters()?;
+    let program = crate::init_program().ok_or(EnterError::NotPrepared)?;
+    let deadline = Instant::now() + SETUP_TIMEOUT;
+
+    // B: stdin is its channel to us; the workspace and cgroups go to the spec's numbers.
+    let (ours, theirs) = UnixStream::pair().map_err(EnterError::StartInit)?;
+    let mut moves = vec![
+        (theirs.as_raw_fd(), 0),
+        (handover.fds[1], spec.workspace_fd),
+    ];
+    moves.extend(
+        handover.fds[2..]
+            .iter()
+            .copied()
+            .zip(spec.cgroup_fds.iter().copied()),
+    );
+    let init =
+        sys::start_program_in_new_pid_namespace(program, &moves).map_err(EnterError::StartInit)?;
+    drop(theirs);
+    match make_kernel(spec, handover, filters, init, &ours, deadline) {
+        Ok(Some(kernel)) => Ok(Spawned::Caller {
+            init: init.as_raw(),
+            kernel: kernel.as_raw(),
+        }),
+        Ok(None) => {
+            // Closed in C already (see `make_kernel`).
+            std::mem::forget(ours);
+            Ok(Spawned::Kernel)
+        }
+        Err(error) => {
+            // B is pid 1 of the namespace: C, if it exists, dies with it.
+            let _ = kill(init, Signal::SIGKILL);
+            Err(error.into())
+        }
     }
 }
 
-/// Process C: undo init's signal mask, arm `PDEATHSIG`, report success.
-fn start_kernel(spec: &SandboxSpec) -> Result<()> {
+/// The caller's part after B started: hands B the spec, forks C into its namespaces, waits
+/// for C. `Ok(None)` in C.
+fn make_kernel(
+    spec: &SandboxSpec,
+    handover: &Handover,
+    filters: &[seccompiler::BpfProgram],
+    init: Pid,
+    channel: &UnixStream,
+    deadline: Instant,
+) -> Result<Option<Pid>> {
+    let json = serde_json::to_string(spec).map_err(SpecError::from)?;
+    let mut writer = channel;
+    writer
+        .write_all(format!("{json}\n").as_bytes())
+        .map_err(EnterError::Channel)?;
+    expect_ok("the sandbox's init", channel, deadline)?;
+
+    let init_fd = sys::pidfd_open(init).map_err(EnterError::StartInit)?;
+    let own_pid_ns = File::open("/proc/self/ns/pid").map_err(EnterError::Fork)?;
+    let (report_read, report_write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| EnterError::Fork(e.into()))?;
+    sys::setns(init_fd.as_raw_fd(), libc::CLONE_NEWPID).map_err(EnterError::Fork)?;
+    let forked = sys::fork();
+    if let Ok(Forked::Child) = forked {
+        kernel_child(spec, handover, filters, &init_fd, report_write)?;
+        // C closed every descriptor but its own by number: none of these may be closed
+        // again, since the number may be taken by then.
+        std::mem::forget((init_fd, own_pid_ns, report_read));
+        return Ok(None);
+    }
+    if let Err(err) = sys::setns(own_pid_ns.as_raw_fd(), libc::CLONE_NEWPID) {
+        // Every later child would be made in this sandbox's pid namespace.
+        eprintln!("pyxis sandbox: cannot return to the own pid namespace: {err}");
+        sys::exit_now(3);
+    }
+    let Forked::Parent(kernel) = forked.map_err(EnterError::Fork)? else {
+        unreachable!("the child returned above")
+    };
+    drop(report_write);
+    // C exists, as pid 2 of B's namespace.
+    writer.write_all(b"go\n").map_err(EnterError::Channel)?;
+    expect_ok("the kernel", &File::from(report_read), deadline)?;
+    Ok(Some(kernel))
+}
+
+/// Reads the `ok` or `err <message>` line of `who` from `from`, until `deadline`.
+fn expect_ok(who: &'static str, from: impl AsFd + Read, deadline: Instant) -> Result<()> {
+    let line = read_line(from, deadline).map_err(|message| EnterError::Setup { who, message })?;
+    match line.strip_prefix("err") {
+        _ if line == "ok" => Ok(()),
+        Some(message) => Err(EnterError::Setup {
+            who,
+            message: message.trim().to_owned(),
+        }),
+        None => Err(EnterError::Setup {
+            who,
+            message: format!("unexpected report {line:?}"),
+        }),
+    }
+}
+
+/// Longest line [`read_line`] accepts (a spec is about 1 KiB).
+const MAX_LINE: usize = 1 << 20;
+
+/// One line from `from`, without its newline; waits until `deadline`. The peer must send
+/// nothing after the line until it gets an answer (every exchange between the zygote, B and
+/// C is one line each way), so reading in chunks consumes nothing that belongs to the next
+/// line.
+pub(crate) fn read_line(
+    mut from: impl AsFd + Read,
+    deadline: Instant,
+) -> std::result::Result<String, String> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut line = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err("timed out".into());
+        }
+        let millis = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(from.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(millis)) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+            Ok(_) => {}
+            Err(err) => return Err(err.to_string()),
+        }
+        match from.read(&mut chunk) {
+            Ok(0) => return Err("exited during setup".into()),
+            Ok(n) => line.extend_from_slice(&chunk[..n]),
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err.to_string()),
+        }
+        if let Some(end) = line.iter().position(|&b| b == b'\n') {
+            line.truncate(end);
+            return Ok(String::from_utf8_lossy(&line).into_owned());
+        }
+        if line.len() > MAX_LINE {
+            return Err("line too long".into());
+        }
+    }
+}
+
+/// In C: becomes the sandboxed kernel, or reports why not and exits. Returns only on success.
+fn kernel_child(
+    spec: &SandboxSpec,
+    handover: &Handover,
+    filters: &[seccompiler::BpfProgram],
+    init: &OwnedFd,
+    report: OwnedFd,
+) -> Result<()> {
+    // From here on this process owns its descriptors as numbers only.
+    let mut report_fd = std::mem::ManuallyDrop::new(report).as_raw_fd();
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        become_kernel(spec, handover, filters, init.as_raw_fd(), report_fd)?;
+        report_fd = spec.report_fd;
+        ready(spec.report_fd)
+    }));
+    let error = match outcome {
+        Ok(Ok(())) => return Ok(()),
+        Ok(Err(error)) => error.to_string(),
+        Err(_) => "panic in pyxis sandbox".to_owned(),
+    };
+    let line = format!("err {}\n", error.replace('\n', " "));
+    let _ = sys::write_all_raw(report_fd, line.as_bytes());
+    sys::exit_now(1)
+}
+
+/// Signals whose handlers a caller (the Python zygote) may have installed.
+const RESET_SIGNALS: [Signal; 4] = [
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGCHLD,
+    Signal::SIGHUP,
+];
+
+/// C's setup, in order: die with the caller, reset signals, join B's cgroups and
+/// namespaces, take its descriptors' numbers, drop privileges, seccomp.
+fn become_kernel(
+    spec: &SandboxSpec,
+    handover: &Handover,
+    filters: &[seccompiler::BpfProgram],
+    init: RawFd,
+    report: RawFd,
+) -> Result<()> {
+    credentials::set_parent_death_kill().map_err(EnterError::SetParentDeathSignal)?;
+    if let Some(pidfd) = handover.parent_pidfd {
+        // Readable once the caller has exited; nobody would read a report then.
+        if sys::fd_readable_now(pidfd).unwrap_or(true) {
+            sys::exit_now(1);
+        }
+    }
+    for signal in RESET_SIGNALS {
+        sys::default_action(signal).map_err(EnterError::Signals)?;
+    }
     sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
         .map_err(|e| EnterError::Signals(e.into()))?;
-    credentials::set_parent_death_kill().map_err(EnterError::SetParentDeathSignal)?;
-    sys::write_all_raw(spec.report_fd, b"ok\n").map_err(EnterError::Report)?;
-    sys::close_raw(spec.report_fd).map_err(EnterError::Report)
+
+    // "0" is the writing process itself, whatever pid namespace it is in. The cgroup
+    // namespace is joined after, so the move is checked against the host's view.
+    join_cgroups(&handover.fds[2..])?;
+    sys::setns(init, namespaces().bits()).map_err(EnterError::JoinNamespaces)?;
+    // setns put the root and the working directory at the sandbox's root.
+    nix::unistd::chdir("/workspace").map_err(|e| EnterError::Chdir(e.into()))?;
+    sys::move_fds(&[(handover.fds[0], spec.kernel_fd), (report, spec.report_fd)])
+        .map_err(EnterError::MoveFds)?;
+    sys::close_fds_except(&[0, 1, 2, spec.kernel_fd, spec.report_fd])
+        .map_err(EnterError::CloseFds)?;
+    // C is a fork of the caller: `/proc/<pid>/environ` would show its environment (host paths
+    // of the server's installation) to the sandbox. Needs the sandbox's `/proc`.
+    sys::scrub_initial_environ().map_err(EnterError::ScrubEnviron)?;
+    credentials::set_rlimits(&spec.rlimits)?;
+    credentials::drop_to(spec.uid, spec.gid)?;
+    // Seccomp goes last: after it, the namespace calls above would fail.
+    seccomp::install(filters)?;
+    Ok(())
+}
+
+/// Writes our pid into each open `cgroup.procs` file, then closes it: the sandbox must not
+/// keep a way into the host's cgroup tree.
+pub(crate) fn join_cgroups(fds: &[RawFd]) -> Result<()> {
+    for &fd in fds {
+        sys::write_all_raw(fd, b"0").map_err(|source| EnterError::JoinCgroup { fd, source })?;
+        sys::close_raw(fd).map_err(EnterError::CloseFds)?;
+    }
+    Ok(())
+}
+
+/// C is ready: `ok` on the report pipe, which it then closes.
+fn ready(report: RawFd) -> Result<()> {
+    sys::write_all_raw(report, b"ok\n").map_err(EnterError::Report)?;
+    sys::close_raw(report).map_err(EnterError::Report)
 }

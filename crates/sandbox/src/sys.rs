@@ -6,7 +6,7 @@
 
 use std::ffi::{c_char, c_int, c_uint, c_ulong, CString};
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
 use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
@@ -183,18 +183,63 @@ pub fn close_raw(fd: RawFd) -> io::Result<()> {
     }
 }
 
-/// Resets `SIGCHLD` to its default action. An inherited `SIG_IGN` would make the kernel reap
-/// children itself, and the init process could never learn the kernel's exit status.
-pub fn default_sigchld() -> io::Result<()> {
+/// Resets `signal` to its default action. For `SIGCHLD` this matters beyond a caller's
+/// handler: an inherited `SIG_IGN` would make the kernel reap children itself, and the init
+/// process could never learn the kernel's exit status.
+pub fn default_action(signal: nix::sys::signal::Signal) -> io::Result<()> {
     // SAFETY: installing SIG_DFL runs no handler code, so no signal-safety concern arises.
-    unsafe {
-        nix::sys::signal::signal(
-            nix::sys::signal::Signal::SIGCHLD,
-            nix::sys::signal::SigHandler::SigDfl,
-        )
+    unsafe { nix::sys::signal::signal(signal, nix::sys::signal::SigHandler::SigDfl) }
+        .map(drop)
+        .map_err(io::Error::from)
+}
+
+/// Whether `fd` (such as a pidfd, readable once its process has exited) is readable now.
+pub fn fd_readable_now(fd: RawFd) -> io::Result<bool> {
+    let mut pollfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid `pollfd`, and its count; a zero timeout never blocks.
+    let rc = unsafe { libc::poll(&mut pollfd, 1, 0) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
     }
-    .map(drop)
-    .map_err(io::Error::from)
+    Ok(rc > 0)
+}
+
+/// Moves each `(from, to)` descriptor to the number `to` and puts `/dev/null` on 0, 1 and 2.
+/// The `from` descriptors are closed, whatever their numbers (they may be among the `to`
+/// ones); the `to` ones do not close on exec. For a process that owns these numbers as raw
+/// integers only (a fork child about to become a sandbox).
+pub fn move_fds(moves: &[(RawFd, RawFd)]) -> io::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg};
+    // Park each source above every target first, so no `dup2` clobbers a later source.
+    let above = moves.iter().map(|&(_, to)| to).max().unwrap_or(2).max(2) + 1;
+    let mut parked = Vec::with_capacity(moves.len());
+    for &(from, to) in moves {
+        parked.push((fcntl(from, FcntlArg::F_DUPFD_CLOEXEC(above))?, to));
+    }
+    for &(from, _) in moves {
+        close_raw(from)?;
+    }
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?
+        .into_raw_fd();
+    // `null` is itself one of 0 to 2 if the caller had that one closed.
+    for fd in (0..3).filter(|&fd| fd != null) {
+        nix::unistd::dup2(null, fd)?;
+    }
+    if null > 2 {
+        close_raw(null)?;
+    }
+    for (high, to) in parked {
+        nix::unistd::dup2(high, to)?;
+        close_raw(high)?;
+    }
+    Ok(())
 }
 
 /// `prctl(PR_CAPBSET_DROP, cap)`.
@@ -419,6 +464,175 @@ pub unsafe fn bytes_from_raw<'a>(ptr: *const c_char, len: usize) -> &'a [u8] {
     unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), len) }
 }
 
+/// Wraps `fd`, a descriptor this process owns as a number only (inherited at a fixed
+/// number), as a [`std::fs::File`] that closes it when dropped.
+pub fn file_from_raw(fd: RawFd) -> std::fs::File {
+    // SAFETY: the callers pass inherited fixed numbers that no other object wraps.
+    unsafe { std::fs::File::from_raw_fd(fd) }
+}
+
+/// `pidfd_open(pid, 0)`.
+pub fn pidfd_open(pid: Pid) -> io::Result<OwnedFd> {
+    // SAFETY: integer arguments only.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0 as c_uint) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = RawFd::try_from(fd).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    // SAFETY: the kernel just returned this new descriptor; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `setns(fd, nstype)`: `fd` is a namespace file or a pidfd (then `nstype` may name several
+/// namespaces, all joined at once).
+pub fn setns(fd: RawFd, nstype: c_int) -> io::Result<()> {
+    // SAFETY: integer arguments only.
+    if unsafe { libc::setns(fd, nstype) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// What the child of [`start_program_in_new_pid_namespace`] needs, prepared by the parent:
+/// the child shares the parent's memory and may only make raw syscalls.
+#[repr(C)]
+struct ProgramStart {
+    program: RawFd,
+    moves: *const (RawFd, RawFd),
+    moves_len: usize,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+    /// Set by the child when a step fails (the parent reads it after the child is gone).
+    errno: c_int,
+}
+
+/// Size of the child's stack: it runs a few syscalls.
+const PROGRAM_START_STACK: usize = 64 * 1024;
+
+/// Starts `program` (an open executable, `O_PATH` is enough) as pid 1 of a new pid
+/// namespace, without copying this process: `clone(CLONE_VM | CLONE_VFORK | CLONE_NEWPID)`,
+/// then in the child `dup2` for each `(from, to)` of `moves` (after `/dev/null` on 0 to 2)
+/// and `execveat`, with an empty environment. Returns once the child has executed the
+/// program (or failed to, which is returned as the error).
+///
+/// The program starts with every signal blocked; signals this process ignores stay ignored.
+pub fn start_program_in_new_pid_namespace(
+    program: RawFd,
+    moves: &[(RawFd, RawFd)],
+) -> io::Result<Pid> {
+    use nix::fcntl::{fcntl, FcntlArg};
+    // Park every source above every target, so no dup2 in the child clobbers a later one;
+    // the parked copies close on exec.
+    let above = moves.iter().map(|&(_, to)| to).max().unwrap_or(2).max(2) + 1;
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
+    let mut parked: Vec<OwnedFd> = Vec::with_capacity(moves.len() + 1);
+    let mut plan: Vec<(RawFd, RawFd)> = Vec::with_capacity(moves.len() + 3);
+    let null_high = fcntl(null.as_raw_fd(), FcntlArg::F_DUPFD_CLOEXEC(above))?;
+    // SAFETY: fcntl just returned this new descriptor; nothing else owns it.
+    parked.push(unsafe { OwnedFd::from_raw_fd(null_high) });
+    plan.extend((0..3).map(|fd| (null_high, fd)));
+    for &(from, to) in moves {
+        let high = fcntl(from, FcntlArg::F_DUPFD_CLOEXEC(above))?;
+        // SAFETY: as above.
+        parked.push(unsafe { OwnedFd::from_raw_fd(high) });
+        plan.push((high, to));
+    }
+    // The program's own number may be among the targets too.
+    let program = fcntl(program, FcntlArg::F_DUPFD_CLOEXEC(above))?;
+    // SAFETY: as above.
+    parked.push(unsafe { OwnedFd::from_raw_fd(program) });
+    let name = c"pyxis-sandbox-init";
+    let argv: [*const c_char; 2] = [name.as_ptr(), std::ptr::null()];
+    let envp: [*const c_char; 1] = [std::ptr::null()];
+    let mut start = ProgramStart {
+        program,
+        moves: plan.as_ptr(),
+        moves_len: plan.len(),
+        argv: argv.as_ptr(),
+        envp: envp.as_ptr(),
+        errno: 0,
+    };
+    let mut stack = vec![0u8; PROGRAM_START_STACK];
+
+    extern "C" fn child(arg: *mut libc::c_void) -> c_int {
+        // SAFETY: `arg` is the parent's `ProgramStart`, alive and not otherwise accessed
+        // until this child has executed the program or exited (CLONE_VFORK). Its pointers
+        // are valid for the lengths given. Only raw syscalls follow: no allocation, no lock.
+        unsafe {
+            let start = &mut *arg.cast::<ProgramStart>();
+            for i in 0..start.moves_len {
+                let (from, to) = *start.moves.add(i);
+                if libc::dup2(from, to) < 0 {
+                    start.errno = *libc::__errno_location();
+                    libc::_exit(127);
+                }
+            }
+            libc::syscall(
+                libc::SYS_execveat,
+                start.program,
+                c"".as_ptr(),
+                start.argv,
+                start.envp,
+                libc::AT_EMPTY_PATH,
+            );
+            start.errno = *libc::__errno_location();
+            libc::_exit(127)
+        }
+    }
+
+    let all = nix::sys::signal::SigSet::all();
+    let mut old = nix::sys::signal::SigSet::empty();
+    // Blocked so that no handler of this process runs in the child, on our memory.
+    nix::sys::signal::pthread_sigmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&all),
+        Some(&mut old),
+    )?;
+    // The stack grows down: pass its 16-byte aligned top.
+    let top = (stack.as_mut_ptr() as usize + stack.len()) & !15;
+    // SAFETY: `child` runs on its own stack (`stack`, alive until clone returns, which with
+    // CLONE_VFORK is after the child executed the program or exited) and only touches
+    // `start`, as described there.
+    let pid = unsafe {
+        libc::clone(
+            child,
+            top as *mut libc::c_void,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_NEWPID | libc::SIGCHLD,
+            std::ptr::addr_of_mut!(start).cast(),
+        )
+    };
+    let clone_error = io::Error::last_os_error();
+    nix::sys::signal::pthread_sigmask(nix::sys::signal::SigmaskHow::SIG_SETMASK, Some(&old), None)?;
+    drop(parked);
+    if pid < 0 {
+        return Err(clone_error);
+    }
+    // SAFETY: the child is gone from our memory; a volatile read sees what it wrote.
+    let errno = unsafe { std::ptr::addr_of!(start.errno).read_volatile() };
+    if errno != 0 {
+        let _ = waitpid(Pid::from_raw(pid), None);
+        return Err(io::Error::from_raw_os_error(errno));
+    }
+    Ok(Pid::from_raw(pid))
+}
+
+/// The `len` ints at `ptr`.
+///
+/// # Safety
+///
+/// `ptr` must be valid for reads of `len` ints for the lifetime `'a` (or `len` must be 0).
+pub unsafe fn ints_from_raw<'a>(ptr: *const c_int, len: usize) -> &'a [c_int] {
+    if ptr.is_null() || len == 0 {
+        return &[];
+    }
+    // SAFETY: guaranteed by the caller.
+    unsafe { std::slice::from_raw_parts(ptr, len) }
+}
+
 /// Writes `msg` into the C buffer `buf` of `len` bytes, truncated and NUL-terminated.
 ///
 /// # Safety
@@ -437,6 +651,21 @@ pub unsafe fn write_c_message(buf: *mut c_char, len: usize, msg: &str) {
         std::ptr::copy_nonoverlapping(msg.as_ptr(), buf.cast::<u8>(), n);
         *buf.add(n) = 0;
     }
+}
+
+/// The path in the NUL-terminated string `ptr` (empty for NULL).
+///
+/// # Safety
+///
+/// `ptr` must be NULL or a valid NUL-terminated string.
+pub unsafe fn path_from_c(ptr: *const c_char) -> std::path::PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    if ptr.is_null() {
+        return std::path::PathBuf::new();
+    }
+    // SAFETY: guaranteed by the caller.
+    let bytes = unsafe { std::ffi::CStr::from_ptr(ptr) }.to_bytes();
+    std::path::PathBuf::from(std::ffi::OsStr::from_bytes(bytes))
 }
 
 /// `path` as a C string.

@@ -1,4 +1,4 @@
-//! Real sandboxes, as root: `enter` checked from inside, cgroup limits, kill, workspaces.
+//! Real sandboxes, as root: `spawn` checked from inside, cgroup limits, kill, workspaces.
 //!
 //! The tests fork and touch global state (cgroups, mounts), so they hold one lock each.
 
@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -17,7 +17,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{ForkResult, Pid};
-use pyxis_sandbox::{enter, Cgroup, CgroupRoot, ResourceLimits, Rlimits, SandboxSpec, Workspace};
+use pyxis_sandbox::{
+    spawn, Cgroup, CgroupRoot, Handover, ResourceLimits, Rlimits, SandboxSpec, Spawned, Workspace,
+};
 
 static LOCK: Mutex<()> = Mutex::new(());
 
@@ -80,10 +82,8 @@ fn spawn_in(cgroup: &Cgroup, script: &str) -> Child {
         .expect("spawn sh")
 }
 
-/// Moves `fd` to a number >= 100, so `dup2` onto 3 and 4 cannot clobber it.
-fn high(fd: RawFd) -> RawFd {
-    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD(100)).expect("F_DUPFD")
-}
+/// The init program, built with these tests.
+const INIT_PROGRAM: &str = env!("CARGO_BIN_EXE_pyxis-sandbox-init");
 
 /// What the kernel process (C) sees from inside; one `key=value` per line.
 fn inside_checks(port: u16, hostname: &str) -> BTreeMap<&'static str, String> {
@@ -266,6 +266,31 @@ fn inside_checks(port: u16, hostname: &str) -> BTreeMap<&'static str, String> {
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
             .unwrap_or_else(|e| format!("error {e}")),
     );
+    out.insert(
+        "init_cmdline",
+        format!("{:?}", fs::read("/proc/1/cmdline").ok()),
+    );
+    out.insert(
+        "init_private",
+        ["environ", "exe", "mem", "fd", "maps"]
+            .iter()
+            .filter(|name| {
+                let path = format!("/proc/1/{name}");
+                fs::read(&path).is_ok()
+                    || fs::read_link(&path).is_ok()
+                    || fs::read_dir(&path).is_ok()
+            })
+            .copied()
+            .collect::<Vec<_>>()
+            .join(","),
+    );
+    out.insert(
+        "own_environ_clean",
+        fs::read("/proc/self/environ")
+            .map(|e| e.iter().all(|&b| b == 0))
+            .unwrap_or(false)
+            .to_string(),
+    );
     let mut fds: Vec<String> = fs::read_dir("/proc/self/fd")
         .map(|d| {
             d.flatten()
@@ -278,7 +303,7 @@ fn inside_checks(port: u16, hostname: &str) -> BTreeMap<&'static str, String> {
     out
 }
 
-/// Host resources `enter` gets as descriptors: the workspace directory and the cgroups.
+/// Host resources `spawn` gets as descriptors: the workspace directory and the cgroups.
 struct HostFds {
     workspace: fs::File,
     cgroups: Vec<fs::File>,
@@ -309,66 +334,64 @@ impl HostFds {
     }
 }
 
-/// The zygote's part, in a forked test process: fork `child_main` as pid 1 of a new pid
-/// namespace, report its pid, wait for it and exit with its status (128 + signal if killed).
+/// The zygote's part, in a forked test process (A): `spawn` the sandbox, report
+/// `pid <kernel> <init>` and `ok` (or `spawn-error <message>`), wait for both processes and
+/// exit with the kernel's status (128 + signal if killed), or 99 if the init did not exit 0.
 fn zygote_main(spec: &SandboxSpec, sock: RawFd, report: RawFd, host: &HostFds, port: u16) -> ! {
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID).expect("unshare pid namespace");
-    // SAFETY: this process is a fork of one test thread, so it has a single thread.
-    let b = match unsafe { nix::unistd::fork() }.expect("fork") {
-        ForkResult::Child => child_main(spec, sock, report, host, port),
-        ForkResult::Parent { child } => child,
+    let write_report = |line: String| {
+        // SAFETY: plain syscall on an fd number this process owns.
+        unsafe { libc::write(report, line.as_ptr().cast(), line.len()) };
     };
-    let line = format!("pid {b}\n");
-    // SAFETY: plain syscalls on fd numbers this process owns; `_exit` skips the harness.
-    unsafe {
-        libc::write(report, line.as_ptr().cast(), line.len());
-        // Only the sandbox may hold the socket and the report pipe now.
-        libc::syscall(libc::SYS_close_range, 3, u32::MAX, 0);
-    }
-    let code = match waitpid(b, None) {
+    let mut fds = vec![sock, host.workspace.as_raw_fd()];
+    fds.extend(host.cgroups.iter().map(AsRawFd::as_raw_fd));
+    let handover = Handover {
+        fds,
+        parent_pidfd: None,
+    };
+    let spawned =
+        pyxis_sandbox::prepare(Path::new(INIT_PROGRAM)).and_then(|()| spawn(spec, &handover));
+    let (init, kernel) = match spawned {
+        Ok(Spawned::Kernel) => kernel_main(spec, port),
+        Ok(Spawned::Caller { init, kernel }) => (Pid::from_raw(init), Pid::from_raw(kernel)),
+        Err(err) => {
+            write_report(format!("spawn-error {err}\n"));
+            // SAFETY: `_exit` skips the test harness's exit handlers in a fork.
+            unsafe { libc::_exit(2) }
+        }
+    };
+    write_report(format!("pid {kernel} {init}\nok\n"));
+    // SAFETY: only the sandbox may hold the socket and the report pipe now.
+    unsafe { libc::syscall(libc::SYS_close_range, 3, u32::MAX, 0) };
+    let code = match waitpid(kernel, None) {
         Ok(WaitStatus::Exited(_, code)) => code,
         Ok(WaitStatus::Signaled(_, signal, _)) => 128 + signal as i32,
         _ => 1,
     };
+    let init_ok = matches!(waitpid(init, None), Ok(WaitStatus::Exited(_, 0)));
     // SAFETY: as above.
-    unsafe { libc::_exit(code) }
+    unsafe { libc::_exit(if init_ok { code } else { 99 }) }
 }
 
-/// In B, pid 1 of its pid namespace: set up fds like the zygote does, enter, check, report.
-fn child_main(spec: &SandboxSpec, sock: RawFd, report: RawFd, host: &HostFds, port: u16) -> ! {
-    let (sock, report) = (high(sock), high(report));
-    let workspace = high(host.workspace.as_raw_fd());
-    let cgroups: Vec<RawFd> = host.cgroups.iter().map(|f| high(f.as_raw_fd())).collect();
-    let null = fs::File::open("/dev/null")
-        .expect("open /dev/null")
-        .into_raw_fd();
-    for fd in 0..3 {
-        let _ = nix::unistd::dup2(null, fd);
-    }
-    nix::unistd::dup2(sock, 3).expect("dup2 3");
-    nix::unistd::dup2(report, 4).expect("dup2 4");
-    nix::unistd::dup2(workspace, 5).expect("dup2 5");
-    for (fd, target) in cgroups.iter().zip(6..) {
-        nix::unistd::dup2(*fd, target).expect("dup2 cgroup");
-    }
-    if let Err(err) = enter(spec) {
-        // SAFETY: fd 4 is the report pipe, owned by nothing else in this process.
-        let mut file = unsafe { fs::File::from_raw_fd(4) };
-        let _ = writeln!(file, "enter-error {err}");
-        // SAFETY: _exit is always safe; skip the test harness's exit handlers in a fork.
-        unsafe { libc::_exit(2) }
-    }
+/// In C, the sandboxed kernel: run the checks, send them, leave a daemon behind, wait.
+fn kernel_main(spec: &SandboxSpec, port: u16) -> ! {
     let results = inside_checks(port, &spec.hostname);
-    // SAFETY: fd 3 is the kernel socket kept by `enter`, owned by nothing else here.
+    // SAFETY: fd 3 is the kernel socket kept by `spawn`, owned by nothing else here.
     let mut kernel = unsafe { UnixStream::from_raw_fd(3) };
     for (key, value) in results {
         let _ = writeln!(kernel, "{key}={value}");
     }
+    // A double-forked daemon: it outlives the kernel only as long as the init does.
+    let daemon = Command::new("/bin/sh")
+        .arg("-c")
+        .arg("sleep 600 </dev/null >/dev/null 2>&1 &")
+        .status();
+    let started = daemon.map(|status| status.success()).unwrap_or(false);
+    let _ = writeln!(kernel, "daemon_started={started}");
     let _ = writeln!(kernel, "END");
-    // Wait until the parent interrupts us through init (B).
+    // Wait until the parent interrupts us.
     let mut buf = [0u8; 1];
     let _ = kernel.read(&mut buf);
-    // SAFETY: as above.
+    // SAFETY: `_exit` skips the test harness's exit handlers in a fork.
     unsafe { libc::_exit(0) }
 }
 
@@ -386,7 +409,7 @@ fn read_line(stream: &mut impl Read) -> Option<String> {
 }
 
 #[test]
-fn enter_builds_an_isolated_sandbox() {
+fn spawn_builds_an_isolated_sandbox() {
     let _guard = serial();
     let cgroups = test_cgroups();
     let cgroup = cgroups.create("enter", &LIMITS).expect("cgroup");
@@ -445,7 +468,7 @@ fn enter_builds_an_isolated_sandbox() {
     let (mut parent_sock, child_sock) = UnixStream::pair().expect("socketpair");
     let (report_read, report_write) = nix::unistd::pipe().expect("pipe");
 
-    // SAFETY: the child only runs `enter` and the checks and ends with `_exit`; the
+    // SAFETY: the child only runs `spawn` and the checks and ends with `_exit`; the
     // serial lock keeps other tests from forking or holding locks the child needs.
     let a = match unsafe { nix::unistd::fork() }.expect("fork") {
         ForkResult::Child => zygote_main(
@@ -465,11 +488,18 @@ fn enter_builds_an_isolated_sandbox() {
     report
         .read_to_string(&mut report_text)
         .expect("read report");
-    let b: i32 = report_text
+    let (c, b): (i32, i32) = report_text
         .lines()
         .find_map(|l| l.strip_prefix("pid "))
-        .and_then(|p| p.parse().ok())
+        .and_then(|p| p.split_once(' '))
+        .and_then(|(c, b)| Some((c.parse().ok()?, b.parse().ok()?)))
         .unwrap_or_else(|| panic!("no pid line in report {report_text:?}"));
+    // B is not a copy of the test process: it runs the init program.
+    assert_eq!(
+        fs::read_link(format!("/proc/{b}/exe")).ok(),
+        Some(PathBuf::from(INIT_PROGRAM)),
+        "B's executable"
+    );
     let mut others = report_text.lines().filter(|l| !l.starts_with("pid "));
     assert_eq!(others.next(), Some("ok"), "report: {report_text:?}");
     assert_eq!(others.next(), None, "report: {report_text:?}");
@@ -486,15 +516,22 @@ fn enter_builds_an_isolated_sandbox() {
     let get = |key: &str| results.get(key).map(String::as_str).unwrap_or("<missing>");
     eprintln!("inside: {results:#?}");
 
-    // The host sees B (init) and C (the kernel) in the sandbox's cgroup, and nothing else.
+    // The host sees B (init), C (the kernel) and C's daemon (a shell, then sleep) in the
+    // sandbox's cgroup.
     let usage = cgroup.usage().expect("usage");
-    assert_eq!(usage.pids, 2, "pids in cgroup");
+    assert!(usage.pids >= 3, "pids in cgroup: {}", usage.pids);
 
-    // Interrupt: SIGINT to B is forwarded to C, whose default action ends it; B, and so the
-    // zygote's stand-in, exit with 128 + SIGINT.
-    kill(Pid::from_raw(b), Signal::SIGINT).expect("signal B");
+    // Interrupt: SIGINT to C, whose default action ends it; B sees it go and exits 0, and
+    // the zygote's stand-in exits with 128 + SIGINT.
+    kill(Pid::from_raw(c), Signal::SIGINT).expect("signal C");
     let status = waitpid(a, None).expect("wait A");
     assert_eq!(status, WaitStatus::Exited(a, 128 + libc::SIGINT));
+    // B's exit ended the pid namespace, and the daemon with it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while cgroup.usage().expect("usage").pids > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(cgroup.usage().expect("usage").pids, 0, "left in the cgroup");
 
     let uid = SANDBOX_UID.to_string();
     assert_eq!(get("uid"), uid);
@@ -543,6 +580,14 @@ fn enter_builds_an_isolated_sandbox() {
     assert_eq!(get("exec_sh"), "42");
     // 0-2, the kernel socket, and the fd of the read_dir listing them.
     assert_eq!(get("fds"), "0,1,2,3,4");
+    assert_eq!(
+        get("init_cmdline"),
+        format!("{:?}", Some(b"pyxis-sandbox-init\0".to_vec()))
+    );
+    // What init holds is not the sandbox's to read.
+    assert_eq!(get("init_private"), "");
+    assert_eq!(get("own_environ_clean"), "true");
+    assert_eq!(get("daemon_started"), "true");
 
     // The file written inside is in the host's workspace, owned by the sandbox uid.
     let written = workspace_path.join("hello.txt");
@@ -568,7 +613,7 @@ fn enter_builds_an_isolated_sandbox() {
 }
 
 #[test]
-fn enter_reports_setup_failures() {
+fn spawn_reports_setup_failures() {
     let _guard = serial();
     let tmp = tempfile::tempdir().expect("tempdir");
     let ws = tmp.path().join("ws");
@@ -613,15 +658,12 @@ fn enter_reports_setup_failures() {
     fs::File::from(report_read)
         .read_to_string(&mut text)
         .expect("read report");
-    // B's `enter` returns the error to its caller (which reports it and exits 2).
-    let mut lines: Vec<&str> = text.lines().collect();
-    lines.sort_unstable();
-    assert_eq!(lines.len(), 2, "report: {text:?}");
+    // B reports the failure to `spawn`, which returns it to its caller.
     assert!(
-        lines[0].starts_with("enter-error mount tmpfs on"),
+        text.starts_with("spawn-error the sandbox's init: mount tmpfs on"),
         "report: {text:?}"
     );
-    assert!(lines[1].starts_with("pid "), "report: {text:?}");
+    assert_eq!(text.lines().count(), 1, "report: {text:?}");
     assert_eq!(waitpid(a, None).ok(), Some(WaitStatus::Exited(a, 2)));
 }
 

@@ -228,6 +228,11 @@ fn secs(name: &str, v: f64) -> anyhow::Result<Duration> {
 }
 
 impl Config {
+    /// The sandbox's init program, which the zygote starts from beside the library.
+    pub fn sandbox_init(&self) -> PathBuf {
+        self.sandbox_lib.with_file_name("pyxis-sandbox-init")
+    }
+
     /// Merge flags/environment with the TOML file (if any) and validate.
     pub fn load(args: Settings, file: Option<&Path>) -> anyhow::Result<Config> {
         let from_file = match file {

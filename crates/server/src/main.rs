@@ -103,18 +103,25 @@ fn doctor(cfg: &Config) -> anyhow::Result<()> {
             "missing — run `pyxis setup` (or just start the server)".to_string()
         }
     )?;
-    let lib_ok = cfg.sandbox_lib.exists();
-    writeln!(
-        out,
-        "{} sandbox library {}: {}",
-        if lib_ok { "ok  " } else { "FAIL" },
-        cfg.sandbox_lib.display(),
-        if lib_ok {
-            "found"
-        } else {
-            "missing — build the workspace (`cargo build --release`) or set PYXIS_SANDBOX_LIB"
-        }
-    )?;
+    let mut lib_ok = true;
+    for (what, path) in [
+        ("sandbox library", cfg.sandbox_lib.clone()),
+        ("sandbox init", cfg.sandbox_init()),
+    ] {
+        let found = path.exists();
+        lib_ok &= found;
+        writeln!(
+            out,
+            "{} {what} {}: {}",
+            if found { "ok  " } else { "FAIL" },
+            path.display(),
+            if found {
+                "found"
+            } else {
+                "missing — build the workspace (`cargo build --release`) or set PYXIS_SANDBOX_LIB"
+            }
+        )?;
+    }
     if core_pipe {
         writeln!(
             out,
@@ -219,11 +226,14 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
     tracing::info!(config = %serde_json::to_string(&cfg)?, "effective configuration (token masked)");
     let rt = runtime::Runtime::new(&cfg.runtime_dir);
     rt.ensure().context("installing the Python runtime")?;
-    anyhow::ensure!(
-        cfg.sandbox_lib.exists(),
-        "sandbox library not found at {} (build the workspace or set PYXIS_SANDBOX_LIB)",
-        cfg.sandbox_lib.display()
-    );
+    for path in [cfg.sandbox_lib.clone(), cfg.sandbox_init()] {
+        anyhow::ensure!(
+            path.exists(),
+            "{} not found (build the workspace, or set PYXIS_SANDBOX_LIB to the library, \
+             with pyxis-sandbox-init beside it)",
+            path.display()
+        );
+    }
     // The zygote's thread is started from here, before the async runtime.
     let zygote = zygote::Zygote::start(zygote::ZygoteCommand {
         runtime: rt,

@@ -89,18 +89,18 @@ pub struct Sandbox {
     uid: u32,
     cgroup: Cgroup,
     workspace: Workspace,
-    init_pid: AtomicI32,
+    kernel_pid: AtomicI32,
 }
 
 impl Sandbox {
-    /// Host pid of the sandbox's init (0 when no kernel runs).
-    pub fn init_pid(&self) -> i32 {
-        self.init_pid.load(Ordering::Acquire)
+    /// Host pid of the sandbox's kernel (0 when none runs).
+    pub fn kernel_pid(&self) -> i32 {
+        self.kernel_pid.load(Ordering::Acquire)
     }
 
-    /// Send SIGINT to the kernel (through the sandbox's init, which forwards it).
+    /// Send SIGINT to the kernel.
     pub fn interrupt(&self) {
-        let pid = self.init_pid();
+        let pid = self.kernel_pid();
         if pid > 0 {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
@@ -112,7 +112,7 @@ impl Sandbox {
     /// Kill every process in the sandbox (the workspace stays).
     pub async fn kill_processes(self: &Arc<Self>) {
         let me = self.clone();
-        self.init_pid.store(0, Ordering::Release);
+        self.kernel_pid.store(0, Ordering::Release);
         let _ = tokio::task::spawn_blocking(move || {
             if let Err(e) = me.cgroup.kill() {
                 tracing::error!(error = %e, id = %me.id, "killing the sandbox failed");
@@ -287,7 +287,7 @@ impl SandboxFactory {
             uid,
             cgroup,
             workspace,
-            init_pid: AtomicI32::new(0),
+            kernel_pid: AtomicI32::new(0),
         });
         let t1 = std::time::Instant::now();
         match self.start_kernel(&sb).await {
@@ -343,7 +343,7 @@ impl SandboxFactory {
         let t0 = std::time::Instant::now();
         let pid = self.zygote.spawn(spec, fds).await?;
         let spawned_ms = t0.elapsed().as_secs_f64() * 1e3;
-        sb.init_pid.store(pid, Ordering::Release);
+        sb.kernel_pid.store(pid, Ordering::Release);
         ours.set_nonblocking(true)?;
         let stream = tokio::net::UnixStream::from_std(ours)?;
         let mut conn = KernelConn::new(stream, self.max_frame());
@@ -412,7 +412,7 @@ impl SandboxFactory {
 
     /// Kill everything in the sandbox and remove its cgroup and workspace.
     pub async fn destroy(&self, sb: Arc<Sandbox>) {
-        sb.init_pid.store(0, Ordering::Release);
+        sb.kernel_pid.store(0, Ordering::Release);
         let slot = sb.slot;
         let res = tokio::task::spawn_blocking(move || {
             if let Err(e) = sb.cgroup.remove() {

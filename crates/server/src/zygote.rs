@@ -103,7 +103,7 @@ impl Zygote {
 
     /// Fork a kernel into a sandbox built from `spec`, handing it `fds` (the kernel
     /// socket's peer first, then what the spec expects, in the zygote's order).
-    /// Returns the host pid of the sandbox's init.
+    /// Returns the host pid of the sandbox's kernel.
     pub async fn spawn(
         &self,
         spec: serde_json::Value,

@@ -4,13 +4,16 @@ Started by the server with its control socket on fd 3 (`python -m pyxis_runtime.
 It stays single-threaded and never runs user code: each child enters its sandbox through
 the sandbox library's C ABI and only then becomes a kernel.
 
-Each spawn forks once: the child is made right after `unshare(CLONE_NEWPID)`, so it is pid 1
-of a new pid namespace and becomes the sandbox's init itself (the zygote then puts its own
-namespace back for its next children). The sandbox library forks the kernel from it.
+Each spawn is one call of the sandbox library (`pyxis_sandbox_spawn`). It starts the
+sandbox's init, the small `pyxis-sandbox-init` program beside the library, as pid 1 of a new
+pid namespace; the init builds the sandbox. Then it forks the kernel into the init's
+namespaces: the call returns in the zygote and in the kernel, which runs the interpreter's
+after-fork hooks itself, as `os.fork` would have. The init is not a copy of the zygote: each
+copy costs a fork and an exit of its whole heap's page tables.
 
 A `spawn` frame carries its descriptors with SCM_RIGHTS: the kernel's socket, the workspace
-directory (O_PATH), then one open cgroup.procs file per `spec.cgroup_fds` entry. The child
-puts them at fixed numbers (socket 3, setup report pipe 4, workspace 5, cgroups from 6), so
+directory (O_PATH), then one open cgroup.procs file per `spec.cgroup_fds` entry. The sandbox
+gets them at fixed numbers (socket 3, setup report pipe 4, workspace 5, cgroups from 6), so
 the spec names no host path the kernel's memory could give away.
 """
 
@@ -36,12 +39,10 @@ REPORT_FD = 4
 WORKSPACE_FD = 5
 FIRST_CGROUP_FD = 6
 MAX_CGROUP_FDS = 8
-REPORT_TIMEOUT = 10.0
+INIT_PROGRAM = "pyxis-sandbox-init"
 REAP_INTERVAL = 1.0
+FINAL_REAP_S = 2.0
 ERRLEN = 4096
-# sched.h
-CLONE_NEWPID = 0x20000000
-PR_SET_PDEATHSIG = 1
 
 
 def log(text: str) -> None:
@@ -57,58 +58,59 @@ class SandboxLib:
 
     def __init__(self, path: str) -> None:
         self.lib = ctypes.CDLL(path)
-        self.lib.pyxis_sandbox_prepare.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
-        self.lib.pyxis_sandbox_prepare.restype = ctypes.c_int
-        self.lib.pyxis_sandbox_enter.argtypes = [
+        self.init_program = os.path.join(os.path.dirname(path), INIT_PROGRAM)
+        self.lib.pyxis_sandbox_prepare.argtypes = [
             ctypes.c_char_p,
-            ctypes.c_size_t,
             ctypes.c_char_p,
             ctypes.c_size_t,
         ]
-        self.lib.pyxis_sandbox_enter.restype = ctypes.c_int
+        self.lib.pyxis_sandbox_prepare.restype = ctypes.c_int
+        self.lib.pyxis_sandbox_spawn.argtypes = [
+            ctypes.c_char_p,
+            ctypes.c_size_t,
+            ctypes.POINTER(ctypes.c_int),
+            ctypes.c_size_t,
+            ctypes.c_int,
+            ctypes.c_char_p,
+            ctypes.c_size_t,
+        ]
+        self.lib.pyxis_sandbox_spawn.restype = ctypes.c_int
 
     def prepare(self) -> None:
         """Calls pyxis_sandbox_prepare once; raises RuntimeError on failure."""
         err = ctypes.create_string_buffer(ERRLEN)
-        if self.lib.pyxis_sandbox_prepare(err, ERRLEN) != 0:
+        if self.lib.pyxis_sandbox_prepare(os.fsencode(self.init_program), err, ERRLEN) != 0:
             raise RuntimeError(err.value.decode("utf-8", "replace") or "prepare failed")
 
-    def enter(self, spec: bytes) -> str | None:
-        """Enters the sandbox; None on success, else the error text."""
+    def spawn(self, spec: bytes, fds: list[int], zygote_pidfd: int) -> int:
+        """Makes a sandbox: the kernel's pid in the zygote once it is ready, 0 in the kernel.
+        Raises RuntimeError on failure (whatever was started is killed)."""
         err = ctypes.create_string_buffer(ERRLEN)
-        if self.lib.pyxis_sandbox_enter(spec, len(spec), err, ERRLEN) != 0:
-            return err.value.decode("utf-8", "replace") or "enter failed"
-        return None
+        array = (ctypes.c_int * len(fds))(*fds)
+        pid = self.lib.pyxis_sandbox_spawn(
+            spec, len(spec), array, len(fds), zygote_pidfd, err, ERRLEN
+        )
+        if pid < 0:
+            raise RuntimeError(err.value.decode("utf-8", "replace") or "spawn failed")
+        return pid
 
 
-class PidNamespaces:
-    """Makes the zygote's next child pid 1 of a new pid namespace, one child at a time."""
+def single_threaded() -> str | None:
+    """Makes the zygote single-threaded again after the preloads; the reason if it cannot.
 
-    def __init__(self) -> None:
-        self.libc = ctypes.CDLL(None, use_errno=True)
-        self.own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
-        # Readable once the zygote is gone: how a child checks it was not orphaned before
-        # its death signal was armed.
-        self.zygote = os.pidfd_open(os.getpid())
-
-    def new_for_next_child(self) -> None:
-        """unshare(CLONE_NEWPID): affects children only; raises OSError."""
-        if self.libc.unshare(CLONE_NEWPID) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"unshare(CLONE_NEWPID): {os.strerror(err)}")
-
-    def restore(self) -> None:
-        """Back to the zygote's own pid namespace for later children; exits if it cannot,
-        because the next unshare would nest a namespace in the last one."""
-        if self.libc.setns(self.own, CLONE_NEWPID) != 0:
-            log(f"setns back to the own pid namespace: {os.strerror(ctypes.get_errno())}")
-            os._exit(3)
-
-    def in_child(self) -> bool:
-        """In a new child: die with the zygote; False if it is already gone."""
-        self.libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        ready, _, _ = select.select([self.zygote], [], [], 0)
-        return not ready
+    OpenBLAS (numpy's BLAS) starts a thread pool when it loads and stops it in its
+    `pthread_atfork` handler, restarting it at the next BLAS call, which the zygote never
+    makes. A throwaway fork runs such handlers once. The sandbox library refuses to fork a
+    process with other threads, whose locks its child could inherit held.
+    """
+    child = os.fork()
+    if child == 0:
+        os._exit(0)
+    os.waitpid(child, 0)
+    threads = len(os.listdir("/proc/self/task"))
+    if threads != 1:
+        return f"the zygote has {threads} threads after the preloads; it must have one"
+    return None
 
 
 def reap() -> None:
@@ -124,112 +126,22 @@ def reap() -> None:
             return
 
 
-def _child(
-    ctrl: socket.socket,
-    lib: SandboxLib,
-    pidns: PidNamespaces,
-    fds: list[int],
-    report_w: int,
-    spec: dict,
-):
-    """In the forked child (pid 1 of its pid namespace): become the sandbox's init, and in
-    its one child the kernel. Never returns.
-
-    `fds` are the spawn request's descriptors: the kernel socket, the workspace directory,
-    then the cgroup.procs files. They are moved to fixed numbers (see the module docstring).
-    """
+def _kernel(ctrl: socket.socket) -> None:
+    """In the sandboxed kernel process, where `pyxis_sandbox_spawn` returned 0: finish the
+    fork as `os.fork` would have, then run the kernel. Never returns."""
     code = 1
     try:
-        if not pidns.in_child():
-            os._exit(1)
-        ctrl.detach()  # fd 3 is about to become the kernel socket
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP):
-            signal.signal(signum, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_SETMASK, set())
-        targets = [KERNEL_FD, WORKSPACE_FD] + [FIRST_CGROUP_FD + i for i in range(len(fds) - 2)]
-        moves = [(_dup_high(fd), target) for fd, target in zip(fds, targets)]
-        moves.append((_dup_high(report_w), REPORT_FD))
-        for fd in fds + [report_w]:
-            os.close(fd)
-        null = os.open("/dev/null", os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(null, fd)
-        if null > 2:
-            os.close(null)
-        for high, target in moves:
-            os.dup2(high, target)
-            os.close(high)
-        spec = dict(
-            spec,
-            kernel_fd=KERNEL_FD,
-            report_fd=REPORT_FD,
-            workspace_fd=WORKSPACE_FD,
-            cgroup_fds=targets[2:],
-        )
-        error = lib.enter(json.dumps(spec).encode())
-        if error is not None:
-            _report(f"err {error}")
-            os._exit(1)
-        _report("ok")
-        try:
-            os.close(REPORT_FD)
-        except OSError:
-            pass
+        ctrl.detach()  # fd 3 is the kernel's socket now
+        ctypes.pythonapi.PyOS_AfterFork_Child()
+        # The zygote's wakeup fd is closed here, and its number may be reused. No Python
+        # signal handler is installed at this point (the sandbox library reset them).
+        signal.set_wakeup_fd(-1)
         from . import kernel  # pylint: disable=import-outside-toplevel
 
         kernel.main(KERNEL_FD)
         code = 0
-    except BaseException as exc:  # pylint: disable=broad-except
-        _report(f"err {type(exc).__name__}: {exc}")
     finally:
         os._exit(code)
-
-
-def _dup_high(fd: int) -> int:
-    import fcntl  # pylint: disable=import-outside-toplevel
-
-    return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 100)
-
-
-def _report(line: str) -> None:
-    """Writes a report line to fd 4 if it is still the report pipe."""
-    try:
-        import stat  # pylint: disable=import-outside-toplevel
-
-        if stat.S_ISFIFO(os.fstat(REPORT_FD).st_mode):
-            os.write(REPORT_FD, (line.replace("\n", " ") + "\n").encode("utf-8", "replace"))
-    except OSError:
-        pass
-
-
-def read_report(fd: int) -> str | None:
-    """Reads the `ok` / `err msg` line of the sandbox's setup; returns the error, if any."""
-    deadline = time.monotonic() + REPORT_TIMEOUT
-    buf = b""
-    while True:
-        while b"\n" in buf:
-            line, buf = buf.split(b"\n", 1)
-            text = line.decode("utf-8", "replace").strip()
-            if text == "ok":
-                return None
-            if text.startswith("err"):
-                return text[3:].strip() or "sandbox setup failed"
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return "timed out waiting for the sandbox to start"
-        try:
-            ready, _, _ = select.select([fd], [], [], left)
-        except InterruptedError:
-            continue
-        if not ready:
-            continue
-        try:
-            data = os.read(fd, 4096)
-        except InterruptedError:
-            continue
-        if not data:
-            return "the sandbox exited during setup"
-        buf += data
 
 
 class Zygote:
@@ -238,7 +150,15 @@ class Zygote:
     def __init__(self, ctrl: socket.socket, lib: SandboxLib) -> None:
         self.ctrl = ctrl
         self.lib = lib
-        self.pidns = PidNamespaces()
+        # Readable once the zygote is gone: how a kernel checks it was not orphaned before
+        # its death signal was armed.
+        self.pidfd = os.pidfd_open(os.getpid())
+        # Every sandbox's init and kernel are our children. A dead kernel must be reaped at
+        # once: its init, pid 1 of the namespace, cannot finish exiting before that. So a
+        # child's exit wakes the loop (the handler only makes Python write the wakeup fd).
+        self.wakeup, wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wakeup_w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGCHLD, lambda _signum, _frame: None)
         self.buffer = framing.FrameBuffer()
         self.fds: list[int] = []
 
@@ -280,39 +200,31 @@ class Zygote:
             )
             return
         fds, self.fds = self.fds[:wanted], self.fds[wanted:]
-        report_r, report_w = os.pipe()
+        spec_json = json.dumps(
+            dict(
+                spec,
+                kernel_fd=KERNEL_FD,
+                report_fd=REPORT_FD,
+                workspace_fd=WORKSPACE_FD,
+                cgroup_fds=[FIRST_CGROUP_FD + i for i in range(len(cgroups))],
+            )
+        ).encode()
+        error = ""
+        ctypes.pythonapi.PyOS_BeforeFork()
         try:
-            self.pidns.new_for_next_child()
-            try:
-                child = os.fork()
-            except OSError:
-                self.pidns.restore()
-                raise
-        except OSError as exc:
-            for fd in fds + [report_r, report_w]:
-                os.close(fd)
-            self.send({"type": "spawn_failed", "id": ident, "error": f"fork: {exc}"})
-            return
+            child = self.lib.spawn(spec_json, fds, self.pidfd)
+        except (RuntimeError, ctypes.ArgumentError) as exc:
+            child, error = -1, str(exc)
         if child == 0:
-            os.close(report_r)
-            _child(self.ctrl, self.lib, self.pidns, fds, report_w, spec)
-        self.pidns.restore()
-        for fd in fds + [report_w]:
+            _kernel(self.ctrl)
+        ctypes.pythonapi.PyOS_AfterFork_Parent()
+        for fd in fds:
             os.close(fd)
-        try:
-            error = read_report(report_r)
-        finally:
-            os.close(report_r)
-        if error is not None:
-            try:
-                os.kill(child, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            reap()
-            self.send({"type": "spawn_failed", "id": ident, "error": error})
-            return
-        self.send({"type": "spawned", "id": ident, "pid": child})
         reap()
+        if child < 0:
+            self.send({"type": "spawn_failed", "id": ident, "error": error})
+        else:
+            self.send({"type": "spawned", "id": ident, "pid": child})
 
     def handle(self, msg: dict) -> None:
         """One control request."""
@@ -326,11 +238,17 @@ class Zygote:
         """Loops until the server closes the socket."""
         while True:
             try:
-                ready, _, _ = select.select([self.ctrl], [], [], REAP_INTERVAL)
+                ready, _, _ = select.select([self.ctrl, self.wakeup], [], [], REAP_INTERVAL)
             except InterruptedError:
                 ready = []
+            if self.wakeup in ready:
+                try:
+                    while os.read(self.wakeup, 4096):
+                        pass
+                except BlockingIOError:
+                    pass
             reap()
-            if not ready:
+            if self.ctrl not in ready:
                 continue
             if not self.receive():
                 return
@@ -378,6 +296,11 @@ def main() -> None:
         log(f"sandbox library: {exc}")
         framing.send(ctrl, {"type": "error", "error": f"sandbox library: {exc}"})
         sys.exit(2)
+    problem = single_threaded()
+    if problem is not None:
+        log(problem)
+        framing.send(ctrl, {"type": "error", "error": problem})
+        sys.exit(2)
     gc.collect()
     gc.freeze()  # keeps the preloaded objects' pages shared with the kernels
     huge = hugepages.collapse()
@@ -395,6 +318,16 @@ def main() -> None:
         },
     )
     Zygote(ctrl, lib).run()
+    # The server kills every sandbox before it closes the socket: reap what is still dying,
+    # so no init is left to the host's pid 1.
+    deadline = time.monotonic() + FINAL_REAP_S
+    while time.monotonic() < deadline:
+        reap()
+        try:
+            os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            break
+        time.sleep(0.01)
 
 
 if __name__ == "__main__":
