@@ -13,7 +13,7 @@ pub enum SandboxError {
     /// The spec is invalid.
     #[error(transparent)]
     Spec(#[from] SpecError),
-    /// A step of `enter` failed.
+    /// A step of making a sandbox failed.
     #[error(transparent)]
     Enter(#[from] EnterError),
     /// The seccomp policy could not be compiled or installed.

@@ -1,4 +1,4 @@
-//! The sandbox specification: what [`crate::enter`] builds, as plain serializable data.
+//! The sandbox specification: what [`crate::spawn`] builds, as plain serializable data.
 
 use std::path::{Component, Path, PathBuf};
 
@@ -13,7 +13,7 @@ pub enum SpecError {
     /// The JSON text is not a spec.
     #[error("parse sandbox spec: {0}")]
     Parse(#[from] serde_json::Error),
-    /// A field has a value `enter` refuses.
+    /// A field has a value `spawn` refuses.
     #[error("invalid sandbox spec field {field}: {reason}")]
     Invalid {
         /// The field's name.
@@ -34,7 +34,7 @@ pub struct Rlimits {
     pub nproc: u64,
 }
 
-/// Everything [`crate::enter`] needs; travels as JSON from the server through the Python
+/// Everything [`crate::spawn`] needs; travels as JSON from the server through the Python
 /// zygote.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct SandboxSpec {
@@ -44,9 +44,10 @@ pub struct SandboxSpec {
     pub gid: u32,
     /// Hostname in the new UTS namespace.
     pub hostname: String,
-    /// Open (write-only) `cgroup.procs` files the process writes its own pid into before
-    /// unsharing. Descriptors rather than paths, so the sandbox's memory (a fork of the
-    /// caller) holds no host path of its cgroups.
+    /// The numbers, in the init and the kernel, of open (write-only) `cgroup.procs` files
+    /// each writes its own pid into before joining or making the cgroup namespace.
+    /// Descriptors rather than paths, so the kernel's memory (a fork of the caller) holds no
+    /// host path of its cgroups.
     pub cgroup_fds: Vec<i32>,
     /// An existing empty host directory; the new root tmpfs is mounted on it (in the new mount
     /// namespace only, so every sandbox can share one).
@@ -66,8 +67,7 @@ pub struct SandboxSpec {
     pub rlimits: Rlimits,
     /// The kernel's socket; kept open.
     pub kernel_fd: i32,
-    /// Where the setup report (`pid N`, `ok`, `err ...`) is written; kept open until setup
-    /// ends.
+    /// The kernel's setup report pipe (`ok` or `err ...`), closed once it is ready.
     pub report_fd: i32,
     /// Bring `lo` up in the new network namespace.
     pub loopback: bool,
@@ -76,7 +76,7 @@ pub struct SandboxSpec {
 /// Longest hostname `sethostname` accepts (`HOST_NAME_MAX`).
 const HOST_NAME_MAX: usize = 64;
 
-/// Paths `enter` builds itself; a bind or alias there would hide or break them.
+/// Paths the sandbox's root gets from `spawn` itself; a bind or alias there would hide or break them.
 const RESERVED: [&str; 5] = ["/", "/proc", "/dev", "/tmp", "/workspace"];
 
 impl SandboxSpec {
@@ -87,14 +87,14 @@ impl SandboxSpec {
         Ok(spec)
     }
 
-    /// Every descriptor the spec names; `enter` closes all others.
+    /// Every descriptor the spec names.
     pub fn fds(&self) -> Vec<i32> {
         let mut fds = vec![self.kernel_fd, self.report_fd, self.workspace_fd];
         fds.extend(&self.cgroup_fds);
         fds
     }
 
-    /// Checks the invariants `enter` relies on.
+    /// Checks the invariants `spawn` relies on.
     pub fn validate(&self) -> Result<()> {
         if self.uid == 0 || self.gid == 0 {
             return invalid("uid", "the sandbox uid and gid must not be 0");

@@ -184,8 +184,8 @@ pub fn close_raw(fd: RawFd) -> io::Result<()> {
 }
 
 /// Resets `signal` to its default action. For `SIGCHLD` this matters beyond a caller's
-/// handler: an inherited `SIG_IGN` would make the kernel reap children itself, and the init
-/// process could never learn the kernel's exit status.
+/// handler: an inherited `SIG_IGN` would make the kernel reap children itself and change
+/// what `waitpid` sees.
 pub fn default_action(signal: nix::sys::signal::Signal) -> io::Result<()> {
     // SAFETY: installing SIG_DFL runs no handler code, so no signal-safety concern arises.
     unsafe { nix::sys::signal::signal(signal, nix::sys::signal::SigHandler::SigDfl) }
@@ -208,26 +208,39 @@ pub fn fd_readable_now(fd: RawFd) -> io::Result<bool> {
     Ok(rc > 0)
 }
 
+/// Copies of `fds`, close-on-exec, numbered above every target of `moves` (and above 2), so
+/// that `dup2`ing them onto those targets in turn clobbers none of them.
+fn park_above_targets(moves: &[(RawFd, RawFd)], fds: &[RawFd]) -> io::Result<Vec<OwnedFd>> {
+    use nix::fcntl::{fcntl, FcntlArg};
+    let above = moves.iter().map(|&(_, to)| to).max().unwrap_or(2).max(2) + 1;
+    fds.iter()
+        .map(|&fd| {
+            let high = fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(above))?;
+            // SAFETY: fcntl just returned this new descriptor; nothing else owns it.
+            Ok(unsafe { OwnedFd::from_raw_fd(high) })
+        })
+        .collect()
+}
+
+/// `/dev/null`, open for reading and writing.
+fn open_dev_null() -> io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+}
+
 /// Moves each `(from, to)` descriptor to the number `to` and puts `/dev/null` on 0, 1 and 2.
 /// The `from` descriptors are closed, whatever their numbers (they may be among the `to`
 /// ones); the `to` ones do not close on exec. For a process that owns these numbers as raw
 /// integers only (a fork child about to become a sandbox).
 pub fn move_fds(moves: &[(RawFd, RawFd)]) -> io::Result<()> {
-    use nix::fcntl::{fcntl, FcntlArg};
-    // Park each source above every target first, so no `dup2` clobbers a later source.
-    let above = moves.iter().map(|&(_, to)| to).max().unwrap_or(2).max(2) + 1;
-    let mut parked = Vec::with_capacity(moves.len());
-    for &(from, to) in moves {
-        parked.push((fcntl(from, FcntlArg::F_DUPFD_CLOEXEC(above))?, to));
-    }
-    for &(from, _) in moves {
+    let sources: Vec<RawFd> = moves.iter().map(|&(from, _)| from).collect();
+    let parked = park_above_targets(moves, &sources)?;
+    for &from in &sources {
         close_raw(from)?;
     }
-    let null = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")?
-        .into_raw_fd();
+    let null = open_dev_null()?.into_raw_fd();
     // `null` is itself one of 0 to 2 if the caller had that one closed.
     for fd in (0..3).filter(|&fd| fd != null) {
         nix::unistd::dup2(null, fd)?;
@@ -235,9 +248,8 @@ pub fn move_fds(moves: &[(RawFd, RawFd)]) -> io::Result<()> {
     if null > 2 {
         close_raw(null)?;
     }
-    for (high, to) in parked {
-        nix::unistd::dup2(high, to)?;
-        close_raw(high)?;
+    for (high, &(_, to)) in parked.iter().zip(moves) {
+        nix::unistd::dup2(high.as_raw_fd(), to)?;
     }
     Ok(())
 }
@@ -521,30 +533,23 @@ pub fn start_program_in_new_pid_namespace(
     program: RawFd,
     moves: &[(RawFd, RawFd)],
 ) -> io::Result<Pid> {
-    use nix::fcntl::{fcntl, FcntlArg};
-    // Park every source above every target, so no dup2 in the child clobbers a later one;
-    // the parked copies close on exec.
-    let above = moves.iter().map(|&(_, to)| to).max().unwrap_or(2).max(2) + 1;
-    let null = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")?;
-    let mut parked: Vec<OwnedFd> = Vec::with_capacity(moves.len() + 1);
-    let mut plan: Vec<(RawFd, RawFd)> = Vec::with_capacity(moves.len() + 3);
-    let null_high = fcntl(null.as_raw_fd(), FcntlArg::F_DUPFD_CLOEXEC(above))?;
-    // SAFETY: fcntl just returned this new descriptor; nothing else owns it.
-    parked.push(unsafe { OwnedFd::from_raw_fd(null_high) });
-    plan.extend((0..3).map(|fd| (null_high, fd)));
-    for &(from, to) in moves {
-        let high = fcntl(from, FcntlArg::F_DUPFD_CLOEXEC(above))?;
-        // SAFETY: as above.
-        parked.push(unsafe { OwnedFd::from_raw_fd(high) });
-        plan.push((high, to));
-    }
-    // The program's own number may be among the targets too.
-    let program = fcntl(program, FcntlArg::F_DUPFD_CLOEXEC(above))?;
-    // SAFETY: as above.
-    parked.push(unsafe { OwnedFd::from_raw_fd(program) });
+    // Every source, /dev/null and the program itself (its number may be a target too) are
+    // parked above the targets; the parked copies close on exec.
+    let null = open_dev_null()?;
+    let mut sources: Vec<RawFd> = moves.iter().map(|&(from, _)| from).collect();
+    sources.extend([null.as_raw_fd(), program]);
+    let parked = park_above_targets(moves, &sources)?;
+    let [.., null_high, program] = parked.as_slice() else {
+        unreachable!("two descriptors were just added")
+    };
+    let (null_high, program) = (null_high.as_raw_fd(), program.as_raw_fd());
+    let mut plan: Vec<(RawFd, RawFd)> = (0..3).map(|fd| (null_high, fd)).collect();
+    plan.extend(
+        parked
+            .iter()
+            .zip(moves)
+            .map(|(high, &(_, to))| (high.as_raw_fd(), to)),
+    );
     let name = c"pyxis-sandbox-init";
     let argv: [*const c_char; 2] = [name.as_ptr(), std::ptr::null()];
     let envp: [*const c_char; 1] = [std::ptr::null()];

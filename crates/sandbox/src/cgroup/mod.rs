@@ -323,7 +323,7 @@ impl Cgroup {
     }
 
     /// The `cgroup.procs` files a process writes its pid into to join (one per v1 hierarchy);
-    /// goes into [`crate::SandboxSpec::cgroup_procs`].
+    /// goes into [`crate::SandboxSpec::cgroup_fds`] (as open files).
     pub fn procs_files(&self) -> Vec<PathBuf> {
         self.manager.get().procs_files()
     }

@@ -16,7 +16,7 @@ type Result<T> = std::result::Result<T, SeccompError>;
 /// The policy, as seccompiler JSON.
 const POLICY_JSON: &str = include_str!("policy.json");
 
-/// Compiled filters, shared by every `enter` of this process (and its forks).
+/// Compiled filters, shared by every `spawn` of this process (and its forks).
 static FILTERS: OnceLock<Vec<BpfProgram>> = OnceLock::new();
 
 /// A failure to compile or install the seccomp policy.
