@@ -17,6 +17,9 @@
 //!     code: "1 + 1".into(),
 //!     max_output_bytes: 1 << 20,
 //!     silent: false,
+//!     allow_stdin: false,
+//!     store_history: None,
+//!     user_expressions: Default::default(),
 //! };
 //! let bytes = encode(&req).unwrap();
 //! let mut dec = FrameDecoder::new(1 << 20);
@@ -31,5 +34,5 @@ mod messages;
 
 pub use framing::{encode, FrameDecoder, FrameError, HEADER_LEN};
 pub use messages::{
-    KernelEvent, KernelRequest, MimeBundle, ReplyStatus, ZygoteEvent, ZygoteRequest,
+    JsonMap, KernelEvent, KernelRequest, MimeBundle, ReplyStatus, ZygoteEvent, ZygoteRequest,
 };
