@@ -9,15 +9,22 @@
 //!
 //! The kernel is the zygote's child, not init's: init watches it through a pidfd, and the
 //! supervisor signals it directly.
+//!
+//! With [`SandboxSpec::egress`], init also listens on `127.0.0.1:<port>` in the sandbox's
+//! network namespace and passes each accepted connection, as a descriptor, to the server
+//! over the egress channel (see [`crate::EgressListener`]). It never blocks on the channel:
+//! a connection the server is not ready to take is closed.
 
 use std::convert::Infallible;
-use std::io::Write;
-use std::os::fd::{AsFd, RawFd};
+use std::io::{self, Write};
+use std::net::{Ipv4Addr, TcpListener};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
@@ -60,7 +67,7 @@ fn run() -> Result<i32, EnterError> {
         })?;
     let spec = SandboxSpec::from_json(line.as_bytes())?;
     let filters = seccomp::filters()?;
-    let sigchld = build(&spec, filters)?;
+    let (sigchld, mut egress) = build(&spec, filters)?;
     (&*channel).write_all(b"ok\n").map_err(EnterError::Report)?;
     match read_line(&*channel, Instant::now() + WAIT) {
         Ok(go) if go == "go" => {}
@@ -72,17 +79,27 @@ fn run() -> Result<i32, EnterError> {
     let Ok(kernel) = sys::pidfd_open(Pid::from_raw(2)) else {
         return Ok(0);
     };
-    match supervise(kernel.as_fd(), &sigchld) {
+    match supervise(kernel.as_fd(), &sigchld, &mut egress) {
         Ok(never) => match never {},
         Err(_) => Ok(1),
     }
 }
 
-/// Everything before `ok`; returns the `SIGCHLD` signalfd.
-fn build(spec: &SandboxSpec, filters: &[seccompiler::BpfProgram]) -> Result<SignalFd, EnterError> {
+/// The egress listener and the channel its connections go to.
+struct Egress {
+    listener: TcpListener,
+    channel: OwnedFd,
+}
+
+/// Everything before `ok`; returns the `SIGCHLD` signalfd and the egress listener.
+fn build(
+    spec: &SandboxSpec,
+    filters: &[seccompiler::BpfProgram],
+) -> Result<(SignalFd, Option<Egress>), EnterError> {
     // Nothing but the channel, /dev/null and what the spec names.
     let mut keep = vec![0, 1, 2, spec.workspace_fd];
     keep.extend(&spec.cgroup_fds);
+    keep.extend(spec.egress.map(|e| e.channel_fd));
     sys::close_fds_except(&keep).map_err(EnterError::CloseFds)?;
     join_cgroups(&spec.cgroup_fds)?;
     // Taken in the host's mount namespace; attached in the new one, where neither a path
@@ -94,6 +111,8 @@ fn build(spec: &SandboxSpec, filters: &[seccompiler::BpfProgram]) -> Result<Sign
     if spec.loopback {
         sys::set_interface_up("lo").map_err(EnterError::LoopbackUp)?;
     }
+    // Bound before the kernel exists, so no code of the sandbox can take the port first.
+    let egress = spec.egress.map(listen_egress).transpose()?;
     credentials::set_rlimits(&spec.rlimits)?;
     credentials::drop_to(spec.uid, spec.gid)?;
     // Unlike the kernel, init has no use for its own `/proc/1/*`, and the sandbox's code,
@@ -102,7 +121,11 @@ fn build(spec: &SandboxSpec, filters: &[seccompiler::BpfProgram]) -> Result<Sign
         what: "PR_SET_DUMPABLE",
         source: e.into(),
     })?;
-    sys::close_fds_except(&[0, 1, 2]).map_err(EnterError::CloseFds)?;
+    let mut keep = vec![0, 1, 2];
+    if let Some(egress) = &egress {
+        keep.extend([egress.listener.as_raw_fd(), egress.channel.as_raw_fd()]);
+    }
+    sys::close_fds_except(&keep).map_err(EnterError::CloseFds)?;
     // The zygote started us with every signal blocked; only SIGCHLD stays so, for the
     // signalfd.
     let mut sigchld = SigSet::empty();
@@ -113,30 +136,97 @@ fn build(spec: &SandboxSpec, filters: &[seccompiler::BpfProgram]) -> Result<Sign
     let signals = SignalFd::with_flags(&sigchld, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .map_err(|e| EnterError::Signals(e.into()))?;
     seccomp::install(filters)?;
-    Ok(signals)
+    Ok((signals, egress))
 }
 
-/// Reaps orphans until the kernel (`kernel`, a pidfd) exits.
-fn supervise(kernel: std::os::fd::BorrowedFd<'_>, sigchld: &SignalFd) -> nix::Result<Infallible> {
+/// Opens the egress listener on `127.0.0.1:port` (non-blocking, like the channel).
+fn listen_egress(spec: crate::EgressListener) -> Result<Egress, EnterError> {
+    let error = |source| EnterError::EgressListen {
+        port: spec.port,
+        source,
+    };
+    let channel = sys::file_from_raw(spec.channel_fd);
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, spec.port)).map_err(error)?;
+    listener.set_nonblocking(true).map_err(error)?;
+    let channel = OwnedFd::from(channel);
+    nix::fcntl::fcntl(
+        channel.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )
+    .map_err(|e| error(e.into()))?;
+    Ok(Egress { listener, channel })
+}
+
+/// Most connections taken per wakeup, so that reaping is never starved.
+const ACCEPT_BATCH: usize = 64;
+
+/// Reaps orphans until the kernel (`kernel`, a pidfd) exits; passes egress connections on.
+fn supervise(
+    kernel: std::os::fd::BorrowedFd<'_>,
+    sigchld: &SignalFd,
+    egress: &mut Option<Egress>,
+) -> nix::Result<Infallible> {
     loop {
-        let mut fds = [
+        let mut fds = vec![
             PollFd::new(kernel, PollFlags::POLLIN),
             PollFd::new(sigchld.as_fd(), PollFlags::POLLIN),
         ];
+        if let Some(egress) = egress.as_ref() {
+            fds.push(PollFd::new(egress.listener.as_fd(), PollFlags::POLLIN));
+        }
         match poll(&mut fds, PollTimeout::NONE) {
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => continue,
             Err(err) => return Err(err),
         }
         let ready = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
-        if ready(&fds[0]) {
+        let (kernel_gone, child_exited) = (ready(&fds[0]), ready(&fds[1]));
+        let connections = fds.get(2).is_some_and(ready);
+        drop(fds);
+        if kernel_gone {
             sys::exit_now(0);
         }
-        if ready(&fds[1]) {
+        if child_exited {
             while let Ok(Some(_)) = sigchld.read_signal() {}
             reap();
         }
+        if connections && !egress.as_ref().is_some_and(pass_connections) {
+            // The server closed its end: nobody will take a connection again, so the port
+            // is closed and connecting to it is refused at once.
+            *egress = None;
+        }
     }
+}
+
+/// Accepts what is waiting and sends each connection to the server; false once the channel
+/// is closed.
+fn pass_connections(egress: &Egress) -> bool {
+    for _ in 0..ACCEPT_BATCH {
+        let connection = match egress.listener.accept() {
+            Ok((connection, _)) => connection,
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => return true,
+            // ECONNABORTED, EMFILE and the like: this one is lost, the next may do.
+            Err(_) => return true,
+        };
+        let fds = [connection.as_raw_fd()];
+        let sent = sendmsg::<()>(
+            egress.channel.as_raw_fd(),
+            &[io::IoSlice::new(b"c")],
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+            None,
+        );
+        // Ours is closed either way: the server holds its own copy, or the client sees the
+        // connection closed. EAGAIN (the channel is full) and ETOOMANYREFS (as many
+        // connections in flight as the init's RLIMIT_NOFILE) mean the server is not keeping
+        // up: this connection is dropped, the next may pass.
+        drop(connection);
+        use nix::errno::Errno;
+        if let Err(Errno::EPIPE | Errno::ECONNRESET | Errno::ENOTCONN | Errno::EBADF) = sent {
+            return false;
+        }
+    }
+    true
 }
 
 /// Reaps every zombie.

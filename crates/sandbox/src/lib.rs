@@ -64,7 +64,7 @@ pub use probe::{probe, HostReport, ProbeItem};
 pub use process::{spawn, EnterError, Handover, Spawned};
 pub use rootfs::RootfsError;
 pub use seccomp::SeccompError;
-pub use spec::{Rlimits, SandboxSpec, SpecError};
+pub use spec::{EgressListener, Rlimits, SandboxSpec, SpecError};
 pub use workspace::{Workspace, WorkspaceError};
 
 use std::io;

@@ -111,6 +111,14 @@ pub enum EnterError {
     /// Bringing `lo` up failed.
     #[error("bring lo up: {0}")]
     LoopbackUp(#[source] io::Error),
+    /// Opening the egress listener on `127.0.0.1` failed.
+    #[error("egress listener on port {port}: {source}")]
+    EgressListen {
+        /// The port.
+        port: u16,
+        /// The error.
+        source: io::Error,
+    },
     /// Changing the signal mask or dispositions failed.
     #[error("signal setup: {0}")]
     Signals(#[source] io::Error),
@@ -120,7 +128,8 @@ pub enum EnterError {
     /// The descriptors handed to [`spawn`] do not match the spec.
     #[error("{given} descriptors handed over, the spec names {wanted}")]
     Handover {
-        /// How many the spec needs: the kernel socket, the workspace, each cgroup.
+        /// How many the spec needs: the kernel socket, the workspace, each cgroup, the
+        /// egress channel.
         wanted: usize,
         /// How many were given.
         given: usize,
@@ -153,9 +162,10 @@ pub(crate) fn namespaces() -> CloneFlags {
 /// Descriptors [`spawn`] hands to the new sandbox, numbered as in the caller.
 #[derive(Debug, Clone)]
 pub struct Handover {
-    /// The kernel's socket, the workspace directory, then one `cgroup.procs` file per entry
-    /// of [`SandboxSpec::cgroup_fds`], in that order. B gets the workspace and the cgroups at
-    /// the spec's numbers; C gets the socket at `kernel_fd`.
+    /// The kernel's socket, the workspace directory, one `cgroup.procs` file per entry of
+    /// [`SandboxSpec::cgroup_fds`], then the egress channel if [`SandboxSpec::egress`] names
+    /// one, in that order. B gets the workspace, the cgroups and the egress channel at the
+    /// spec's numbers; C gets the socket at `kernel_fd`.
     pub fds: Vec<RawFd>,
     /// A pidfd of the caller, if it has one. C checks it right after arming its death
     /// signal: a caller that died before then would leave C orphaned.
@@ -193,7 +203,8 @@ pub fn spawn(
     handover: &Handover,
 ) -> std::result::Result<Spawned, SandboxError> {
     spec.validate()?;
-    let wanted = 2 + spec.cgroup_fds.len();
+    let cgroups = spec.cgroup_fds.len();
+    let wanted = 2 + cgroups + usize::from(spec.egress.is_some());
     if handover.fds.len() != wanted {
         return Err(EnterError::Handover {
             wanted,
@@ -212,11 +223,14 @@ pub fn spawn(
         (handover.fds[1], spec.workspace_fd),
     ];
     moves.extend(
-        handover.fds[2..]
+        handover.fds[2..2 + cgroups]
             .iter()
             .copied()
             .zip(spec.cgroup_fds.iter().copied()),
     );
+    if let Some(egress) = spec.egress {
+        moves.push((handover.fds[2 + cgroups], egress.channel_fd));
+    }
     let init =
         sys::start_program_in_new_pid_namespace(program, &moves).map_err(EnterError::StartInit)?;
     drop(theirs);
@@ -398,7 +412,7 @@ fn become_kernel(
 
     // "0" is the writing process itself, whatever pid namespace it is in. The cgroup
     // namespace is joined after, so the move is checked against the host's view.
-    join_cgroups(&handover.fds[2..])?;
+    join_cgroups(&handover.fds[2..2 + spec.cgroup_fds.len()])?;
     sys::setns(init, namespaces().bits()).map_err(EnterError::JoinNamespaces)?;
     // setns put the root and the working directory at the sandbox's root.
     nix::unistd::chdir("/workspace").map_err(|e| EnterError::Chdir(e.into()))?;

@@ -71,6 +71,23 @@ pub struct SandboxSpec {
     pub report_fd: i32,
     /// Bring `lo` up in the new network namespace.
     pub loopback: bool,
+    /// The egress listener the init runs, if any (see [`EgressListener`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<EgressListener>,
+}
+
+/// A TCP listener the init opens on `127.0.0.1:port` inside the sandbox's network namespace.
+/// The init accepts each connection and hands the accepted socket itself, with
+/// `SCM_RIGHTS`, over the Unix socket at `channel_fd` to the server, which speaks the proxy
+/// protocol on it. The init never reads or writes a byte of a connection: the sandbox gets
+/// no interface but `lo`, and no road out but the server.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EgressListener {
+    /// The init's end of the Unix stream socket to the server; handed over after the cgroup
+    /// files (see [`crate::Handover`]).
+    pub channel_fd: i32,
+    /// The port on `127.0.0.1` (not 0).
+    pub port: u16,
 }
 
 /// Longest hostname `sethostname` accepts (`HOST_NAME_MAX`).
@@ -91,6 +108,7 @@ impl SandboxSpec {
     pub fn fds(&self) -> Vec<i32> {
         let mut fds = vec![self.kernel_fd, self.report_fd, self.workspace_fd];
         fds.extend(&self.cgroup_fds);
+        fds.extend(self.egress.map(|e| e.channel_fd));
         fds
     }
 
@@ -113,8 +131,17 @@ impl SandboxSpec {
         if !distinct || fds.iter().any(|&fd| fd < 3) {
             return invalid(
                 "kernel_fd",
-                "kernel_fd, report_fd, workspace_fd and cgroup_fds must be distinct and > 2",
+                "kernel_fd, report_fd, workspace_fd, cgroup_fds and the egress channel_fd \
+                 must be distinct and > 2",
             );
+        }
+        if let Some(egress) = self.egress {
+            if egress.port == 0 {
+                return invalid("egress", "the listener's port must not be 0");
+            }
+            if !self.loopback {
+                return invalid("egress", "the egress listener needs loopback");
+            }
         }
         check_path("root_mountpoint", &self.root_mountpoint)?;
         for path in &self.ro_binds {
@@ -192,6 +219,7 @@ mod tests {
             kernel_fd: 3,
             report_fd: 4,
             loopback: true,
+            egress: None,
         }
     }
 
@@ -232,5 +260,38 @@ mod tests {
         let mut spec = sample();
         spec.workspace_fd = 2;
         assert!(spec.validate().is_err());
+    }
+
+    #[test]
+    fn egress_listener_is_optional_and_checked() {
+        // A spec without the field (as older servers send it) parses.
+        let mut value = serde_json::to_value(sample()).expect("serializes");
+        value.as_object_mut().expect("object").remove("egress");
+        let spec = SandboxSpec::from_json(value.to_string().as_bytes()).expect("parses");
+        assert_eq!(spec.egress, None);
+        let mut spec = sample();
+        spec.egress = Some(EgressListener {
+            channel_fd: 8,
+            port: 3128,
+        });
+        assert!(spec.validate().is_ok());
+        assert_eq!(spec.fds().last(), Some(&8));
+        let json = serde_json::to_vec(&spec).expect("serializes");
+        assert_eq!(SandboxSpec::from_json(&json).expect("parses"), spec);
+        let mut bad = spec.clone();
+        bad.egress = Some(EgressListener {
+            channel_fd: 6,
+            port: 3128,
+        });
+        assert!(bad.validate().is_err(), "channel_fd taken by a cgroup");
+        let mut bad = spec.clone();
+        bad.egress = Some(EgressListener {
+            channel_fd: 8,
+            port: 0,
+        });
+        assert!(bad.validate().is_err(), "port 0");
+        let mut bad = spec;
+        bad.loopback = false;
+        assert!(bad.validate().is_err(), "no loopback");
     }
 }

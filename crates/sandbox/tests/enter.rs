@@ -463,6 +463,7 @@ fn spawn_builds_an_isolated_sandbox() {
         kernel_fd: 3,
         report_fd: 4,
         loopback: true,
+        egress: None,
     };
 
     let (mut parent_sock, child_sock) = UnixStream::pair().expect("socketpair");
@@ -638,6 +639,7 @@ fn spawn_reports_setup_failures() {
         kernel_fd: 3,
         report_fd: 4,
         loopback: false,
+        egress: None,
     };
     let (_parent_sock, child_sock) = UnixStream::pair().expect("socketpair");
     let (report_read, report_write) = nix::unistd::pipe().expect("pipe");
