@@ -73,14 +73,32 @@ pub enum CredentialsError {
 
 const CAP_LAST_CAP: &str = "/proc/sys/kernel/cap_last_cap";
 
-/// Sets the rlimits (soft = hard; core 0). Runs while still root, so a limit above the
-/// inherited hard limit can be set too.
+/// `RLIMIT_MSGQUEUE`: bytes of POSIX message queues of the sandbox's uid; the kernel's own
+/// default (`MQ_BYTES_MAX`), set so that a server started with a higher limit does not pass it on.
+const MSGQUEUE_BYTES: u64 = 819_200;
+/// `RLIMIT_MEMLOCK`: bytes the sandbox may lock in memory (the kernel's default since 5.16).
+/// Locked pages are still charged to the memory cgroup; this keeps them few.
+const MEMLOCK_BYTES: u64 = 8 << 20;
+/// `RLIMIT_SIGPENDING`: queued signals of the sandbox's uid (the host default is half of
+/// `threads-max`).
+const SIGPENDING: u64 = 4096;
+
+/// Sets the rlimits (soft = hard; core 0; no real-time priority, no nice value below 0, and
+/// the fixed bounds above). Runs while still root, so a limit above the inherited hard limit
+/// can be set too. The per-uid ones (`RLIMIT_NPROC`, `RLIMIT_MSGQUEUE`, `RLIMIT_SIGPENDING`)
+/// are per sandbox, since each live sandbox has a uid of its own.
 pub fn set_rlimits(limits: &Rlimits) -> Result<()> {
     let all = [
         (Resource::RLIMIT_CORE, "core", 0),
         (Resource::RLIMIT_FSIZE, "fsize", limits.fsize_bytes),
         (Resource::RLIMIT_NOFILE, "nofile", limits.nofile),
         (Resource::RLIMIT_NPROC, "nproc", limits.nproc),
+        (Resource::RLIMIT_MSGQUEUE, "msgqueue", MSGQUEUE_BYTES),
+        (Resource::RLIMIT_MEMLOCK, "memlock", MEMLOCK_BYTES),
+        (Resource::RLIMIT_SIGPENDING, "sigpending", SIGPENDING),
+        // A SCHED_FIFO busy loop would starve the host's ordinary tasks.
+        (Resource::RLIMIT_RTPRIO, "rtprio", 0),
+        (Resource::RLIMIT_NICE, "nice", 0),
     ];
     for (resource, name, value) in all {
         setrlimit(resource, value, value).map_err(|e| CredentialsError::SetRlimit {

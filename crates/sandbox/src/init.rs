@@ -29,6 +29,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use crate::credentials::{self, CredentialsError};
+use crate::netns;
 use crate::process::{join_cgroups, namespaces, read_line, EnterError};
 use crate::rootfs;
 use crate::seccomp;
@@ -106,6 +107,7 @@ fn build(
     // nor a bind from this fd would work.
     sys::detach_tree_in_place(spec.workspace_fd).map_err(EnterError::DetachWorkspace)?;
     nix::sched::unshare(namespaces()).map_err(|e| EnterError::Unshare(e.into()))?;
+    netns::bound_socket_buffers(std::path::Path::new("/proc/sys"))?;
     rootfs::build(spec)?;
     nix::unistd::sethostname(&spec.hostname).map_err(|e| EnterError::SetHostname(e.into()))?;
     if spec.loopback {

@@ -45,6 +45,7 @@ mod credentials;
 mod error;
 mod ffi;
 mod init;
+mod netns;
 mod probe;
 mod process;
 mod rootfs;
@@ -60,6 +61,7 @@ pub use cgroup::{
 pub use credentials::CredentialsError;
 pub use error::SandboxError;
 pub use ffi::{pyxis_sandbox_prepare, pyxis_sandbox_spawn};
+pub use netns::NetSysctlError;
 pub use probe::{probe, HostReport, ProbeItem};
 pub use process::{spawn, EnterError, Handover, Spawned};
 pub use rootfs::RootfsError;

@@ -93,6 +93,9 @@ pub enum EnterError {
     /// `unshare` failed.
     #[error("unshare namespaces: {0}")]
     Unshare(#[source] io::Error),
+    /// Setting a sysctl of the sandbox's network namespace failed.
+    #[error(transparent)]
+    NetSysctl(#[from] crate::netns::NetSysctlError),
     /// Joining the init's namespaces (`setns`) failed.
     #[error("join the sandbox's namespaces: {0}")]
     JoinNamespaces(#[source] io::Error),

@@ -594,9 +594,35 @@ fn cpu_quota_usec(millicores: u64) -> Option<u64> {
     (millicores > 0).then(|| (millicores * CPU_PERIOD_USEC / 1000).max(1000))
 }
 
+/// Smallest and largest bound on a sandbox's socket buffers where the memory limit does not
+/// count them (cgroup v1: `memory.kmem.tcp.limit_in_bytes`).
+const SOCKET_BUFFERS_MIN: u64 = 16 << 20;
+const SOCKET_BUFFERS_MAX: u64 = 64 << 20;
+
+/// The bound on the socket buffers (TCP and UDP) of a sandbox limited to `memory_bytes`, on a
+/// host where the memory limit does not count them: an eighth of the memory limit, within
+/// [16 MiB, 64 MiB]. `None` when memory is not limited.
+///
+/// On cgroup v1 the kernel charges socket buffers only to the separate `kmem.tcp` counter,
+/// and only once a limit is written to it; then it charges every socket protocol that
+/// accounts its buffers (TCP, UDP), not just TCP. Without it, a sandbox's loopback sockets
+/// hold host memory that no limit sees. On v2 socket buffers are part of `memory.max`.
+pub(crate) fn socket_buffer_bytes(memory_bytes: u64) -> Option<u64> {
+    (memory_bytes > 0).then(|| (memory_bytes / 8).clamp(SOCKET_BUFFERS_MIN, SOCKET_BUFFERS_MAX))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn socket_buffers_are_an_eighth_of_memory_within_bounds() {
+        assert_eq!(socket_buffer_bytes(0), None);
+        assert_eq!(socket_buffer_bytes(64 << 20), Some(16 << 20));
+        assert_eq!(socket_buffer_bytes(256 << 20), Some(32 << 20));
+        assert_eq!(socket_buffer_bytes(1 << 30), Some(64 << 20));
+        assert_eq!(socket_buffer_bytes(64 << 30), Some(64 << 20));
+    }
 
     #[test]
     fn names_must_be_relative_and_normal() {

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use super::{
     child_dirs, cpu_quota_usec, create_dir_all, kill_until_empty, read_file, read_pids, read_u64,
-    remove_dir, wait_until_empty, write_file, CgroupError, CgroupManager, CgroupRootManager,
-    CgroupUsage, Manager, ResourceLimits, Result, CPU_PERIOD_USEC, REQUIRED,
+    remove_dir, socket_buffer_bytes, wait_until_empty, write_file, CgroupError, CgroupManager,
+    CgroupRootManager, CgroupUsage, Manager, ResourceLimits, Result, CPU_PERIOD_USEC, REQUIRED,
 };
 
 /// Optional controllers used when mounted.
@@ -162,6 +162,18 @@ impl V1Cgroup {
         }
     }
 
+    /// Bounds the sandbox's socket buffers (see [`socket_buffer_bytes`]). Hosts whose kernel
+    /// lacks the file (no v1 kmem accounting) are left as they are: `pyxis doctor` says so.
+    fn set_socket_buffers(&self, memory_bytes: u64) -> Result<()> {
+        let file = self.file("memory", "memory.kmem.tcp.limit_in_bytes");
+        if !file.exists() {
+            return Ok(());
+        }
+        let value =
+            socket_buffer_bytes(memory_bytes).map_or_else(|| "-1".to_owned(), |b| b.to_string());
+        write_file(&file, &value)
+    }
+
     fn freeze(&self, state: &str) -> bool {
         let Some(dir) = self.dir("freezer") else {
             return false;
@@ -196,6 +208,7 @@ impl CgroupManager for V1Cgroup {
 
     fn set_limits(&self, limits: &ResourceLimits) -> Result<()> {
         self.set_memory(limits.memory_bytes)?;
+        self.set_socket_buffers(limits.memory_bytes)?;
         // Keep the OOM killer enabled: a sandbox over its limit is killed, not paused.
         write_file(&self.file("memory", "memory.oom_control"), "0")?;
         let pids = if limits.pids == 0 {
@@ -293,6 +306,7 @@ mod tests {
         let memory_dir = base.path().join("memory/pyxis/inst/sb1");
         fs::create_dir_all(&memory_dir).expect("mkdir");
         fs::write(memory_dir.join("memory.memsw.limit_in_bytes"), "-1").expect("write");
+        fs::write(memory_dir.join("memory.kmem.tcp.limit_in_bytes"), "-1").expect("write");
         let limits = ResourceLimits {
             memory_bytes: 256 << 20,
             pids: 32,
@@ -305,6 +319,11 @@ mod tests {
             "268435456"
         );
         assert_eq!(read(&memory_dir.join("memory.oom_control")), "0");
+        // An eighth of 256 MiB: socket buffers are bounded beside the memory limit.
+        assert_eq!(
+            read(&memory_dir.join("memory.kmem.tcp.limit_in_bytes")),
+            (32u64 << 20).to_string()
+        );
         let pids_dir = base.path().join("pids/pyxis/inst/sb1");
         assert_eq!(read(&pids_dir.join("pids.max")), "32");
         let cpu_dir = base.path().join("cpu/pyxis/inst/sb1");

@@ -108,7 +108,7 @@ mod tests {
             let arch = TargetArch::try_from(arch).expect("known arch");
             let map = seccompiler::compile_from_json(POLICY_JSON.as_bytes(), arch)
                 .expect("policy.json compiles");
-            assert_eq!(map.len(), 3);
+            assert_eq!(map.len(), 4);
             assert!(map.values().all(|prog| !prog.is_empty()));
         }
         let first = filters().expect("filters compile on this host");
@@ -143,8 +143,26 @@ mod tests {
             "init_module",
             "syslog",
             "clone",
+            "fanotify_init",
         ] {
             assert!(denied.contains(&name), "{name} is not denied");
         }
+        let enosys: Vec<&str> = policy["deny_enosys"]["filter"]
+            .as_array()
+            .expect("a filter list")
+            .iter()
+            .filter_map(|rule| rule["syscall"].as_str())
+            .collect();
+        assert!(enosys.contains(&"io_setup"), "io_setup is not denied");
+        // Buffer sizes are ignored (errno 0: the call succeeds and changes nothing).
+        let ignored = &policy["ignore_buffer_sizes"];
+        assert_eq!(ignored["match_action"]["errno"], 0);
+        let optnames: Vec<u64> = ignored["filter"]
+            .as_array()
+            .expect("a filter list")
+            .iter()
+            .filter_map(|rule| rule["args"][1]["val"].as_u64())
+            .collect();
+        assert_eq!(optnames, [7, 8], "SO_SNDBUF and SO_RCVBUF");
     }
 }
