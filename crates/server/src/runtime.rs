@@ -18,7 +18,10 @@ pub const REQUIREMENTS: &str = include_str!("../../../runtime/python/requirement
 
 include!(concat!(env!("OUT_DIR"), "/driver_files.rs"));
 
-/// Debian packages the runtime needs, with a file that shows each is there.
+/// Debian packages the runtime needs, with a file that shows each is there: the
+/// interpreter, fonts with CJK coverage, and the system tools documents need (OCR,
+/// PDF, media, conversion). LibreOffice comes as its `-nogui` parts, which have no X11
+/// or desktop dependencies.
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("python3", "/usr/bin/python3"),
     ("python3-venv", "/usr/lib/python3.11/ensurepip/__init__.py"),
@@ -26,7 +29,43 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "fonts-wqy-zenhei",
         "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc",
     ),
+    (
+        "fonts-dejavu-core",
+        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    ),
+    ("fontconfig", "/usr/bin/fc-cache"),
+    ("tesseract-ocr", "/usr/bin/tesseract"),
+    (
+        "tesseract-ocr-eng",
+        "/usr/share/tesseract-ocr/5/tessdata/eng.traineddata",
+    ),
+    (
+        "tesseract-ocr-chi-sim",
+        "/usr/share/tesseract-ocr/5/tessdata/chi_sim.traineddata",
+    ),
+    ("poppler-utils", "/usr/bin/pdftoppm"),
+    ("ghostscript", "/usr/bin/gs"),
+    ("ffmpeg", "/usr/bin/ffmpeg"),
+    ("imagemagick", "/usr/bin/convert-im6.q16"),
+    ("pandoc", "/usr/bin/pandoc"),
+    (
+        "libreoffice-writer-nogui",
+        "/usr/lib/libreoffice/program/libswlo.so",
+    ),
+    (
+        "libreoffice-calc-nogui",
+        "/usr/lib/libreoffice/program/libsclo.so",
+    ),
+    (
+        "libreoffice-impress-nogui",
+        "/usr/lib/libreoffice/program/libslideshowlo.so",
+    ),
+    ("libzbar0", "/usr/share/doc/libzbar0/copyright"),
 ];
+
+/// Our ImageMagick policy, written to `<runtime>/imagemagick/policy.xml`; kernels name
+/// that directory in `MAGICK_CONFIGURE_PATH`, so it applies on top of Debian's own.
+const IMAGEMAGICK_POLICY: &str = include_str!("../../../runtime/python/imagemagick-policy.xml");
 
 /// Paths of an installed runtime.
 #[derive(Debug, Clone)]
@@ -91,7 +130,10 @@ impl Runtime {
             ));
             run(Command::new("apt-get").arg("update").arg("-q"))?;
             run(Command::new("apt-get")
+                // One call for every package; wait for a lock held by another apt run
+                // rather than fail.
                 .args(["install", "-y", "-q", "--no-install-recommends"])
+                .args(["-o", "DPkg::Lock::Timeout=600"])
                 .args(&missing)
                 .env("DEBIAN_FRONTEND", "noninteractive"))?;
         } else {
@@ -136,6 +178,13 @@ impl Runtime {
         let pkg = self.lib_dir().join("pyxis_runtime");
         std::fs::create_dir_all(&pkg).with_context(|| format!("creating {}", pkg.display()))?;
         std::fs::create_dir_all(self.mpl_dir()).context("creating the matplotlib dir")?;
+        let magick = self.dir.join("imagemagick");
+        std::fs::create_dir_all(&magick).context("creating the ImageMagick dir")?;
+        let policy = magick.join("policy.xml");
+        if std::fs::read_to_string(&policy).ok().as_deref() != Some(IMAGEMAGICK_POLICY) {
+            std::fs::write(&policy, IMAGEMAGICK_POLICY)
+                .context("writing the ImageMagick policy")?;
+        }
         for (name, text) in DRIVER_FILES {
             let path = pkg.join(name);
             if std::fs::read_to_string(&path).ok().as_deref() != Some(*text) {
