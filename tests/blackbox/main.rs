@@ -2,6 +2,7 @@
 //! real sandboxes and the real Python runtime, and asserts what a client sees.
 
 mod api;
+mod cgroups;
 mod compat;
 mod execution;
 mod files;
