@@ -4,6 +4,7 @@
 mod api;
 mod cgroups;
 mod compat;
+mod egress;
 mod execution;
 mod files;
 mod isolation;

@@ -6,6 +6,8 @@
 //! `/opt/pyxis/runtime` (or `$PYXIS_RUNTIME_DIR`), installed by `pyxis setup`
 //! before the tests run.
 
+pub mod packages;
+
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
