@@ -23,7 +23,7 @@ import tempfile
 import threading
 import time
 
-from . import framing
+from . import charts, framing, sysenv
 
 STREAM_FLUSH_BYTES = 64 * 1024
 FLUSH_INTERVAL = 0.1
@@ -204,6 +204,7 @@ def prepare() -> None:
     import pandas  # noqa: F401
 
     _SHELL = _make_shell()
+    charts.register(_SHELL)  # figures' chart data, plotly's renderer
     _warm_up(_SHELL)
 
 
@@ -212,7 +213,7 @@ def library_versions() -> dict:
     from importlib import metadata  # pylint: disable=import-outside-toplevel
 
     versions = {}
-    for name in PRELOADED:
+    for name in sysenv.pinned_names(PRELOADED):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -698,7 +699,9 @@ class Kernel:
         except Exception:  # pylint: disable=broad-except
             self.shell.showtraceback()
             return
-        self.display({"image/png": buf.getvalue(), "text/plain": repr(fig)}, {})
+        bundle = {"image/png": buf.getvalue(), "text/plain": repr(fig)}
+        charts.add_chart(bundle, fig)  # application/vnd.pyxis.chart+json
+        self.display(bundle, {})
 
     def flush_figures(self) -> None:
         """Emits and closes every open figure."""
@@ -824,6 +827,7 @@ def _setup_process() -> None:
         os.chdir(workspace)
         if os.path.isdir("/tmp") and os.access("/tmp", os.W_OK):
             os.environ["MPLCONFIGDIR"] = "/tmp/.matplotlib"
+        sysenv.apply()  # the system tools' caches in /tmp, ImageMagick's policy
     os.environ.setdefault("MPLBACKEND", "Agg")
 
 
