@@ -185,3 +185,87 @@ def test_zygote_spawns_a_sandboxed_kernel(tmp_path):
         ours.close()
     finally:
         zygote.close()
+
+
+def run_cell(ours: socket.socket, kernel: framing.FrameReader, ident: str, code: str) -> list:
+    """Runs one cell; its events up to the reply."""
+    framing.send(
+        ours,
+        {"type": "execute_request", "id": ident, "code": code, "max_output_bytes": 1 << 20},
+    )
+    events = []
+    while True:
+        msg = kernel.read()
+        assert msg is not None
+        events.append(msg)
+        if msg["type"] == "execute_reply":
+            return events
+
+
+def test_zygote_hands_the_egress_channel_to_the_init(tmp_path):
+    """With `egress` in the spec, the channel goes after the cgroups, and a connection the
+    kernel makes to 127.0.0.1:<port> arrives on the server's end as a descriptor."""
+    zygote = Zygote(tmp_path)
+    try:
+        assert zygote.reader.read()["type"] == "ready"
+        ours, theirs = socket.socketpair()
+        server_end, init_end = socket.socketpair()
+        spec = dict(make_spec(tmp_path), egress={"channel_fd": 99, "port": 3128})
+        frame = framing.encode({"type": "spawn", "id": "e1", "spec": spec})
+        ws = workspace_fd(tmp_path)
+        socket.send_fds(zygote.sock, [frame], [theirs.fileno(), ws, init_end.fileno()])
+        theirs.close()
+        init_end.close()
+        os.close(ws)
+        answer = zygote.reader.read()
+        assert answer["type"] == "spawned", answer
+        ours.settimeout(60)
+        kernel = framing.FrameReader(ours)
+        assert kernel.read() == {"type": "ready"}
+        framing.send(
+            ours,
+            {
+                "type": "execute_request",
+                "id": "c1",
+                "code": "import socket\n"
+                "s = socket.create_connection(('127.0.0.1', 3128), timeout=5)\n"
+                "s.sendall(b'from the kernel')\n"
+                "print(s.recv(64).decode())",
+                "max_output_bytes": 1 << 20,
+            },
+        )
+        server_end.settimeout(10)
+        _, fds, _, _ = socket.recv_fds(server_end, 1, 1)
+        assert len(fds) == 1
+        with socket.socket(fileno=fds[0]) as passed:
+            assert passed.getsockname() == ("127.0.0.1", 3128)
+            assert passed.recv(64) == b"from the kernel"
+            passed.sendall(b"from the server")
+        events = []
+        while True:
+            msg = kernel.read()
+            assert msg is not None
+            events.append(msg)
+            if msg["type"] == "execute_reply":
+                break
+        assert reply(events)["status"] == "ok", json.dumps(events)[:2000]
+        assert stream(events) == "from the server\n"
+        # A name: the sandbox has no resolver.
+        events = run_cell(
+            ours,
+            kernel,
+            "c2",
+            "import socket\n"
+            "try:\n"
+            "    socket.getaddrinfo('example.com', 80)\n"
+            "    print('resolved')\n"
+            "except OSError as exc:\n"
+            "    print('no resolver', type(exc).__name__)",
+        )
+        assert stream(events).startswith("no resolver"), json.dumps(events)[:2000]
+        framing.send(ours, {"type": "shutdown"})
+        assert kernel.read() is None
+        ours.close()
+        server_end.close()
+    finally:
+        zygote.close()
