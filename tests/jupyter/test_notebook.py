@@ -194,7 +194,7 @@ def run_through_gateway(jupyter) -> tuple[nbformat.NotebookNode, dict]:
         f"{jupyter.ws_base}/api/kernels/{kid}/channels?session_id={secrets.token_hex(16)}",
         header=[f"Authorization: token {jupyter.token}"],
     )
-    processor = NotebookClient(nb)
+    processor = NotebookClient(nb, record_timing=False)
     try:
         sock.wait_ready()
         for index, cell in enumerate(nb.cells):
@@ -208,6 +208,8 @@ def run_through_gateway(jupyter) -> tuple[nbformat.NotebookNode, dict]:
                     except CellExecutionComplete:
                         pass
 
+            # What nbclient's own execute_cell sets before each cell.
+            processor.clear_before_next_output = False
             mid = sock.start_execute(cell.source)
             ex = sock.collect(mid, timeout=120, on_message=feed)
             if ex.status == "error":
