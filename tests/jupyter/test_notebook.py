@@ -12,7 +12,8 @@ What is compared, cell by cell (see `normalise`):
   - the sequence of outputs, in order, with their output_type;
   - streams: name and text (consecutive chunks of one stream joined, as chunk boundaries are the
     kernel's choice);
-  - execute_result / display_data: the set of MIME types, and the exact text/plain, text/html,
+  - execute_result / display_data: the set of MIME types (less Pyxis's own
+    application/vnd.pyxis.* additions, which frontends skip), and the exact text/plain, text/html,
     text/markdown and application/json; image/png only for presence and a valid PNG signature
     (not bytes: renderers may differ in a pixel); execute_result's execution_count;
   - error: ename and evalue (not the traceback, whose frames name different files);
@@ -35,6 +36,8 @@ from nbclient.exceptions import CellExecutionComplete
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from jclient import KernelSocket
+
+PYXIS = "application/vnd.pyxis."
 
 CELLS = [
     ("markdown", "# A notebook for Pyxis\nState, a plot, a table, an error, displays."),
@@ -108,7 +111,9 @@ def _png_ok(b64: str) -> bool:
 
 
 def _rich(o: nbformat.NotebookNode, loose: bool) -> dict:
-    item = {"type": o.output_type, "mimes": sorted(o.data)}
+    # Pyxis's own vendor types (application/vnd.pyxis.*, e.g. a figure's chart data) ride
+    # along; frontends without a renderer for them skip them, so they are not compared.
+    item = {"type": o.output_type, "mimes": sorted(m for m in o.data if not m.startswith(PYXIS))}
     if loose:
         return item
     for mime in ("text/plain", "text/html", "text/markdown", "application/json"):
