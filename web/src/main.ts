@@ -207,6 +207,14 @@ function sessionView(s: Session): SessionView {
   return view;
 }
 
+function dropSession(id: string): void {
+  const view = state.sessions.get(id);
+  if (!view) return;
+  for (const c of view.cells) c.editor.destroy();
+  view.host.remove();
+  state.sessions.delete(id);
+}
+
 function renderSessions(): void {
   const items: HTMLElement[] = [];
   for (const view of state.sessions.values()) {
@@ -262,7 +270,7 @@ async function refreshSessions(): Promise<void> {
   for (const s of sessions) sessionView(s);
   for (const id of [...state.sessions.keys()]) {
     if (!seen.has(id)) {
-      state.sessions.delete(id);
+      dropSession(id);
       if (state.current === id) select(null, "The session is gone (deleted or reaped after being idle).");
     }
   }
@@ -301,7 +309,7 @@ async function deleteSession(id: string): Promise<void> {
       return;
     }
   }
-  state.sessions.delete(id);
+  dropSession(id);
   if (state.current === id) select(state.sessions.keys().next().value ?? null);
   renderSessions();
 }
@@ -310,7 +318,12 @@ function select(id: string | null, notice?: string): void {
   state.current = id;
   state.dir = "";
   const view = current();
-  ui.cellsHost.replaceChildren(...(view ? [view.host] : []));
+  // Every session's cells stay in the page (hidden when not shown), so
+  // switching back shows them as they were, frames included.
+  for (const v of state.sessions.values()) {
+    if (v.host.parentElement !== ui.cellsHost) ui.cellsHost.append(v.host);
+    v.host.hidden = v !== view;
+  }
   ui.noSession.hidden = !!view;
   if (view && view.cells.length === 0) addCell(view);
   ui.addCell.hidden = !view;
@@ -577,7 +590,7 @@ function wire(): void {
   ui.tokenForget.addEventListener("click", () => {
     setToken("");
     ui.tokenInput.value = "";
-    state.sessions.clear();
+    for (const id of [...state.sessions.keys()]) dropSession(id);
     select(null);
     void loadCapabilities();
   });

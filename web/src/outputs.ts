@@ -24,20 +24,28 @@ function el<K extends keyof HTMLElementTagNameMap>(tag: K, cls?: string): HTMLEl
   return e;
 }
 
-// Frames say when they are ready and how tall their content is; messages are
-// matched to frames by their window, and only those two shapes are read.
-const frames = new WeakMap<Window, { frame: HTMLIFrameElement; message: unknown }>();
+// Frames say when they are ready and how tall their content is. A message
+// is matched to its frame by its window (a frame moved in the page gets a
+// new one), and only those two shapes are read.
+const frameContent = new WeakMap<HTMLIFrameElement, unknown>();
 window.addEventListener("message", (ev) => {
-  const entry = ev.source ? frames.get(ev.source as Window) : undefined;
-  if (!entry || typeof ev.data !== "object" || ev.data === null) return;
+  if (!ev.source || typeof ev.data !== "object" || ev.data === null) return;
+  let frame: HTMLIFrameElement | undefined;
+  for (const f of document.querySelectorAll<HTMLIFrameElement>("iframe.frame")) {
+    if (f.contentWindow === ev.source) {
+      frame = f;
+      break;
+    }
+  }
+  if (!frame || !frameContent.has(frame)) return;
   const msg = ev.data as { type?: unknown; height?: unknown };
   if (msg.type === "ready") {
     // The frame's origin is opaque: "*" is the only target that reaches it,
     // and what is sent is the cell's own output.
-    entry.frame.contentWindow?.postMessage(entry.message, "*");
+    frame.contentWindow?.postMessage(frameContent.get(frame), "*");
   } else if (msg.type === "height" && typeof msg.height === "number" && Number.isFinite(msg.height)) {
     const h = Math.max(24, Math.min(MAX_FRAME_HEIGHT, Math.ceil(msg.height)));
-    entry.frame.style.height = `${h}px`;
+    frame.style.height = `${h}px`;
   }
 });
 
@@ -47,14 +55,8 @@ function sandboxFrame(message: { kind: "html"; html: string } | { kind: "plotly"
   frame.setAttribute("referrerpolicy", "no-referrer");
   frame.setAttribute("title", message.kind === "html" ? "HTML output" : "plotly figure");
   frame.style.height = message.kind === "plotly" ? "460px" : "48px";
+  frameContent.set(frame, message);
   frame.src = "/frame.html";
-  // Registered once the element exists; its window is known after insertion,
-  // so registration happens on the first load event and on insertion below.
-  const register = () => {
-    if (frame.contentWindow) frames.set(frame.contentWindow, { frame, message });
-  };
-  frame.addEventListener("load", register);
-  queueMicrotask(register);
   return frame;
 }
 
