@@ -61,6 +61,7 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "/usr/lib/libreoffice/program/libslideshowlo.so",
     ),
     ("libzbar0", "/usr/share/doc/libzbar0/copyright"),
+    ("librsvg2-bin", "/usr/bin/rsvg-convert"),
 ];
 
 /// Our ImageMagick policy, written to `<runtime>/imagemagick/policy.xml`; kernels name
