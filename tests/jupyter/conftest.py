@@ -172,7 +172,7 @@ def logs_dir():
 
 
 @pytest.fixture(scope="session")
-def pyxis(logs_dir):  # pylint: disable=redefined-outer-name
+def pyxis(logs_dir):
     binary = os.environ.get("PYXIS_BIN") or str(REPO / "target" / "debug" / "pyxis")
     runtime = os.environ.get("PYXIS_RUNTIME_DIR", "/opt/pyxis/runtime")
     port = _free_port()
@@ -197,10 +197,9 @@ def pyxis(logs_dir):  # pylint: disable=redefined-outer-name
             proc.stop()
 
 
-@pytest.fixture(scope="session")
-def jupyter(pyxis, logs_dir):  # pylint: disable=redefined-outer-name
+def _jupyter_server(pyxis, logs_dir, token: str, extra: list[str], log: str):
+    """Start `jupyter server --gateway-url=<pyxis>`; a generator yielding a `Jupyter`."""
     port = _free_port()
-    token = "jserver-" + secrets.token_hex(16)
     with tempfile.TemporaryDirectory(prefix="pyxis-jupyter-root-") as tmp:
         root = Path(tmp) / "root"
         root.mkdir()
@@ -226,8 +225,9 @@ def jupyter(pyxis, logs_dir):  # pylint: disable=redefined-outer-name
             f"--IdentityProvider.token={token}",
             f"--gateway-url={pyxis.base}",
             f"--GatewayClient.auth_token={pyxis.token}",
+            *extra,
         ]
-        proc = Proc("jupyter server", argv, env, logs_dir / "jupyter-server.log")
+        proc = Proc("jupyter server", argv, env, logs_dir / log)
         try:
             proc.wait_http(
                 f"http://127.0.0.1:{port}/api/status", {"Authorization": f"token {token}"}, 120
@@ -237,8 +237,26 @@ def jupyter(pyxis, logs_dir):  # pylint: disable=redefined-outer-name
             proc.stop()
 
 
+@pytest.fixture(scope="session")
+def jupyter(pyxis, logs_dir):
+    """The jupyter server in front of Pyxis, with a token of its own (as users run it)."""
+    yield from _jupyter_server(
+        pyxis, logs_dir, "jserver-" + secrets.token_hex(16), [], "jupyter-server.log"
+    )
+
+
+@pytest.fixture(scope="session")
+def relay(pyxis, logs_dir):
+    """A jupyter server in front of Pyxis with no token of its own, for clients that open their
+    WebSocket without credentials (nbclient and papermill with GatewayKernelManager): loopback
+    only, as the README says to run it."""
+    yield from _jupyter_server(
+        pyxis, logs_dir, "", ["--ServerApp.disable_check_xsrf=True"], "jupyter-relay.log"
+    )
+
+
 @pytest.fixture
-def kernel(jupyter):  # pylint: disable=redefined-outer-name
+def kernel(jupyter):
     """A fresh kernel started through the jupyter server, and a WebSocket to it."""
     kid = jupyter.start_kernel()
     sock = jupyter.connect(kid)
@@ -261,5 +279,5 @@ def pytest_runtest_makereport(item, call):  # pylint: disable=unused-argument
     report = outcome.get_result()
     if report.failed and "logs_dir" in getattr(item, "funcargs", {}):
         logs = item.funcargs["logs_dir"]
-        for name in ("pyxis.log", "jupyter-server.log"):
+        for name in ("pyxis.log", "jupyter-server.log", "jupyter-relay.log"):
             report.sections.append((f"tail of {name}", _tail(logs / name, 25)))

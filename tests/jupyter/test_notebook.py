@@ -31,6 +31,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from jupyter_server.gateway.gateway_client import GatewayClient
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionComplete
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
@@ -230,9 +231,7 @@ def run_through_gateway(jupyter) -> tuple[nbformat.NotebookNode, dict]:
     return nb, session
 
 
-def test_notebook_matches_local_ipykernel(jupyter, reference):
-    ours, session = run_through_gateway(jupyter)
-    assert session["kernel"]["name"] == "python3"
+def assert_same_outputs(reference: nbformat.NotebookNode, ours: nbformat.NotebookNode) -> None:
     code = [i for i, c in enumerate(reference.cells) if c.cell_type == "code"]
     assert len(code) >= 10
     diffs = []
@@ -241,10 +240,35 @@ def test_notebook_matches_local_ipykernel(jupyter, reference):
         if want != got:
             diffs.append(
                 f"cell {i}:\n{reference.cells[i].source}\n"
-                f"  ipykernel: {json.dumps(want, indent=None)[:1500]}\n"
-                f"  pyxis:     {json.dumps(got, indent=None)[:1500]}"
+                f"  ipykernel: {json.dumps(want)[:1500]}\n"
+                f"  pyxis:     {json.dumps(got)[:1500]}"
             )
     assert not diffs, f"{len(diffs)} of {len(code)} code cells differ:\n" + "\n".join(diffs)
+
+
+def test_notebook_matches_local_ipykernel(jupyter, reference):
+    ours, session = run_through_gateway(jupyter)
+    assert session["kernel"]["name"] == "python3"
+    assert_same_outputs(reference, ours)
+
+
+def test_nbclient_through_a_jupyter_server(relay, reference, monkeypatch):
+    """nbclient itself (as papermill runs it) executes the notebook on Pyxis: its kernel manager
+    is jupyter_server's GatewayKernelManager pointed at a jupyter server in front of Pyxis."""
+    monkeypatch.setenv("JUPYTER_GATEWAY_URL", relay.base)
+    GatewayClient.clear_instance()
+    try:
+        nb = build_notebook()
+        NotebookClient(
+            nb,
+            kernel_name="python3",
+            timeout=120,
+            kernel_manager_class="jupyter_server.gateway.managers.GatewayKernelManager",
+        ).execute()
+    finally:
+        GatewayClient.clear_instance()
+    nbformat.validate(nb)
+    assert_same_outputs(reference, nb)
 
 
 def test_reference_notebook_is_meaningful(reference):
