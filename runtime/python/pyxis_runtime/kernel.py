@@ -8,31 +8,25 @@ inherits it. `main(fd)` then serves one kernel socket until EOF or `shutdown`.
 from __future__ import annotations
 
 import base64
-import codecs
-import ctypes
-import fcntl
+import builtins
+import collections
+import getpass
 import io
 import json
 import os
-import select
 import shutil
 import signal
 import socket
 import sys
 import tempfile
-import threading
 import time
 
-from . import charts, framing, sysenv
+from . import charts, framing, output, sysenv
+from .output import Output, Pipes, block_sigint, nbytes
 
-STREAM_FLUSH_BYTES = 64 * 1024
-FLUSH_INTERVAL = 0.1
-IDLE_OUTPUT_LIMIT = 1024 * 1024
 DEFAULT_MAX_OUTPUT = 1024 * 1024
-PIPE_SIZE = 1024 * 1024
-# Between two checks of the fd-level pipes from Python-level writes (keeps print() cheap
-# while output of a finished subprocess still comes before the next print).
-PIPE_SYNC_INTERVAL = 0.0005
+# Bound of an answer that is not a cell's output (completions, inspection).
+REPLY_LIMIT = 1024 * 1024
 MPL_BACKEND = "module://pyxis_runtime.mplbackend"
 CJK_FONTS = ["WenQuanYi Zen Hei", "Noto Sans CJK SC", "Noto Sans CJK JP"]
 SANS_FONTS = ["DejaVu Sans"] + CJK_FONTS
@@ -72,8 +66,6 @@ KERNEL_ENV = {
     "PYTHONUNBUFFERED": "1",
 }
 
-# The kernel that receives the shell's output; None in the zygote.
-SINK: Kernel | None = None  # pylint: disable=used-before-assignment
 _SHELL = None
 
 
@@ -86,6 +78,9 @@ def _configure_matplotlib() -> None:
     import matplotlib
 
     matplotlib.use(MPL_BACKEND, force=True)
+    # As IPython's `%matplotlib inline` does: figures made by pyplot in a cell are shown
+    # at its end.
+    matplotlib.interactive(True)
     from matplotlib import font_manager
 
     names = {f.name for f in font_manager.fontManager.ttflist}
@@ -133,7 +128,25 @@ def _make_shell():
         if own_dir:
             shutil.rmtree(os.environ.pop("IPYTHONDIR"), ignore_errors=True)
     shell.system = shell.system_raw  # no pty needed: output goes to fds 1/2
+    shell.mpl_backend = MPL_BACKEND
+    _register_figure_formatter(shell)
     return shell
+
+
+def _register_figure_formatter(shell) -> None:
+    """A Figure's image/png, as `%matplotlib inline` registers it in Jupyter
+    (IPython's print_figure with the inline backend's bbox_inches="tight")."""
+    # pylint: disable=import-outside-toplevel
+    from IPython.core.pylabtools import print_figure
+    from matplotlib.figure import Figure
+
+    def png(fig):
+        kernel = shell.kernel
+        if kernel is not None and kernel.out.full():
+            return None  # no room: do not even render it
+        return print_figure(fig, "png", bbox_inches="tight", base64=True)
+
+    shell.display_formatter.formatters["image/png"].for_type(Figure, png)
 
 
 def _warm_up(shell) -> None:
@@ -162,6 +175,7 @@ def _warm_up_cells(shell) -> None:
     ax.set_title("warm-up 你好")
     buf = io.BytesIO()
     fig.savefig(buf, format="png", bbox_inches="tight")
+    shell.display_formatter.format(fig)
     plt.close("all")
     shell.run_cell("import pandas as _pd\n_pd.DataFrame({'a': [1]})", store_history=True)
     shell.run_cell("print('x')\n1/0", store_history=True)
@@ -221,358 +235,6 @@ def library_versions() -> dict:
     return versions
 
 
-# --------------------------------------------------------------------------- output
-
-
-def _nbytes(text: str) -> int:
-    return len(text) if text.isascii() else len(text.encode("utf-8", "replace"))
-
-
-def _cut(text: str, nbytes: int) -> str:
-    if text.isascii():
-        return text[:nbytes]
-    return text.encode("utf-8", "replace")[:nbytes].decode("utf-8", "ignore")
-
-
-def _block_sigint():
-    return signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-
-
-class _Timespec(ctypes.Structure):  # pylint: disable=too-few-public-methods
-    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
-
-
-class _Itimerspec(ctypes.Structure):  # pylint: disable=too-few-public-methods
-    _fields_ = [("it_interval", _Timespec), ("it_value", _Timespec)]
-
-
-# Looked up once, in the zygote; every kernel inherits them.
-_LIBC = ctypes.CDLL(None, use_errno=True)
-_timerfd_create = _LIBC.timerfd_create
-_timerfd_create.argtypes = [ctypes.c_int, ctypes.c_int]
-_timerfd_settime = _LIBC.timerfd_settime
-_timerfd_settime.argtypes = [
-    ctypes.c_int,
-    ctypes.c_int,
-    ctypes.POINTER(_Itimerspec),
-    ctypes.c_void_p,
-]
-
-
-class FlushTimer:
-    """A one-shot timerfd: armed by the thread that writes output, read by the I/O thread.
-
-    Arming is one system call and wakes nobody, so a cell that ends within FLUSH_INTERVAL
-    never wakes the I/O thread. A thread woken during a cell competes with the main thread
-    for the GIL; on a loaded host the main thread then waits for that thread's turn on a
-    CPU, which can be tens of milliseconds.
-    """
-
-    _CLOCK_MONOTONIC = 1
-    _TFD_NONBLOCK = os.O_NONBLOCK
-    _TFD_CLOEXEC = os.O_CLOEXEC
-
-    def __init__(self, interval: float) -> None:
-        self._settime = _timerfd_settime
-        fd = _timerfd_create(self._CLOCK_MONOTONIC, self._TFD_NONBLOCK | self._TFD_CLOEXEC)
-        if fd < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"timerfd_create: {os.strerror(err)}")
-        self.fd = fd
-        self._arm = _Itimerspec()
-        self._arm.it_value.tv_sec = int(interval)
-        self._arm.it_value.tv_nsec = int((interval - int(interval)) * 1e9)
-        self._disarm = _Itimerspec()
-
-    def arm(self) -> None:
-        """Fires once, FLUSH_INTERVAL from now."""
-        self._settime(self.fd, 0, ctypes.byref(self._arm), None)
-
-    def disarm(self) -> None:
-        """Cancels a pending expiry."""
-        self._settime(self.fd, 0, ctypes.byref(self._disarm), None)
-
-    def clear(self) -> None:
-        """Consumes an expiry (the I/O thread, after poll)."""
-        try:
-            os.read(self.fd, 8)
-        except BlockingIOError:
-            pass
-
-
-class Output:
-    """Per-cell output: coalesced stream text, queued frames, the byte cap, the sender."""
-
-    # pylint: disable=too-many-instance-attributes
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.lock = threading.Lock()  # state and queue
-        self.send_lock = threading.Lock()  # order of sendall calls
-        self.main_ident = threading.get_ident()
-        self.queue: list[bytes] = []
-        self.queued = 0
-        self.cell_id = ""
-        self.executing = False
-        self.limit = IDLE_OUTPUT_LIMIT
-        self.used = 0
-        self.truncated = False
-        self.pend_name = ""
-        self.pend: list[str] = []
-        self.pend_len = 0
-        self.armed = False
-        self.timer = FlushTimer(FLUSH_INTERVAL)
-
-    # Callers hold self.lock.
-    def _flush_stream(self) -> None:
-        if self.pend:
-            text = self.pend[0] if len(self.pend) == 1 else "".join(self.pend)
-            self._enqueue(
-                {"type": "stream", "id": self.cell_id, "name": self.pend_name, "text": text}
-            )
-            self.pend = []
-            self.pend_len = 0
-
-    def _enqueue(self, msg: dict) -> None:
-        frame = framing.encode(msg)
-        self.queue.append(frame)
-        self.queued += len(frame)
-
-    def _arm(self) -> None:
-        if not self.armed and self.executing:
-            self.armed = True
-            self.timer.arm()
-
-    def disarm(self) -> None:
-        """After a cell: a flush that is still pending has nothing left to do."""
-        with self.lock:
-            if self.armed:
-                self.armed = False
-                self.timer.disarm()
-
-    def write(self, name: str, text: str) -> None:
-        """Stream text from sys.stdout/sys.stderr or the fd pipes."""
-        n = _nbytes(text)
-        if not n:
-            return
-        with self.lock:
-            room = self.limit - self.used
-            if n > room:
-                self.truncated = True
-                if room <= 0:
-                    return
-                text = _cut(text, room)
-                n = room
-            self.used += n
-            if self.pend and self.pend_name != name:
-                self._flush_stream()
-            self.pend_name = name
-            self.pend.append(text)
-            self.pend_len += n
-            if self.pend_len < STREAM_FLUSH_BYTES or not self.executing:
-                self._arm()
-                return
-            self._flush_stream()
-        self.send()
-
-    def event(self, msg: dict, size: int) -> bool:
-        """Queues a rich event after the pending text; False if the cap dropped it."""
-        with self.lock:
-            if size and self.used + size > self.limit:
-                self.truncated = True
-                return False
-            self.used += size
-            self._flush_stream()
-            self.cell_id and msg.setdefault("id", self.cell_id)  # pylint: disable=W0106
-            self._enqueue(msg)
-            big = self.queued >= STREAM_FLUSH_BYTES
-            if not big:
-                self._arm()
-        if big:
-            self.send()
-        return True
-
-    def room(self) -> int:
-        """Bytes left under the cap."""
-        return self.limit - self.used
-
-    def send(self) -> None:
-        """Writes every queued frame, in order, with one sendall."""
-        # SIGINT raises only while a cell runs; a send after it cannot be cut short.
-        masked = self.executing and threading.get_ident() == self.main_ident
-        old = _block_sigint() if masked else None
-        try:
-            with self.send_lock:
-                with self.lock:
-                    if not self.queue:
-                        return
-                    data = self.queue[0] if len(self.queue) == 1 else b"".join(self.queue)
-                    self.queue = []
-                    self.queued = 0
-                try:
-                    self.sock.sendall(data)
-                except OSError:
-                    os._exit(0)  # the supervisor is gone
-        finally:
-            if masked:
-                signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-    def on_timer(self) -> None:
-        """The I/O thread, FLUSH_INTERVAL after output appeared in a running cell: sends it."""
-        with self.lock:
-            self.armed = False
-            if not self.executing:
-                return
-            self._flush_stream()
-            if not self.queue:
-                return
-        self.send()
-
-
-class PipeReader:
-    """Reads one of the fd 1/2 pipes; the lock makes a drain by the main thread exact."""
-
-    def __init__(self, out: Output, name: str, fd: int) -> None:
-        self.out = out
-        self.name = name
-        self.fd = fd
-        self.lock = threading.Lock()
-        self.closed = False
-        self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        os.set_blocking(fd, False)
-
-    def _read(self, limit: int) -> None:
-        total = 0
-        while total < limit:
-            try:
-                data = os.read(self.fd, 65536)
-            except BlockingIOError:
-                return
-            if not data:
-                self.closed = True
-                text = self.decoder.decode(b"", final=True)
-                if text:
-                    self.out.write(self.name, text)
-                return
-            total += len(data)
-            text = self.decoder.decode(data)
-            if text:
-                self.out.write(self.name, text)
-
-    def sync(self, readable: bool = True) -> None:
-        """Takes in everything already written to the pipe (bounded if a writer never
-        stops); with `readable` false, only waits for a drain in progress. Called by
-        the main thread, and by the I/O thread when the pipe is readable."""
-        if self.closed:
-            return
-        with self.lock:
-            if readable:
-                try:
-                    self._read(4 * PIPE_SIZE)
-                except OSError:
-                    self.closed = True  # user code closed our end
-
-
-def io_loop(out: Output, pipes: list[PipeReader]) -> None:
-    """Thread body: reads the fd pipes and sends output when the flush timer fires."""
-    _block_sigint()
-    poller = select.poll()
-    readers = {pipe.fd: pipe for pipe in pipes}
-    for fd in readers:
-        poller.register(fd, select.POLLIN)
-    timer_fd = out.timer.fd
-    poller.register(timer_fd, select.POLLIN)
-    while True:
-        for fd, events in poller.poll():
-            if events & select.POLLNVAL:
-                # User code closed one of our descriptors: stop watching it.
-                poller.unregister(fd)
-                continue
-            if fd == timer_fd:
-                out.timer.clear()
-                out.on_timer()
-                continue
-            pipe = readers[fd]
-            pipe.sync()
-            if pipe.closed:
-                poller.unregister(fd)
-
-
-class TextWriter(io.TextIOBase):
-    """sys.stdout / sys.stderr: feeds the cell's buffer directly."""
-
-    def __init__(self, kernel: Kernel, name: str, fd: int) -> None:
-        super().__init__()
-        self._kernel = kernel
-        self._name = name
-        self._fd = fd
-        self.buffer = _BinaryWriter(self)
-
-    @property
-    def name(self):  # type: ignore[override]
-        return f"<{self._name}>"
-
-    @property
-    def encoding(self):  # type: ignore[override]
-        return "utf-8"
-
-    @property
-    def errors(self):  # type: ignore[override]
-        return "replace"
-
-    def write(self, s):  # type: ignore[override]
-        if not isinstance(s, str):
-            raise TypeError(f"write() argument must be str, not {type(s).__name__}")
-        kernel = self._kernel
-        now = time.perf_counter()
-        if now - kernel.last_sync > PIPE_SYNC_INTERVAL:
-            kernel.sync_pipes(now)
-        kernel.out.write(self._name, s)
-        return len(s)
-
-    def writable(self):
-        return True
-
-    def readable(self):
-        return False
-
-    def seekable(self):
-        return False
-
-    def isatty(self):
-        return False
-
-    def fileno(self):
-        return self._fd
-
-    def flush(self):
-        pass
-
-
-class _BinaryWriter:
-    """`sys.stdout.buffer`."""
-
-    def __init__(self, text: TextWriter) -> None:
-        self._text = text
-        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
-
-    def write(self, data) -> int:
-        """Writes bytes."""
-        self._text.write(self._decoder.decode(bytes(data)))
-        return len(data)
-
-    def flush(self) -> None:
-        """No-op."""
-
-    def fileno(self) -> int:
-        """The underlying fd."""
-        return self._text.fileno()
-
-    def writable(self) -> bool:
-        """Yes."""
-        return True
-
-
 # --------------------------------------------------------------------------- kernel
 
 
@@ -581,72 +243,125 @@ def _mime_bundle(data: dict) -> tuple[dict, int]:
     bundle = {}
     size = 0
     for mime, value in data.items():
+        mime = str(mime)
         if isinstance(value, (bytes, bytearray, memoryview)):
             value = base64.b64encode(bytes(value)).decode("ascii")
         elif mime.startswith(BINARY_MIME_PREFIXES) and isinstance(value, str):
             value = value.replace("\n", "")
         if isinstance(value, str):
-            size += _nbytes(value)
+            size += nbytes(value)
         else:
             try:
                 size += len(json.dumps(value, default=str))
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, RecursionError):
                 value = str(value)
-                size += _nbytes(value)
+                size += nbytes(value)
         bundle[mime] = value
+        size += len(mime)
     return bundle, size
 
 
+def _json_object(value) -> dict:
+    """A dict that JSON can carry (metadata, transient, comm data): anything else is {}."""
+    if not isinstance(value, dict) or not value:
+        return {}
+    try:
+        json.dumps(value, default=str)
+    except (TypeError, ValueError, RecursionError):
+        return {}
+    return value
+
+
+def _reseed() -> None:
+    """Gives this kernel random state of its own: a fork copied the zygote's.
+
+    Python's `random` reseeds itself in a forked child already (os.register_at_fork);
+    the rest does not: numpy's legacy global RandomState (which np.random.*, pandas'
+    sample, scikit-learn's and scipy's random_state=None use), tempfile's name
+    sequence, multiprocessing's authentication key, and the C library's rand()."""
+    import random  # pylint: disable=import-outside-toplevel
+
+    random.seed()
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        numpy.random.seed()
+    tempfile._name_sequence = None  # pylint: disable=protected-access
+    mp_process = sys.modules.get("multiprocessing.process")
+    if mp_process is not None:
+        mp_process.current_process().authkey = os.urandom(32)
+    seed = int.from_bytes(os.urandom(4), "little")
+    output.LIBC.srandom(seed)
+    output.LIBC.srand48(seed)
+    jedi_settings = sys.modules.get("jedi.settings")
+    if jedi_settings is not None:
+        # Its default (~/.cache of the zygote's HOME) is a host path; completions may write it.
+        jedi_settings.cache_directory = "/tmp/.cache/jedi"
+
+
+class _StdinNotImplemented:
+    """Lazily imported IPython.core.error.StdinNotImplementedError."""
+
+    @staticmethod
+    def error(what: str) -> Exception:
+        from IPython.core.error import (  # pylint: disable=import-outside-toplevel
+            StdinNotImplementedError,
+        )
+
+        return StdinNotImplementedError(
+            f"{what} was called, but this frontend does not support input requests."
+        )
+
+
 class Kernel:
-    """Serves execute/configure requests on one socket."""
+    """Serves execute, completion, inspection, input and comm requests on one socket."""
+
+    # pylint: disable=too-many-instance-attributes
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.out = Output(sock)
+        self.pipes = Pipes(self.out)
         self.shell = _SHELL
-        self.pipes: list[PipeReader] = []
-        self.pipe_poll = select.poll()
-        self.last_sync = 0.0
+        self.reader = framing.FrameReader(sock)
+        # Requests that arrived while a cell waited for input; served after it.
+        self.deferred: collections.deque = collections.deque()
+        self.allow_stdin = False
+        self.stopping = False
         self.timing = bool(os.environ.get("PYXIS_KERNEL_TIMING"))
 
     # ---- setup
 
     def setup_io(self) -> None:
-        """fds 1/2 become pipes read by threads; sys.stdout/err feed the buffers directly."""
-        for fd, name in ((1, "stdout"), (2, "stderr")):
-            rfd, wfd = os.pipe()
-            try:
-                fcntl.fcntl(wfd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-            except OSError:
-                pass
-            os.dup2(wfd, fd)
-            os.close(wfd)
-            self.pipes.append(PipeReader(self.out, name, rfd))
-            self.pipe_poll.register(rfd, select.POLLIN)
-        threading.Thread(
-            target=io_loop, args=(self.out, self.pipes), name="pyxis-io", daemon=True
-        ).start()
-        sys.stdout = TextWriter(self, "stdout", 1)
-        sys.stderr = TextWriter(self, "stderr", 2)
-        sys.__stdout__ = sys.stdout
-        sys.__stderr__ = sys.stderr
+        """fds 1/2 become pipes read by a thread; sys.stdout/err feed the buffers directly."""
+        self.pipes.install()
 
-    def sync_pipes(self, now: float | None = None) -> None:
+    def sync_pipes(self) -> None:
         """Takes in fd-level output written so far, so it keeps its place in the order."""
-        self.last_sync = time.perf_counter() if now is None else now
-        # One poll tells which pipes hold data; each pipe's lock is still taken, so a
-        # drain the I/O thread has begun is complete before this returns.
-        ready = {fd for fd, _ in self.pipe_poll.poll(0)}
-        for pipe in self.pipes:
-            pipe.sync(pipe.fd in ready)
+        self.pipes.sync()
+
+    def install_input(self) -> None:
+        """input() and getpass.getpass() ask the client (when the cell allows it)."""
+        builtins.input = self.raw_input
+        getpass.getpass = self.getpass
 
     # ---- events from the shell
 
-    def display(self, data: dict, metadata: dict | None) -> None:
-        """display_data (from display(), plt.show())."""
+    def display(
+        self, data: dict, metadata: dict | None, transient: dict | None = None, update=False
+    ) -> None:
+        """display_data (display(), figures), or update_display_data."""
+        if self.out.full():
+            return
         self.sync_pipes()
         bundle, size = _mime_bundle(data)
-        msg = {"type": "display_data", "data": bundle, "metadata": metadata or {}}
+        msg = {
+            "type": "update_display_data" if update else "display_data",
+            "data": bundle,
+            "metadata": _json_object(metadata),
+        }
+        transient = _json_object(transient)
+        if transient or update:
+            msg["transient"] = transient
         self.out.event(msg, size)
 
     def execute_result(self, count: int, data: dict, metadata: dict | None) -> None:
@@ -657,13 +372,21 @@ class Kernel:
             "type": "execute_result",
             "execution_count": count,
             "data": bundle,
-            "metadata": metadata or {},
+            "metadata": _json_object(metadata),
         }
         self.out.event(msg, size)
 
+    def clear_output(self, wait: bool) -> None:
+        """clear_output from IPython.display.clear_output()."""
+        if self.out.full():
+            return
+        self.sync_pipes()
+        self.out.event({"type": "clear_output", "wait": bool(wait)})
+
     def error(self, ename: str, evalue: str, stb: list) -> None:
         """An exception of the cell, bounded: a huge message or traceback is
-        cut (and the reply flagged truncated), never sent whole."""
+        cut (and the reply flagged truncated), never sent whole. It counts against
+        the cell's cap; without room, only its name and the start of its message go."""
         self.sync_pipes()
         cut = False
         if len(evalue) > ERROR_VALUE_CAP:
@@ -682,70 +405,113 @@ class Kernel:
         while lines and not lines[-1]:
             lines.pop()
         if cut:
-            with self.out.lock:
-                self.out.truncated = True
+            self.out.mark_truncated()
         msg = {"type": "error", "ename": ename[:256], "evalue": evalue, "traceback": lines}
-        self.out.event(msg, 0)
+        if not self.out.event(msg, total + len(evalue)):
+            # The client must still learn what was raised.
+            short = {"type": "error", "ename": ename[:256], "evalue": evalue[:1024]}
+            self.out.force_event(dict(short, traceback=[]))
 
-    def figure(self, fig) -> None:
-        """One matplotlib figure as image/png + text/plain."""
-        if self.out.room() <= 0:
-            with self.out.lock:
-                self.out.truncated = True
-            return
-        buf = io.BytesIO()
-        try:
-            fig.savefig(buf, format="png", bbox_inches="tight")
-        except Exception:  # pylint: disable=broad-except
-            self.shell.showtraceback()
-            return
-        bundle = {"image/png": buf.getvalue(), "text/plain": repr(fig)}
-        charts.add_chart(bundle, fig)  # application/vnd.pyxis.chart+json
-        self.display(bundle, {})
+    def formatter_error(self, stb: list) -> None:
+        """A display formatter raised: its traceback goes to stderr, as IPython prints it;
+        the cell's own code did not fail."""
+        text = "\n".join(str(entry) for entry in stb)
+        self.sync_pipes()
+        self.out.write("stderr", text if text.endswith("\n") else text + "\n")
 
-    def flush_figures(self) -> None:
-        """Emits and closes every open figure."""
-        pyplot = sys.modules.get("matplotlib.pyplot")
-        if pyplot is None:
-            return
-        # pylint: disable=import-outside-toplevel
-        from matplotlib._pylab_helpers import Gcf
+    # ---- input
 
-        managers = Gcf.get_all_fig_managers()
-        if not managers:
-            return
-        for manager in managers:
-            self.figure(manager.canvas.figure)
-        pyplot.close("all")
+    def raw_input(self, prompt: object = "") -> str:
+        """builtins.input of a cell."""
+        return self._input("raw_input", prompt, password=False)
+
+    def getpass(self, prompt: str = "Password: ", stream=None) -> str:  # pylint: disable=W0613
+        """getpass.getpass of a cell."""
+        return self._input("getpass", prompt, password=True)
+
+    def _input(self, what: str, prompt: object, password: bool) -> str:
+        if not (self.allow_stdin and self.out.executing):
+            raise _StdinNotImplemented.error(what)
+        self.sync_pipes()
+        ident = self.out.cell_id
+        with self.out.lock:
+            self.out._flush_stream()  # pylint: disable=protected-access
+        self.out.reply(
+            {"type": "input_request", "id": ident, "prompt": str(prompt), "password": password}
+        )
+        while True:
+            msg = self._next_request_interruptible()
+            if msg is None:
+                self.stopping = True
+                raise EOFError("the client went away")
+            kind = msg.get("type")
+            if kind == "input_reply":
+                if msg.get("id") == ident:
+                    value = msg.get("value")
+                    return value if isinstance(value, str) else str(value or "")
+                continue  # an answer to an earlier prompt
+            self.deferred.append(msg)
+            if kind == "shutdown":
+                raise EOFError("the kernel is shutting down")
+
+    def _next_request_interruptible(self) -> dict | None:
+        """The next request while a cell waits: SIGINT (KeyboardInterrupt) may end the
+        wait, but never between a read and its buffering."""
+        reader = self.reader
+        while True:
+            try:
+                msg = reader.buffer.next_frame()
+            except framing.FrameError:
+                return None
+            if msg is not None:
+                return msg
+            reader._poll.poll()  # pylint: disable=protected-access
+            old = block_sigint()
+            try:
+                try:
+                    data = self.sock.recv(1 << 18)
+                except OSError:
+                    data = b""
+                if data:
+                    reader.buffer.feed(data)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old)
+            if not data:
+                return None
 
     # ---- requests
 
     def execute(self, msg: dict, started: float) -> None:
         """Runs one cell and sends its events and reply."""
+        # pylint: disable=too-many-branches
         out = self.out
         shell = self.shell
         code = msg.get("code") or ""
+        if not isinstance(code, str):
+            code = str(code)
         silent = bool(msg.get("silent"))
-        with out.lock:
-            out.cell_id = str(msg.get("id", ""))
-            out.limit = int(msg.get("max_output_bytes") or DEFAULT_MAX_OUTPUT)
-            out.used = out.pend_len
-            out.truncated = False
+        store_history = msg.get("store_history")
+        store_history = (not silent) if store_history is None else bool(store_history)
+        out.start_cell(
+            str(msg.get("id", "")), int(msg.get("max_output_bytes") or DEFAULT_MAX_OUTPUT)
+        )
+        self.allow_stdin = bool(msg.get("allow_stdin"))
         result = None
         status = "ok"
         try:
             out.executing = True
             try:
-                result = shell.run_cell(code, store_history=not silent, silent=silent)
+                result = shell.run_cell(code, store_history=store_history, silent=silent)
+                self._flush_figures()
             finally:
                 out.executing = False
         except KeyboardInterrupt:
             out.executing = False
             status = "error"
             self.error("KeyboardInterrupt", "", ["KeyboardInterrupt"])
+        self.allow_stdin = False
         try:
             self.sync_pipes()
-            self.flush_figures()
         except KeyboardInterrupt:
             pass
         if result is not None and (result.error_before_exec or result.error_in_exec):
@@ -762,15 +528,166 @@ class Kernel:
             "execution_count": count,
             "truncated": out.truncated,
         }
+        expressions = msg.get("user_expressions")
+        if expressions and isinstance(expressions, dict):
+            reply["user_expressions"] = (
+                self._user_expressions(expressions) if status == "ok" else {}
+            )
+            reply["truncated"] = out.truncated
         if self.timing:
             reply["kernel_us"] = round((time.perf_counter() - started) * 1e6, 1)
+        out.finish_cell(reply)
+
+    def _flush_figures(self) -> None:
+        """The figures pyplot made in this cell, shown and closed (the inline backend's
+        post_execute)."""
+        backend = sys.modules.get("pyxis_runtime.mplbackend")
+        if backend is not None:
+            backend.flush_figures()
+
+    def _user_expressions(self, expressions: dict) -> dict:
+        """IPython's user_expressions, charged against the cell's cap."""
+        out = self.out
+        try:
+            out.executing = True
+            try:
+                results = self.shell.user_expressions(
+                    {str(k): str(v) for k, v in expressions.items()}
+                )
+            finally:
+                out.executing = False
+        except KeyboardInterrupt:
+            return {}
+        try:
+            size = len(framing.encode(results)) + output.EVENT_OVERHEAD * len(results)
+        except (TypeError, ValueError, RecursionError):
+            return {}
         with out.lock:
-            out._flush_stream()  # pylint: disable=protected-access
-            out._enqueue(reply)  # pylint: disable=protected-access
-            out.limit = IDLE_OUTPUT_LIMIT
-            out.used = 0
-        out.send()
-        out.disarm()
+            if out.used + size > out.limit:
+                out.truncated = True
+                return {}
+            out.used += size
+        return results
+
+    def complete(self, msg: dict) -> None:
+        """complete_request → complete_reply (IPython's completer, as ipykernel uses it)."""
+        # pylint: disable=import-outside-toplevel
+        from IPython.core.completer import provisionalcompleter, rectify_completions
+
+        code, cursor = self._code_and_cursor(msg)
+        matches: list = []
+        types: list = []
+        start = end = cursor
+        try:
+            with provisionalcompleter():
+                raw = self.shell.Completer.completions(code, cursor)
+                completions = list(rectify_completions(code, raw))
+        except Exception:  # pylint: disable=broad-except
+            completions = []
+        budget = REPLY_LIMIT
+        for comp in completions:
+            budget -= 2 * nbytes(comp.text) + nbytes(comp.signature or "") + 64
+            if budget < 0:
+                break
+            matches.append(comp.text)
+            types.append(
+                {
+                    "start": comp.start,
+                    "end": comp.end,
+                    "text": comp.text,
+                    "type": comp.type,
+                    "signature": comp.signature,
+                }
+            )
+        if completions:
+            start, end = completions[0].start, completions[0].end
+        self.out.reply(
+            {
+                "type": "complete_reply",
+                "id": msg.get("id", ""),
+                "matches": matches,
+                "cursor_start": start,
+                "cursor_end": end,
+                "metadata": {"_jupyter_types_experimental": types},
+            }
+        )
+
+    def inspect(self, msg: dict) -> None:
+        """inspect_request → inspect_reply (IPython's object_inspect_mime)."""
+        from IPython.utils.tokenutil import token_at_cursor  # pylint: disable=W0611,C0415
+
+        code, cursor = self._code_and_cursor(msg)
+        level = msg.get("detail_level")
+        level = 1 if level == 1 else 0
+        data: dict = {}
+        found = False
+        try:
+            name = token_at_cursor(code, cursor)
+            bundle = self.shell.object_inspect_mime(name, detail_level=level)
+            if not self.shell.enable_html_pager:
+                bundle.pop("text/html", None)
+            data, _ = _mime_bundle(bundle)
+            found = True
+        except KeyError:
+            pass
+        except Exception:  # pylint: disable=broad-except
+            pass  # an object whose inspection raises is reported as not found
+        encoded = len(framing.encode({"data": data}))
+        if encoded > REPLY_LIMIT:
+            text = str(data.get("text/plain", ""))
+            data = {"text/plain": output.cut(text, REPLY_LIMIT // 2) + "\n… [truncated]"}
+        self.out.reply(
+            {
+                "type": "inspect_reply",
+                "id": msg.get("id", ""),
+                "found": found,
+                "data": data,
+                "metadata": {},
+            }
+        )
+
+    def is_complete(self, msg: dict) -> None:
+        """is_complete_request → is_complete_reply."""
+        code = msg.get("code")
+        status, indent = "unknown", ""
+        if isinstance(code, str):
+            try:
+                status, spaces = self.shell.input_transformer_manager.check_complete(code)
+                if status == "incomplete":
+                    indent = " " * int(spaces or 0)
+            except Exception:  # pylint: disable=broad-except
+                status = "unknown"
+        self.out.reply(
+            {
+                "type": "is_complete_reply",
+                "id": msg.get("id", ""),
+                "status": status,
+                "indent": indent,
+            }
+        )
+
+    def comm(self, msg: dict) -> None:
+        """Comm requests: no targets are registered, so an open is answered by a close
+        (as ipykernel's comm manager does) and messages on unknown comms are ignored."""
+        kind = msg.get("type")
+        ident = msg.get("id", "")
+        if kind == "comm_info_request":
+            self.out.reply({"type": "comm_info_reply", "id": ident, "comms": {}})
+        elif kind == "comm_open":
+            comm_id = msg.get("comm_id")
+            comm_id = comm_id if isinstance(comm_id, str) else str(comm_id)
+            self.out.reply(
+                {"type": "comm_close", "id": ident, "comm_id": comm_id[:256], "data": {}}
+            )
+
+    @staticmethod
+    def _code_and_cursor(msg: dict) -> tuple[str, int]:
+        code = msg.get("code")
+        code = code if isinstance(code, str) else ""
+        cursor = msg.get("cursor_pos")
+        if not isinstance(cursor, int) or isinstance(cursor, bool) or not 0 <= cursor <= len(code):
+            cursor = len(code)
+        return code, cursor
 
     def configure(self, msg: dict) -> None:
         """Sets environment variables."""
@@ -784,37 +701,54 @@ class Kernel:
 
     def reply(self, msg: dict) -> None:
         """Queues and sends one message."""
-        with self.out.lock:
-            self.out._enqueue(msg)  # pylint: disable=protected-access
-        self.out.send()
+        self.out.reply(msg)
+
+    def next_request(self) -> dict | None:
+        """A deferred request first, then the socket; None at EOF or a bad frame."""
+        if self.deferred:
+            return self.deferred.popleft()
+        if self.stopping:
+            return None
+        try:
+            return self.reader.read()
+        except (framing.FrameError, OSError):
+            return None
 
     def serve(self) -> None:
         """The request loop; returns at EOF or shutdown."""
-        reader = framing.FrameReader(self.sock)
+        handlers = {
+            "configure": self.configure,
+            "complete_request": self.complete,
+            "inspect_request": self.inspect,
+            "is_complete_request": self.is_complete,
+            "comm_info_request": self.comm,
+            "comm_open": self.comm,
+            "comm_msg": self.comm,
+            "comm_close": self.comm,
+        }
         while True:
-            try:
-                msg = reader.read()
-            except framing.FrameError:
-                return
-            except OSError:
-                return
+            msg = self.next_request()
             started = time.perf_counter()
             if msg is None:
                 return
             kind = msg.get("type")
             if kind == "execute_request":
                 self.execute(msg, started)
-            elif kind == "configure":
-                self.configure(msg)
             elif kind == "shutdown":
                 return
-            # Unknown requests are ignored: the supervisor only sends the above.
+            else:
+                handler = handlers.get(kind)
+                if handler is not None:
+                    try:
+                        handler(msg)
+                    except KeyboardInterrupt:
+                        pass
+                # Anything else (a stray input_reply, an unknown type) is ignored.
 
-
-def _on_sigint(_signum, _frame):
-    kernel = SINK
-    if kernel is not None and kernel.out.executing:
-        raise KeyboardInterrupt
+    def on_sigint(self, _signum, _frame) -> None:
+        """SIGINT interrupts a running cell (KeyboardInterrupt), nothing else."""
+        if self.out.executing:
+            raise KeyboardInterrupt
 
 
 def _setup_process() -> None:
@@ -833,26 +767,27 @@ def _setup_process() -> None:
 
 def main(fd: int = 3) -> None:
     """Serves the kernel socket `fd` until EOF or shutdown."""
-    global SINK  # pylint: disable=global-statement
     prepare()
     _setup_process()
+    _reseed()
     sock = socket.socket(fileno=fd)
     sock.setblocking(True)
     kernel = Kernel(sock)
-    kernel.shell = _SHELL
     # Ready first: the pipes and threads below are made while the supervisor answers its
     # client, and before this thread reads the first request.
     kernel.reply({"type": "ready"})
     kernel.setup_io()
-    SINK = kernel
+    kernel.install_input()
     if _SHELL is not None:
+        _SHELL.kernel = kernel
         _SHELL.user_ns["_dh"][:] = [os.getcwd()]
         _SHELL.hold_traps()
-    signal.signal(signal.SIGINT, _on_sigint)
+    signal.signal(signal.SIGINT, kernel.on_sigint)
     try:
         kernel.serve()
     finally:
-        SINK = None
+        if _SHELL is not None:
+            _SHELL.kernel = None
         try:
             kernel.out.send()
         except Exception:  # pylint: disable=broad-except

@@ -11,12 +11,11 @@ import warnings
 from IPython.core.autocall import IPyAutocall
 from IPython.core.displayhook import DisplayHook
 from IPython.core.displaypub import DisplayPublisher
+from IPython.core.formatters import DisplayFormatter
 from IPython.core.history import HistoryManager
 from IPython.core.interactiveshell import ExecutionInfo, ExecutionResult, InteractiveShell
 from IPython.core.macro import Macro
 from traitlets import All, Type
-
-from . import kernel as _kernel
 
 # Anything IPython's input transformers or prefilter could change: magics, shell escapes,
 # help, autocall escapes, pasted prompts.
@@ -65,17 +64,34 @@ def _set_quietly(obj, name: str, value) -> None:
 
 
 class PyxisDisplayPublisher(DisplayPublisher):
-    """display() → display_data events."""
+    """display() → display_data / update_display_data events; clear_output() → clear_output."""
 
     def publish(  # pylint: disable=arguments-differ,too-many-arguments
         self, data, metadata=None, source=None, *, transient=None, update=False, **kwargs
     ) -> None:
-        sink = _kernel.SINK
-        if sink is not None:
-            sink.display(data, metadata)
+        kernel = self.shell.kernel
+        if kernel is not None:
+            kernel.display(data, metadata, transient, update)
 
     def clear_output(self, wait=False) -> None:
-        """Nothing to clear: events are already sent."""
+        kernel = self.shell.kernel
+        if kernel is not None:
+            kernel.clear_output(wait)
+
+
+class PyxisDisplayFormatter(DisplayFormatter):
+    """IPython's formatters; while they run, a traceback is a formatter's, not the cell's."""
+
+    def format(self, obj, include=None, exclude=None):
+        shell = self.parent
+        kernel = shell.kernel
+        if kernel is not None and kernel.out.full():
+            return {}, {}  # it would be dropped: spend nothing on it
+        shell.formatting += 1
+        try:
+            return super().format(obj, include=include, exclude=exclude)
+        finally:
+            shell.formatting -= 1
 
 
 class PyxisDisplayHook(DisplayHook):
@@ -88,9 +104,9 @@ class PyxisDisplayHook(DisplayHook):
         pass
 
     def write_format_data(self, format_dict, md_dict=None) -> None:
-        sink = _kernel.SINK
-        if sink is not None:
-            sink.execute_result(self.prompt_count, format_dict, md_dict)
+        kernel = self.shell.kernel
+        if kernel is not None:
+            kernel.execute_result(self.prompt_count, format_dict, md_dict)
 
     def finish_displayhook(self) -> None:
         pass
@@ -116,7 +132,12 @@ class PyxisDisplayHook(DisplayHook):
         if kind in _PLAIN_TYPES:
             formatters = self.shell.display_formatter.formatters
             if not any(kind in f.type_printers for m, f in formatters.items() if m != "text/plain"):
-                return {"text/plain": formatters["text/plain"](result)}, {}
+                shell = self.shell
+                shell.formatting += 1
+                try:
+                    return {"text/plain": formatters["text/plain"](result)}, {}
+                finally:
+                    shell.formatting -= 1
         return super().compute_format_data(result)
 
 
@@ -152,6 +173,16 @@ class PyxisShell(InteractiveShell):
 
     displayhook_class = Type(PyxisDisplayHook)
     display_pub_class = Type(PyxisDisplayPublisher)
+    # The kernel that receives this shell's events (set in the kernel process; None in
+    # the zygote, where nothing is sent), the matplotlib backend `%matplotlib` selects,
+    # and how deep display formatters are running.
+    kernel = None
+    mpl_backend = "agg"
+    formatting = 0
+
+    def init_display_formatter(self):
+        self.display_formatter = PyxisDisplayFormatter(parent=self)
+        self.configurables.append(self.display_formatter)
 
     def init_history(self):
         self.history_manager = PyxisHistoryManager(shell=self, parent=self)
@@ -308,14 +339,17 @@ class PyxisShell(InteractiveShell):
         return True
 
     def _showtraceback(self, etype, evalue, stb) -> None:
-        sink = _kernel.SINK
-        if sink is None:
+        kernel = self.kernel
+        if kernel is None:
+            return
+        if self.formatting:
+            kernel.formatter_error(stb)
             return
         try:
             evalue_text = str(evalue)
         except Exception:  # pylint: disable=broad-except
             evalue_text = "<unprintable exception value>"
-        sink.error(getattr(etype, "__name__", str(etype)), evalue_text, stb)
+        kernel.error(getattr(etype, "__name__", str(etype)), evalue_text, stb)
 
     def should_run_async(self, raw_cell, *, transformed_cell=None, preprocessing_exc_tuple=None):
         # Skips a second compile for the common cell that cannot contain top-level await.
@@ -332,10 +366,12 @@ class PyxisShell(InteractiveShell):
 
     def enable_matplotlib(self, gui=None):
         """`%matplotlib` (any backend): figures are always shown inline as PNG."""
+        import matplotlib  # pylint: disable=import-outside-toplevel
         import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
-        plt.switch_backend(_kernel.MPL_BACKEND)
-        return "inline", _kernel.MPL_BACKEND
+        plt.switch_backend(self.mpl_backend)
+        matplotlib.interactive(True)
+        return "inline", self.mpl_backend
 
     def init_virtualenv(self):
         """The runtime's venv is the interpreter's own: nothing to adjust."""

@@ -79,7 +79,12 @@ def thp_mode() -> str:
 def run_program() -> dict:
     env = dict(os.environ, PYTHONPATH=os.path.abspath(RUNTIME))
     out = subprocess.run(
-        [sys.executable, "-c", PROGRAM], env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", PROGRAM],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)

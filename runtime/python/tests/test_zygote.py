@@ -106,7 +106,7 @@ def workspace_fd(tmp: Path) -> int:
     return os.open(tmp / "ws", os.O_PATH | os.O_DIRECTORY)
 
 
-def test_zygote_spawns_a_sandboxed_kernel(tmp_path):
+def test_zygote_spawns_a_sandboxed_kernel(tmp_path):  # pylint: disable=R0914,R0915
     zygote = Zygote(tmp_path)
     try:
         ready = zygote.reader.read()
