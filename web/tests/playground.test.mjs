@@ -240,6 +240,29 @@ describe("playground", { timeout: 600_000 }, () => {
     assert.equal((await output(j)).trim(), "after 42");
   });
 
+  test("a cell that ignores the interrupt is killed: the page says the state was lost", async () => {
+    const i = await run("import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nkept = 1\nwhile True:\n    pass");
+    await page.waitForFunction((k) => document.querySelectorAll(".cells:not([hidden]) .cell")[k]?.dataset.state === "running", i);
+    await page.waitForTimeout(500);
+    await page.click("button:has-text('Interrupt')");
+    const state = await done(i, 60_000);
+    assert.notEqual(state, "ok");
+    assert.match(await cells().nth(i).locator(".status").innerText(), /state lost/);
+    const j = await run("print('kept' in dir())");
+    assert.equal(await done(j), "ok");
+    assert.equal((await output(j)).trim(), "False");
+  });
+
+  test("restart gives a fresh interpreter", async () => {
+    const i = await run("before_restart = 1");
+    assert.equal(await done(i), "ok");
+    await page.click("button:has-text('Restart')");
+    await page.locator(".banner", { hasText: "Restarted" }).waitFor();
+    const j = await run("before_restart");
+    assert.equal(await done(j), "error");
+    assert.match(await output(j), /NameError/);
+  });
+
   test("upload CSV files (chooser and drag and drop) and read one from a cell", async () => {
     await page.setInputFiles(".drop input[type=file]", [
       { name: "data.csv", mimeType: "text/csv", buffer: Buffer.from("x,y\n1,2\n3,4\n5,6\n") },
