@@ -1,6 +1,7 @@
 // The code editor of a cell: CodeMirror 6 with Python highlighting.
 // Shift+Enter runs the cell and moves on, Ctrl/Cmd+Enter runs it in place.
 
+import { closeCompletion } from "@codemirror/autocomplete";
 import { python } from "@codemirror/lang-python";
 import { Prec } from "@codemirror/state";
 import { EditorView, keymap, placeholder } from "@codemirror/view";
@@ -26,8 +27,8 @@ export function createEditor(parent: HTMLElement, doc: string, hooks: EditorHook
     extensions: [
       Prec.highest(
         keymap.of([
-          { key: "Shift-Enter", run: () => (hooks.run(true), true) },
-          { key: "Mod-Enter", run: () => (hooks.run(false), true) },
+          { key: "Shift-Enter", run: (view) => (closeCompletion(view), hooks.run(true), true) },
+          { key: "Mod-Enter", run: (view) => (closeCompletion(view), hooks.run(false), true) },
         ]),
       ),
       basicSetup,

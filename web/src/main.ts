@@ -180,8 +180,8 @@ function report(err: unknown): void {
 setUnauthorizedHandler(() => {
   showBanner(
     getToken()
-      ? "The server refused this token (401 Unauthorized). Enter the token printed by `pyxis serve` on its first start (or the value of PYXIS_TOKEN)."
-      : "This server needs a token (401 Unauthorized). Enter the token printed by `pyxis serve` on its first start (or the value of PYXIS_TOKEN).",
+      ? "The server refused this token (401 Unauthorized). Enter the token printed by `pyxis serve` on its first start (kept in the data directory's `token` file), or the value of PYXIS_TOKEN."
+      : "This server needs a token (401 Unauthorized). Enter the token printed by `pyxis serve` on its first start (kept in the data directory's `token` file), or the value of PYXIS_TOKEN.",
   );
   ui.banner.dataset.status = "401";
   ui.tokenInput.focus();
@@ -445,6 +445,7 @@ async function runCell(view: SessionView, cell: Cell, advance: boolean): Promise
 async function refreshFiles(): Promise<void> {
   const view = current();
   ui.drop.hidden = !view;
+  ui.filesRefresh.hidden = !view;
   if (!view) {
     ui.filesList.replaceChildren();
     ui.filesPath.replaceChildren(h("span", { class: "empty" }, "No session selected."));
