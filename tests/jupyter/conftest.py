@@ -52,10 +52,16 @@ def _tail(path: Path, lines: int = 40) -> str:
         return "(no log)"
 
 
+# Servers that failed to start, by log name: later tests fail at once with the same message.
+_START_FAILED: dict[str, str] = {}
+
+
 class Proc:
     """A server process we started, with its log."""
 
     def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path) -> None:
+        if log.name in _START_FAILED:
+            pytest.fail(f"{name} failed to start earlier:\n{_START_FAILED[log.name]}")
         self.name = name
         self.log = log
         with open(log, "wb") as out:
@@ -71,6 +77,13 @@ class Proc:
             )
 
     def wait_http(self, url: str, headers: dict[str, str], limit: float) -> None:
+        try:
+            self._wait_http(url, headers, limit)
+        except RuntimeError as e:
+            _START_FAILED[self.log.name] = str(e)
+            raise
+
+    def _wait_http(self, url: str, headers: dict[str, str], limit: float) -> None:
         deadline = time.monotonic() + limit
         while time.monotonic() < deadline:
             if self.popen.poll() is not None:
@@ -229,8 +242,9 @@ def _jupyter_server(pyxis, logs_dir, token: str, extra: list[str], log: str):
         ]
         proc = Proc("jupyter server", argv, env, logs_dir / log)
         try:
+            # /api/me answers without asking the gateway (/api/status lists its kernels).
             proc.wait_http(
-                f"http://127.0.0.1:{port}/api/status", {"Authorization": f"token {token}"}, 120
+                f"http://127.0.0.1:{port}/api/me", {"Authorization": f"token {token}"}, 120
             )
             yield Jupyter(f"http://127.0.0.1:{port}", token, proc, root)
         finally:
