@@ -4,6 +4,8 @@
 mod escape;
 mod exhaustion;
 mod files_api;
+mod host_counters;
+mod kernel_memory;
 mod network;
 mod protocol;
 mod util;
