@@ -4,6 +4,7 @@
 mod api;
 mod cgroups;
 mod compat;
+mod datastack;
 mod egress;
 mod execution;
 mod files;

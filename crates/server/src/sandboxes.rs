@@ -32,6 +32,14 @@ const HOST_RO_BINDS: &[&str] = &[
     "/etc/fonts",
     "/etc/localtime",
     "/etc/mime.types",
+    // The document tools' own configuration (ImageMagick's delegates and policy,
+    // LibreOffice's sofficerc and registry, Ghostscript's font maps) and fontconfig's
+    // system cache, so fonts are not scanned again in every sandbox. Writable state
+    // goes to the sandbox's /tmp (see runtime/python/pyxis_runtime/sysenv.py).
+    "/etc/ImageMagick-6",
+    "/etc/libreoffice",
+    "/etc/ghostscript",
+    "/var/cache/fontconfig",
 ];
 /// Paths inside the sandbox that lead to the workspace (names used by the
 /// services Pyxis replaces).

@@ -425,31 +425,36 @@ def convert(path: str | os.PathLike, to: str, out_dir: str | os.PathLike | None 
 
 
 def _office_to_pdf(src: Path, out: Path) -> Path:
-    """LibreOffice headless with a profile of its own in /tmp, removed after."""
+    """LibreOffice headless with a profile of its own in /tmp, removed after (HOME too:
+    LibreOffice makes an empty ~/.config even with its profile elsewhere)."""
     profile = tempfile.mkdtemp(prefix="pyxis-lo-")
-    with tempfile.TemporaryDirectory(prefix="pyxis-lo-out-") as tmp:
-        _run(
-            [
-                "soffice",
-                f"-env:UserInstallation=file://{profile}",
-                "--headless",
-                "--norestore",
-                "--nolockcheck",
-                "--convert-to",
-                "pdf",
-                "--outdir",
-                tmp,
-                str(src),
-            ]
-        )
-        shutil.rmtree(profile, ignore_errors=True)
-        made = Path(tmp) / f"{src.stem}.pdf"
-        if not made.is_file():
-            raise ToolError(
-                "conversion_failed", f"LibreOffice could not convert this {_ext(src)} file", 422
+    env = dict(os.environ, HOME=profile)
+    try:
+        with tempfile.TemporaryDirectory(prefix="pyxis-lo-out-") as tmp:
+            _run(
+                [
+                    "soffice",
+                    f"-env:UserInstallation=file://{profile}",
+                    "--headless",
+                    "--norestore",
+                    "--nolockcheck",
+                    "--convert-to",
+                    "pdf",
+                    "--outdir",
+                    tmp,
+                    str(src),
+                ],
+                env=env,
             )
-        target = out / made.name
-        shutil.move(str(made), target)
+            made = Path(tmp) / f"{src.stem}.pdf"
+            if not made.is_file():
+                raise ToolError(
+                    "conversion_failed", f"LibreOffice could not convert this {_ext(src)} file", 422
+                )
+            target = out / made.name
+            shutil.move(str(made), target)
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
     return target
 
 
