@@ -573,6 +573,75 @@ fn the_interpreter_memory_holds_no_host_path() {
     );
 }
 
+/// Issue 14, point 5: nothing a kernel can read about itself names the host's layout: not
+/// the build directory the sandbox library was loaded from (`/proc/self/maps`), not the
+/// server's working directory (`sys.path`, the working directory), not the data directory.
+/// Every absolute path it shows in its maps, `sys.path`, `sys.argv`, modules' `__file__`,
+/// working directory and environment exists inside the sandbox.
+#[test]
+fn the_kernel_shows_nothing_of_the_host_layout() {
+    let s = server();
+    let v = s.session();
+    let out = attack(s, &v, |v| {
+        json_of(
+            v,
+            r#"
+import json, os, sys
+maps = sorted({l.split(None, 5)[5].strip() for l in open('/proc/self/maps') if len(l.split(None, 5)) == 6})
+seen = {
+    "maps": maps,
+    "sys_path": list(sys.path),
+    "argv": list(sys.argv) + list(getattr(sys, "orig_argv", [])),
+    "files": sorted({str(getattr(m, "__file__", None) or "") for m in list(sys.modules.values())} - {""}),
+    "cwd": [os.getcwd()],
+    "environ": sorted("%s=%s" % kv for kv in os.environ.items()),
+    "proc_environ": sorted(open('/proc/self/environ', 'rb').read().decode('utf-8', 'replace').split('\0')),
+}
+paths = set()
+for key in ("maps", "sys_path", "argv", "files", "cwd"):
+    paths.update(p for p in seen[key] if p.startswith('/'))
+for kv in seen["environ"] + seen["proc_environ"]:
+    for part in kv.partition('=')[2].split(':'):
+        if part.startswith('/'):
+            paths.add(part)
+def inside(p):
+    # Anonymous copies show up as "/memfd:NAME (deleted)"; caches the kernel points at in its
+    # own /tmp and /workspace may not exist yet; CPython lists its (never present) zip.
+    p = p.removesuffix(' (deleted)')
+    return (p.startswith(('/memfd:', '/tmp/', '/workspace/')) or os.path.lexists(p)
+            or (p.startswith(sys.prefix) or p.startswith(sys.base_prefix)) and p.endswith('.zip'))
+missing = sorted(p for p in paths if not inside(p))
+print(json.dumps({"seen": seen, "missing": missing}))
+"#,
+        )
+    });
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the repository")
+        .display()
+        .to_string();
+    let host_only = [
+        repo.as_str(),
+        &s.data_dir.display().to_string(),
+        &std::env::current_dir().expect("cwd").display().to_string(),
+    ];
+    let text = out["seen"].to_string();
+    for host in host_only {
+        assert!(!text.contains(host), "the kernel sees {host}: {out:#}");
+    }
+    let maps = out["seen"]["maps"].as_array().expect("maps");
+    assert!(
+        maps.iter()
+            .any(|m| m.as_str().is_some_and(|m| m.contains("libpyxis_sandbox"))),
+        "the sandbox library is not mapped at all, or not under its name: {maps:?}"
+    );
+    assert_eq!(
+        out["missing"],
+        json!([]),
+        "paths of the host's layout: {out:#}"
+    );
+}
+
 #[test]
 fn ipc_objects_are_private_to_a_session() {
     let s = server();

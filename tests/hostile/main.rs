@@ -8,4 +8,5 @@ mod host_counters;
 mod kernel_memory;
 mod network;
 mod protocol;
+mod shared_locks;
 mod util;
