@@ -12,16 +12,16 @@ after-fork hooks itself, as `os.fork` would have. The init is not a copy of the 
 copy costs a fork and an exit of its whole heap's page tables.
 
 A `spawn` frame carries its descriptors with SCM_RIGHTS: the kernel's socket, the workspace
-directory (O_PATH), then one open cgroup.procs file per `spec.cgroup_fds` entry, then, when
-the spec has `egress`, the init's end of the egress channel. The sandbox gets them at fixed
-numbers (socket 3, setup report pipe 4, workspace 5, cgroups from 6, the egress channel after
-them), so the spec names no host path the kernel's memory could give away.
+directory (O_PATH), then one open cgroup.procs file per `spec.cgroup_fds` entry. The sandbox
+gets them at fixed numbers (socket 3, setup report pipe 4, workspace 5, cgroups from 6), so
+the spec names no host path the kernel's memory could give away.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import gc
 import json
 import os
@@ -54,12 +54,54 @@ def log(text: str) -> None:
         pass
 
 
+# memfd_create(2) flags; MFD_EXEC (Linux 6.3) keeps a copy executable where vm.memfd_noexec
+# would otherwise make it not.
+MFD_CLOEXEC = 0x1
+MFD_ALLOW_SEALING = 0x2
+MFD_EXEC = 0x10
+# fcntl(2): seals that make a memfd immutable.
+F_ADD_SEALS = 1033
+F_SEAL_SEAL, F_SEAL_SHRINK, F_SEAL_GROW, F_SEAL_WRITE = 0x1, 0x2, 0x4, 0x8
+
+
+def anonymous_copy(path: str) -> int:
+    """A sealed memfd holding the file at `path`: mapped or executed from it, the file
+    shows up in /proc/PID/maps and /proc/PID/exe as `/memfd:NAME (deleted)`, never as its
+    host path (the build directory), which every kernel could otherwise read."""
+    name = os.path.basename(path)
+    try:
+        fd = os.memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_EXEC)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        fd = os.memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING)
+    try:
+        with open(path, "rb") as source:
+            while chunk := source.read(1 << 20):
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view) :]
+        fcntl.fcntl(fd, F_ADD_SEALS, F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 class SandboxLib:
-    """The C ABI of the sandbox crate."""
+    """The C ABI of the sandbox crate, loaded from an anonymous copy (see `anonymous_copy`),
+    and its init program, copied the same way."""
 
     def __init__(self, path: str) -> None:
-        self.lib = ctypes.CDLL(path)
-        self.init_program = os.path.join(os.path.dirname(path), INIT_PROGRAM)
+        lib_fd = anonymous_copy(path)
+        try:
+            self.lib = ctypes.CDLL(f"/proc/self/fd/{lib_fd}")
+        finally:
+            os.close(lib_fd)
+        # Open until `prepare`, which keeps its own (O_PATH) descriptor of the copy: executed
+        # through that, the copy must have no writable descriptor left (ETXTBSY).
+        self.init_fd = anonymous_copy(os.path.join(os.path.dirname(path), INIT_PROGRAM))
+        self.init_program = f"/proc/self/fd/{self.init_fd}"
         self.lib.pyxis_sandbox_prepare.argtypes = [
             ctypes.c_char_p,
             ctypes.c_char_p,
@@ -80,8 +122,11 @@ class SandboxLib:
     def prepare(self) -> None:
         """Calls pyxis_sandbox_prepare once; raises RuntimeError on failure."""
         err = ctypes.create_string_buffer(ERRLEN)
-        if self.lib.pyxis_sandbox_prepare(os.fsencode(self.init_program), err, ERRLEN) != 0:
-            raise RuntimeError(err.value.decode("utf-8", "replace") or "prepare failed")
+        try:
+            if self.lib.pyxis_sandbox_prepare(os.fsencode(self.init_program), err, ERRLEN) != 0:
+                raise RuntimeError(err.value.decode("utf-8", "replace") or "prepare failed")
+        finally:
+            os.close(self.init_fd)
 
     def spawn(self, spec: bytes, fds: list[int], zygote_pidfd: int) -> int:
         """Makes a sandbox: the kernel's pid in the zygote once it is ready, 0 in the kernel.
@@ -194,27 +239,22 @@ class Zygote:
         if not isinstance(cgroups, list) or len(cgroups) > MAX_CGROUP_FDS:
             self.send({"type": "spawn_failed", "id": ident, "error": "spec is not a valid object"})
             return
-        egress = spec.get("egress")
-        if egress is not None and not isinstance(egress, dict):
-            self.send({"type": "spawn_failed", "id": ident, "error": "spec is not a valid object"})
-            return
-        wanted = 2 + len(cgroups) + (egress is not None)
+        wanted = 2 + len(cgroups)
         if len(self.fds) < wanted:
             self.send(
                 {"type": "spawn_failed", "id": ident, "error": f"{wanted} descriptors expected"}
             )
             return
         fds, self.fds = self.fds[:wanted], self.fds[wanted:]
-        numbered = dict(
-            spec,
-            kernel_fd=KERNEL_FD,
-            report_fd=REPORT_FD,
-            workspace_fd=WORKSPACE_FD,
-            cgroup_fds=[FIRST_CGROUP_FD + i for i in range(len(cgroups))],
-        )
-        if egress is not None:
-            numbered["egress"] = dict(egress, channel_fd=FIRST_CGROUP_FD + len(cgroups))
-        spec_json = json.dumps(numbered).encode()
+        spec_json = json.dumps(
+            dict(
+                spec,
+                kernel_fd=KERNEL_FD,
+                report_fd=REPORT_FD,
+                workspace_fd=WORKSPACE_FD,
+                cgroup_fds=[FIRST_CGROUP_FD + i for i in range(len(cgroups))],
+            )
+        ).encode()
         error = ""
         ctypes.pythonapi.PyOS_BeforeFork()
         try:
@@ -278,8 +318,20 @@ class Zygote:
 PR_SET_CHILD_SUBREAPER = 36
 
 
+def forget_host_layout() -> None:
+    """Drops what a kernel, a fork of the zygote, would otherwise inherit of the server's
+    host layout: the server's working directory (ours, and `sys.path[0]` under `-m`) and the
+    library's host path in the environment. What stays (the runtime's and the system's paths)
+    exists at the same place inside every sandbox."""
+    cwd = os.getcwd()
+    wanted = set(filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep)))
+    sys.path[:] = [p for p in sys.path if p in wanted or (p and p != cwd)]
+    os.chdir("/")
+
+
 def main() -> None:
     """Entry point."""
+    forget_host_layout()
     # A sandbox's init outlives its parent for a moment when the sandbox is
     # killed; as subreaper the zygote reaps it instead of leaving a zombie for
     # the host's pid 1 (which, in a container, may never reap).
@@ -287,11 +339,15 @@ def main() -> None:
     ctrl = socket.socket(fileno=CONTROL_FD)
     ctrl.setblocking(True)
     os.environ.setdefault("MPLBACKEND", "Agg")
+    # pyarrow's jemalloc (loaded with pandas) restarts its background thread after the
+    # throwaway fork of `single_threaded`, and the sandbox library forks only a
+    # single-threaded process. Read by jemalloc when pyarrow loads.
+    os.environ.setdefault("JE_ARROW_MALLOC_CONF", "background_thread:false")
     # pylint: disable=import-outside-toplevel
     from . import kernel
 
     kernel.prepare()
-    lib_path = os.environ.get("PYXIS_SANDBOX_LIB")
+    lib_path = os.environ.pop("PYXIS_SANDBOX_LIB", None)
     if not lib_path:
         log("PYXIS_SANDBOX_LIB is not set")
         sys.exit(2)
