@@ -12,9 +12,10 @@ after-fork hooks itself, as `os.fork` would have. The init is not a copy of the 
 copy costs a fork and an exit of its whole heap's page tables.
 
 A `spawn` frame carries its descriptors with SCM_RIGHTS: the kernel's socket, the workspace
-directory (O_PATH), then one open cgroup.procs file per `spec.cgroup_fds` entry. The sandbox
-gets them at fixed numbers (socket 3, setup report pipe 4, workspace 5, cgroups from 6), so
-the spec names no host path the kernel's memory could give away.
+directory (O_PATH), then one open cgroup.procs file per `spec.cgroup_fds` entry, then, when
+the spec has `egress`, the init's end of the egress channel. The sandbox gets them at fixed
+numbers (socket 3, setup report pipe 4, workspace 5, cgroups from 6, the egress channel after
+them), so the spec names no host path the kernel's memory could give away.
 """
 
 from __future__ import annotations
@@ -239,22 +240,27 @@ class Zygote:
         if not isinstance(cgroups, list) or len(cgroups) > MAX_CGROUP_FDS:
             self.send({"type": "spawn_failed", "id": ident, "error": "spec is not a valid object"})
             return
-        wanted = 2 + len(cgroups)
+        egress = spec.get("egress")
+        if egress is not None and not isinstance(egress, dict):
+            self.send({"type": "spawn_failed", "id": ident, "error": "spec is not a valid object"})
+            return
+        wanted = 2 + len(cgroups) + (egress is not None)
         if len(self.fds) < wanted:
             self.send(
                 {"type": "spawn_failed", "id": ident, "error": f"{wanted} descriptors expected"}
             )
             return
         fds, self.fds = self.fds[:wanted], self.fds[wanted:]
-        spec_json = json.dumps(
-            dict(
-                spec,
-                kernel_fd=KERNEL_FD,
-                report_fd=REPORT_FD,
-                workspace_fd=WORKSPACE_FD,
-                cgroup_fds=[FIRST_CGROUP_FD + i for i in range(len(cgroups))],
-            )
-        ).encode()
+        numbered = dict(
+            spec,
+            kernel_fd=KERNEL_FD,
+            report_fd=REPORT_FD,
+            workspace_fd=WORKSPACE_FD,
+            cgroup_fds=[FIRST_CGROUP_FD + i for i in range(len(cgroups))],
+        )
+        if egress is not None:
+            numbered["egress"] = dict(egress, channel_fd=FIRST_CGROUP_FD + len(cgroups))
+        spec_json = json.dumps(numbered).encode()
         error = ""
         ctypes.pythonapi.PyOS_BeforeFork()
         try:
