@@ -298,18 +298,15 @@ def _reseed() -> None:
         jedi_settings.cache_directory = "/tmp/.cache/jedi"
 
 
-class _StdinNotImplemented:
-    """Lazily imported IPython.core.error.StdinNotImplementedError."""
+def _stdin_not_implemented(what: str) -> Exception:
+    """ipykernel's error for input() in a cell whose client cannot answer."""
+    from IPython.core.error import (  # pylint: disable=import-outside-toplevel
+        StdinNotImplementedError,
+    )
 
-    @staticmethod
-    def error(what: str) -> Exception:
-        from IPython.core.error import (  # pylint: disable=import-outside-toplevel
-            StdinNotImplementedError,
-        )
-
-        return StdinNotImplementedError(
-            f"{what} was called, but this frontend does not support input requests."
-        )
+    return StdinNotImplementedError(
+        f"{what} was called, but this frontend does not support input requests."
+    )
 
 
 class Kernel:
@@ -431,7 +428,7 @@ class Kernel:
 
     def _input(self, what: str, prompt: object, password: bool) -> str:
         if not (self.allow_stdin and self.out.executing):
-            raise _StdinNotImplemented.error(what)
+            raise _stdin_not_implemented(what)
         self.sync_pipes()
         ident = self.out.cell_id
         with self.out.lock:
@@ -614,7 +611,7 @@ class Kernel:
 
     def inspect(self, msg: dict) -> None:
         """inspect_request → inspect_reply (IPython's object_inspect_mime)."""
-        from IPython.utils.tokenutil import token_at_cursor  # pylint: disable=W0611,C0415
+        from IPython.utils.tokenutil import token_at_cursor  # pylint: disable=C0415
 
         code, cursor = self._code_and_cursor(msg)
         level = msg.get("detail_level")
