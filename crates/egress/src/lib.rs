@@ -35,6 +35,7 @@
 mod addr;
 mod limits;
 mod metrics;
+mod mirror;
 mod policy;
 mod proxy;
 mod resolve;
@@ -42,6 +43,7 @@ mod resolve;
 pub use addr::{is_public, AddressError, AddressRules, AddressVerdict, Cidr, OperatorAllow};
 pub use limits::{EgressLimits, LimitHit, OpenGuard, Usage};
 pub use metrics::{EgressCounters, EgressMetrics, RefusalKind};
+pub use mirror::{normalize_project, Mirror, MirrorConfig, MirrorCounters, MIRROR_HOST};
 pub use policy::{AllowRule, EgressMode, EgressPolicy, PolicyError, Target, TargetHost, MAX_RULES};
 pub use proxy::{EgressConfig, Proxy, Refusal, SessionEgress};
 pub use resolve::{Resolver, Resolving, StaticResolver, SystemResolver};

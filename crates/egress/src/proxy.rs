@@ -28,6 +28,7 @@ use tokio::sync::watch;
 use crate::addr::{AddressRules, AddressVerdict};
 use crate::limits::{EgressLimits, LimitHit, OpenGuard, Usage};
 use crate::metrics::{EgressMetrics, RefusalKind};
+use crate::mirror::Mirror;
 use crate::policy::{EgressPolicy, Target, TargetHost};
 use crate::resolve::{Resolver, SystemResolver};
 
@@ -172,8 +173,10 @@ impl Refusal {
     }
 }
 
+/// The error type of the proxy's answer bodies.
+pub(crate) type BodyError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type of the proxy's answers.
-type ProxyBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+pub(crate) type ProxyBody = http_body_util::combinators::BoxBody<Bytes, BodyError>;
 
 /// The server's proxy: configuration and counters shared by every session.
 #[derive(Debug, Clone)]
@@ -185,17 +188,29 @@ pub struct Proxy {
 struct ProxyInner {
     config: EgressConfig,
     metrics: EgressMetrics,
+    mirror: Option<Arc<Mirror>>,
 }
 
 impl Proxy {
     /// A proxy with `config`.
     pub fn new(config: EgressConfig) -> Proxy {
+        Proxy::with_mirror(config, None)
+    }
+
+    /// A proxy that also serves the package index at [`crate::MIRROR_HOST`].
+    pub fn with_mirror(config: EgressConfig, mirror: Option<Arc<Mirror>>) -> Proxy {
         Proxy {
             inner: Arc::new(ProxyInner {
                 config,
                 metrics: EgressMetrics::default(),
+                mirror,
             }),
         }
+    }
+
+    /// The package index mirror, if there is one.
+    pub fn mirror(&self) -> Option<&Arc<Mirror>> {
+        self.inner.mirror.as_ref()
     }
 
     /// The counters.
@@ -586,6 +601,12 @@ impl SessionEgress {
                 "upgrades are not forwarded over plain http; use CONNECT".into(),
             ));
         }
+        if authority.host().eq_ignore_ascii_case(crate::MIRROR_HOST) {
+            let mirror = self.proxy.mirror().ok_or_else(|| {
+                Refusal::BadRequest("this server has no package index configured".into())
+            })?;
+            return mirror.handle(&self.proxy, &self.policy(), &req).await;
+        }
         let port = authority.port_u16().unwrap_or(80);
         let target = Target::parse(authority.host(), port).ok_or_else(|| {
             Refusal::BadRequest(format!(
@@ -633,7 +654,10 @@ impl SessionEgress {
             })?;
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(parts, body.boxed()))
+        Ok(Response::from_parts(
+            parts,
+            body.map_err(BodyError::from).boxed(),
+        ))
     }
 }
 
