@@ -6,8 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pyxis_runtime import sysenv
-
 ROOT = Path(__file__).resolve().parents[3]
 
 
@@ -20,11 +18,3 @@ def test_readme_lists_exactly_the_pins():
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-
-
-def test_pins_parse_names_and_versions():
-    text = (ROOT / "runtime/python/requirements.txt").read_text(encoding="utf-8")
-    pins = dict(sysenv.pinned(text))
-    assert pins["numpy"] and pins["plotly"] and pins["pymupdf"]
-    assert all(not name.startswith("#") for name in pins)
-    assert sysenv.pinned("# comment\nfoo==1.2  # why\n\nbar>=2\n") == [("foo", "1.2")]
