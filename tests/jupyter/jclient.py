@@ -7,6 +7,7 @@ frame is one JSON message with a top-level `channel`. Transport: `websocket-clie
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 import uuid
@@ -108,11 +109,14 @@ class KernelSocket:  # pylint: disable=too-many-instance-attributes
         """Drop the TCP connection without a close handshake (a client that vanishes)."""
         with self._cv:
             self._closed = True
+        sock = self.ws.sock
+        if sock is None:
+            return
         try:
-            self.ws.sock.shutdown(2)
+            sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
-        self.ws.sock.close()
+        sock.close()
 
     @property
     def protocol_error(self) -> str | None:
@@ -234,28 +238,33 @@ class KernelSocket:  # pylint: disable=too-many-instance-attributes
             elif m["channel"] == "stdin" and m["msg_type"] == "input_request":
                 ex.stdin.append(m)
                 assert on_input is not None, f"unexpected input_request: {m['content']}"
-                self.ws.send(
-                    json.dumps(
-                        {
-                            "channel": "stdin",
-                            "msg_id": uuid.uuid4().hex,
-                            "msg_type": "input_reply",
-                            "header": {
-                                "msg_id": uuid.uuid4().hex,
-                                "msg_type": "input_reply",
-                                "session": self.session,
-                                "username": "tester",
-                                "date": datetime.now(timezone.utc).isoformat(),
-                                "version": "5.3",
-                            },
-                            "parent_header": m["header"],
-                            "metadata": {},
-                            "content": {"value": on_input(m)},
-                            "buffers": [],
-                        }
-                    )
-                )
+                self.answer_input(m, on_input(m))
         return ex
+
+    def answer_input(self, request: dict, value: str) -> None:
+        """Send the input_reply to an input_request."""
+        msg_id = uuid.uuid4().hex
+        self.ws.send(
+            json.dumps(
+                {
+                    "channel": "stdin",
+                    "msg_id": msg_id,
+                    "msg_type": "input_reply",
+                    "header": {
+                        "msg_id": msg_id,
+                        "msg_type": "input_reply",
+                        "session": self.session,
+                        "username": "tester",
+                        "date": datetime.now(timezone.utc).isoformat(),
+                        "version": "5.3",
+                    },
+                    "parent_header": request["header"],
+                    "metadata": {},
+                    "content": {"value": value},
+                    "buffers": [],
+                }
+            )
+        )
 
     def execute(self, code: str, timeout: float = 60, **kw) -> Execution:
         on_input = kw.pop("on_input", None)

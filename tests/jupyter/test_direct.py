@@ -188,11 +188,13 @@ def test_start_body_as_the_gateway_client_sends_it(pyxis):
 @pytest.mark.parametrize(
     "body,want",
     [
+        # Malformed JSON is a 400; well-formed JSON of the wrong shape is a 422, as on /v1.
         (b"{not json", 400),
-        (b'{"name": 3}', 400),
+        (b'{"name": 3}', 422),
         (b'{"name": "no-such-kernel"}', 404),
-        (b'{"name": "python3", "env": "PATH=/x"}', 400),
-        (b"[]", 400),
+        (b'{"name": "python3", "env": "PATH=/x"}', 422),
+        (b'{"name": "python3", "env": {"A": 1}}', 422),
+        (b"[]", 422),
     ],
 )
 def test_bad_start_bodies(pyxis, body, want):
