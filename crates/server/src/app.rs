@@ -1,23 +1,43 @@
-//! Shared state of the HTTP layer.
+//! Shared state of the doors: the services, and each door's own small state.
 
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::sessions::Sessions;
-use crate::zygote::Zygote;
+use crate::services::{Files, Sessions};
 
-/// Everything a handler may need.
+/// Everything a door may need.
 pub struct App {
     /// The effective configuration.
     pub config: Arc<Config>,
     /// Sessions and the warm pool.
     pub sessions: Arc<Sessions>,
-    /// The zygote (for capabilities).
-    pub zygote: Arc<Zygote>,
+    /// Workspace files.
+    pub files: Files,
     /// The API token.
     pub token: String,
     /// The Jupyter-kernel gateway door's `user_uuid → session` map.
-    pub gateway: crate::compat::gateway::GatewayUsers,
+    pub gateway: crate::doors::gateway::GatewayUsers,
+    /// The Jupyter door's kernels (their channels and message state).
+    pub jupyter: crate::doors::jupyter::Kernels,
+}
+
+impl App {
+    /// The state over the services.
+    pub fn new(
+        config: Arc<Config>,
+        sessions: Arc<Sessions>,
+        files: Files,
+        token: String,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            sessions,
+            files,
+            token,
+            gateway: Default::default(),
+            jupyter: Default::default(),
+        })
+    }
 }
 
 /// Handler state.

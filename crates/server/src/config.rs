@@ -127,10 +127,19 @@ pub struct Settings {
     /// Size bound of the Docker-pool door's store in MiB (oldest removed first).
     #[arg(long, env = "PYXIS_COMPAT_STORE_MAX_MB")]
     pub compat_store_max_mb: Option<u64>,
+    /// Bytes of cell history (code and outputs, for notebook export) kept per session, in
+    /// KiB; the oldest cells are dropped first.
+    #[arg(long, env = "PYXIS_HISTORY_MAX_KB")]
+    pub history_max_kb: Option<u64>,
+    /// Serve `/metrics` on this address instead of the API's (then without a token).
+    #[arg(long, env = "PYXIS_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
-/// The validated configuration.
+/// The validated configuration. Each field is the setting of the same name in
+/// [`Settings`] (documented there), in its unit: bytes, durations, parsed lists.
 #[derive(Debug, Clone, Serialize)]
+#[allow(missing_docs)]
 pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
@@ -156,7 +165,7 @@ pub struct Config {
     pub files_scan_max_entries: usize,
     pub files_scan_max_depth: usize,
     pub files_list_max_entries: usize,
-    pub import_allow: Vec<crate::url_import::Cidr>,
+    pub import_allow: Vec<crate::services::url_import::Cidr>,
     pub import_timeout: Duration,
     pub import_max_bytes: u64,
     pub export_timeout: Duration,
@@ -167,6 +176,8 @@ pub struct Config {
     pub compat_output_extensions: Vec<String>,
     pub compat_store_ttl: Duration,
     pub compat_store_max_bytes: u64,
+    pub history_max_bytes: u64,
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 const MIB: u64 = 1024 * 1024;
@@ -215,7 +226,9 @@ impl Settings {
             compat_public_base_url,
             compat_output_extensions,
             compat_store_ttl_s,
-            compat_store_max_mb
+            compat_store_max_mb,
+            history_max_kb,
+            metrics_listen
         )
     }
 }
@@ -299,7 +312,7 @@ impl Config {
                 .split(',')
                 .map(str::trim)
                 .filter(|c| !c.is_empty())
-                .map(crate::url_import::Cidr::parse)
+                .map(crate::services::url_import::Cidr::parse)
                 .collect::<Result<_, _>>()
                 .map_err(|e| anyhow::anyhow!("import_allow: {e}"))?,
             import_timeout: secs("import_timeout_s", s.import_timeout_s.unwrap_or(60.0))?,
@@ -322,6 +335,8 @@ impl Config {
                 .collect(),
             compat_store_ttl: Duration::from_secs(s.compat_store_ttl_s.unwrap_or(86_400).max(1)),
             compat_store_max_bytes: s.compat_store_max_mb.unwrap_or(1024) * MIB,
+            history_max_bytes: s.history_max_kb.unwrap_or(1024) * 1024,
+            metrics_listen: s.metrics_listen,
         };
         if cfg.memory_bytes < 64 * MIB {
             bail!("memory_mb must be at least 64");

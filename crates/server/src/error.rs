@@ -6,9 +6,9 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use crate::model::{ErrorBody, ErrorDetail};
-use crate::url_import::ImportError;
-use crate::workspace_fs::WorkspaceFsError;
+use crate::doors::v1::model::{ErrorBody, ErrorDetail};
+use crate::services::url_import::ImportError;
+use crate::services::ServiceError;
 
 /// An error answer.
 #[derive(Debug)]
@@ -27,6 +27,21 @@ impl ApiError {
             message: message.into(),
             retry_after: None,
         }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The machine-readable code.
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+
+    /// The human-readable message.
+    pub fn message(&self) -> &str {
+        &self.message
     }
 
     /// 400 or 422 for input that is not acceptable.
@@ -133,31 +148,6 @@ impl ApiError {
         )
     }
 
-    /// Answer for a failed workspace operation on `path`.
-    pub fn from_fs(err: WorkspaceFsError, path: &str, quota_bytes: u64) -> Self {
-        match err {
-            WorkspaceFsError::InvalidPath(why) => {
-                Self::invalid_path(format!("invalid path {path:?}: {why}"))
-            }
-            WorkspaceFsError::NotFound | WorkspaceFsError::NotADirectory => {
-                Self::file_not_found(path)
-            }
-            WorkspaceFsError::Forbidden => Self::forbidden_path(path),
-            WorkspaceFsError::NotAFile => {
-                Self::conflict("not_a_file", format!("{path:?} is not a regular file"))
-            }
-            WorkspaceFsError::IsADirectory => {
-                Self::conflict("is_a_directory", format!("{path:?} is a directory"))
-            }
-            WorkspaceFsError::NotEmpty => Self::conflict(
-                "directory_not_empty",
-                format!("{path:?} is a directory that is not empty"),
-            ),
-            WorkspaceFsError::Quota => Self::quota_exceeded(quota_bytes),
-            e @ WorkspaceFsError::Io { .. } => Self::internal(e),
-        }
-    }
-
     /// Any other answer.
     pub fn with_status(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self::new(status, code, message)
@@ -178,15 +168,6 @@ impl ApiError {
         }
     }
 
-    /// Answer for a URL that cannot be exported to (checked before anything
-    /// is sent).
-    pub fn from_export(err: ImportError) -> Self {
-        match err {
-            ImportError::Failed(m) => Self::new(StatusCode::BAD_GATEWAY, "export_failed", m),
-            e => Self::from_import(e),
-        }
-    }
-
     /// 500: logs the cause, tells the client nothing about it.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error");
@@ -195,6 +176,31 @@ impl ApiError {
             "internal",
             "internal error",
         )
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::SessionNotFound(id) => Self::session_not_found(&id),
+            ServiceError::Busy => Self::busy(),
+            ServiceError::Exhausted(m) => Self::exhausted(m),
+            ServiceError::Invalid(m) => Self::bad_request(m),
+            ServiceError::InvalidPath(m) => Self::invalid_path(m),
+            ServiceError::ForbiddenPath(p) => Self::forbidden_path(&p),
+            ServiceError::FileNotFound(p) => Self::file_not_found(&p),
+            ServiceError::Conflict { code, message } => Self::conflict(code, message),
+            ServiceError::QuotaExceeded(q) => Self::quota_exceeded(q),
+            ServiceError::TooLarge(m) => Self::too_large(m),
+            ServiceError::Import(e) => Self::from_import(e),
+            ServiceError::ExportFailed(m) => Self::new(StatusCode::BAD_GATEWAY, "export_failed", m),
+            // Logged where it happened.
+            ServiceError::Internal(_) => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error",
+            ),
+        }
     }
 }
 

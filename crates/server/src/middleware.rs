@@ -38,10 +38,11 @@ pub fn apply(router: Router<AppState>, app: Arc<App>) -> Router {
         .with_state(app)
 }
 
-/// Accept `Authorization: Bearer <token>` or `X-Auth-Token: <token>`,
-/// compared in constant time.
+/// Accept `Authorization: Bearer <token>` (or Jupyter's `token <token>`) or
+/// `X-Auth-Token: <token>`, compared in constant time; on the Jupyter WebSocket, whose
+/// browser clients cannot set headers, also `?token=<token>`.
 async fn auth(State(app): State<AppState>, req: Request, next: Next) -> Response {
-    if OPEN_PATHS.contains(&req.uri().path()) || crate::compat::pool::is_open(&app, &req) {
+    if OPEN_PATHS.contains(&req.uri().path()) || crate::doors::pool::is_open(&app, &req) {
         return next.run(req).await;
     }
     let headers = req.headers();
@@ -51,9 +52,19 @@ async fn auth(State(app): State<AppState>, req: Request, next: Next) -> Response
         .and_then(|v| {
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))
+                .or_else(|| v.strip_prefix("token "))
+                .or_else(|| v.strip_prefix("Token "))
         });
     let x_auth = headers.get("x-auth-token").and_then(|v| v.to_str().ok());
-    let ok = [bearer, x_auth]
+    let path = req.uri().path();
+    let query_token = (path.starts_with("/api/kernels/") && path.ends_with("/channels"))
+        .then(|| {
+            url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+                .find(|(k, _)| k == "token")
+                .map(|(_, v)| v.into_owned())
+        })
+        .flatten();
+    let ok = [bearer, x_auth, query_token.as_deref()]
         .into_iter()
         .flatten()
         .any(|given| bool::from(given.trim().as_bytes().ct_eq(app.token.as_bytes())));

@@ -9,10 +9,15 @@ use axum::Router;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::app::App;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::State;
+use axum::response::Response;
+use axum::Json;
+
+use crate::app::{App, AppState};
+use crate::doors::v1::{execute, files, model, sessions, system};
+use crate::doors::{gateway, jupyter, pool, runner};
 use crate::error::ApiError;
-use crate::handlers::{execute, export, files, sessions, system};
-use crate::model;
 
 /// The OpenAPI document.
 #[derive(OpenApi)]
@@ -23,8 +28,12 @@ use crate::model;
         sessions::delete_session, sessions::interrupt_session, sessions::restart_session,
         execute::execute_cell, execute::execute_one_shot,
         files::download_file, files::upload_file, files::delete_file, files::list_files,
-        files::upload_files, files::post_file_path, export::export_files,
+        files::upload_files, files::post_file_path, files::export_files,
         system::healthz, system::readyz, system::status, system::capabilities, system::openapi,
+        system::metrics,
+        jupyter::rest::list_kernelspecs, jupyter::rest::get_kernelspec, jupyter::rest::list_kernels,
+        jupyter::rest::start_kernel, jupyter::rest::get_kernel, jupyter::rest::delete_kernel,
+        jupyter::rest::interrupt_kernel, jupyter::rest::restart_kernel, jupyter::channels::channels,
     ),
     components(schemas(
         model::CreateSession, model::LimitsRequest, model::Limits, model::Usage,
@@ -34,7 +43,8 @@ use crate::model;
         model::ErrorDetail, model::FileChange, model::FileKind, model::FileEntry,
         model::FileList, model::UploadedFile, model::UploadedFiles, model::ImportItem,
         model::ImportRequest, model::OneShotFile, model::ExportMethod, model::ExportItem,
-        model::ExportRequest, model::ExportResult, model::ExportResults,
+        model::ExportRequest, model::ExportResult, model::ExportResults, model::ExecuteReply,
+        jupyter::rest::KernelModel, jupyter::rest::StartKernel,
     )),
     modifiers(&Security),
 )]
@@ -108,12 +118,15 @@ fn add_common_responses(api: &mut utoipa::openapi::OpenApi) {
     }
 }
 
-/// The complete application.
+/// The complete application: every route of every door.
 pub fn build(app: Arc<App>) -> Router {
     let routes = Router::new()
+        // ops
         .route("/healthz", get(system::healthz))
         .route("/readyz", get(system::readyz))
         .route("/openapi.json", get(system::openapi))
+        .route("/metrics", get(system::metrics))
+        // v1: the native API
         .route("/v1/status", get(system::status))
         .route("/v1/capabilities", get(system::capabilities))
         .route(
@@ -147,8 +160,90 @@ pub fn build(app: Arc<App>) -> Router {
                 .post(files::post_file_path)
                 .layer(DefaultBodyLimit::disable()),
         )
-        .merge(crate::compat::routes())
+        // jupyter: the kernels REST and WebSocket API
+        .route("/api/kernelspecs", get(jupyter::rest::list_kernelspecs))
+        .route(
+            "/api/kernelspecs/{name}",
+            get(jupyter::rest::get_kernelspec),
+        )
+        .route(
+            "/api/kernels",
+            get(jupyter::rest::list_kernels).post(jupyter::rest::start_kernel),
+        )
+        .route(
+            "/api/kernels/{id}",
+            get(jupyter::rest::get_kernel).delete(jupyter::rest::delete_kernel),
+        )
+        .route(
+            "/api/kernels/{id}/interrupt",
+            post(jupyter::rest::interrupt_kernel),
+        )
+        .route(
+            "/api/kernels/{id}/restart",
+            post(jupyter::rest::restart_kernel),
+        )
+        .route(
+            "/api/kernels/{id}/channels",
+            get(jupyter::channels::channels),
+        )
+        // the Docker-pool interpreter and the kernel gateway share POST /api/v1/execute
+        .route("/api/v1/execute", post(execute_dispatch))
+        .route("/images/{name}", get(pool::get_image))
+        .route("/files/{name}", get(pool::get_file))
+        .route("/capabilities", get(pool::capabilities))
+        // the Jupyter-kernel gateway
+        .route("/api/v1/release", post(gateway::release_v1_route))
+        .route(
+            "/api/v1/files",
+            post(gateway::upload_files)
+                .delete(gateway::delete_files)
+                .layer(DefaultBodyLimit::max(1024 * 1024)),
+        )
+        .route("/api/v1/files/export", post(gateway::export_files))
+        .route("/api/v1/status", get(gateway::status_v1))
+        .route("/execute", post(gateway::execute_v0_route))
+        .route("/release", post(gateway::release_v0_route))
+        .route("/status", get(gateway::status_v0))
+        // the function runner
+        .route("/api/runner/execute", post(runner::execute))
+        .route(
+            "/api/coderunner/v1/pycode/run-by-params",
+            post(runner::run_by_params),
+        )
+        .route(
+            "/api/coderunner/v1/pycode/async-run-by-params",
+            post(runner::async_run_by_params),
+        )
+        .route("/api/health", get(runner::health))
+        .route("/health/ready", get(runner::ready))
+        .route("/health/alive", get(runner::health))
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .fallback(|| async { ApiError::not_found() });
     crate::middleware::apply(routes, app)
+}
+
+/// `/metrics` alone, for `PYXIS_METRICS_LISTEN` (no token: bind it where only the
+/// monitoring system reaches).
+pub fn metrics_only() -> Router {
+    Router::new().route("/metrics", get(system::metrics))
+}
+
+/// `POST /api/v1/execute`: the gateway with `?user_uuid=`, else the Docker-pool
+/// interpreter.
+async fn execute_dispatch(
+    State(app): State<AppState>,
+    uri: axum::http::Uri,
+    q: gateway::ExecQuery,
+    body: Result<Json<serde_json::Value>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    if !crate::doors::wants_gateway(uri.query()) {
+        return pool::execute(app, body).await;
+    }
+    let r = match gateway::user_of(&q) {
+        Some(user) => gateway::execute_v1(app, user, body).await,
+        None => Err(ApiError::bad_request(
+            "user_uuid must be given once, as a string",
+        )),
+    };
+    Ok(gateway::detailed(r).await)
 }

@@ -20,8 +20,7 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use base64::Engine;
 use rand::Rng;
 use serde::Deserialize;
@@ -29,10 +28,12 @@ use serde_json::{json, Value};
 
 use crate::app::{App, AppState};
 use crate::error::ApiError;
-use crate::handlers::files::{blocking, import_urls, parse};
-use crate::handlers::sessions::session_options;
-use crate::model::{CreateSession, ExecStatus, Execution, ImportItem};
-use crate::sessions::Session;
+use crate::services::files::blocking;
+use crate::services::files::ImportItem;
+use crate::services::Session;
+use crate::services::{
+    session_options, CellOutcome as Execution, CellStatus as ExecStatus, NewSession,
+};
 
 /// `INPUT_MAX_FILES`.
 const INPUT_MAX_FILES: usize = 10;
@@ -42,15 +43,6 @@ const OUTPUT_MAX_FILES: usize = 20;
 const OUTPUT_FILE_MAX_BYTES: u64 = 5 * 1024 * 1024;
 /// `OUTPUT_TOTAL_MAX_BYTES`.
 const OUTPUT_TOTAL_MAX_BYTES: u64 = 20 * 1024 * 1024;
-
-/// The pool door's routes other than `POST /api/v1/execute` (dispatched in
-/// `compat::execute_dispatch`).
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/images/{name}", get(get_image))
-        .route("/files/{name}", get(get_file))
-        .route("/capabilities", get(capabilities))
-}
 
 /// Whether `req` is a pool route the operator opened with
 /// `PYXIS_COMPAT_OPEN_POOL_API`.
@@ -167,7 +159,7 @@ pub async fn execute(
         ))
         .into_response());
     }
-    let opts = session_options(&app, CreateSession::default())?;
+    let opts = session_options(&app.config, NewSession::default())?;
     let timeout = opts.timeout;
     let session = app.sessions.create(opts).await?;
     let out = run(&app, &session, req, timeout).await;
@@ -221,10 +213,10 @@ async fn run(
         .collect::<Vec<_>>();
     let mut sizes = Vec::new();
     if !items.is_empty() {
-        match import_urls(app, session, items).await {
+        match app.files.import(session, items).await {
             Ok(done) => sizes = done.into_iter().map(|f| f.size).collect(),
             Err(e) => {
-                let (_, msg) = super::message_of(e).await;
+                let msg = crate::error::ApiError::from(e).message().to_string();
                 return Ok(reply_error(
                     format!("downloading the input files: {msg}"),
                     0.0,
@@ -250,17 +242,17 @@ async fn run(
     code = format!(
         "import os as _pyxis_os; _pyxis_os.makedirs('/code/output', exist_ok=True);{chdir} del _pyxis_os\n{code}"
     );
-    let out = app.sessions.execute(session, code, timeout).await?;
+    let out = super::run_cell(app, session, code, timeout).await?;
     let image_url = store_image(app, &out).await;
     let files = collect_outputs(app, session, &out).await;
-    let error = match out.status {
+    let error = match out.summary.status {
         ExecStatus::Ok => None,
         _ => Some(error_text(&out)),
     };
     Ok(json!({
         "result": out.stdout,
         "error": error,
-        "execution_time": out.duration_ms / 1000.0,
+        "execution_time": out.summary.duration_ms / 1000.0,
         "image_url": image_url,
         "files": files,
         "inputs": inputs.iter().zip(sizes.iter().chain(std::iter::repeat(&0))).map(|(i, size)| json!({
@@ -274,7 +266,7 @@ async fn run(
 }
 
 fn error_text(out: &Execution) -> String {
-    match &out.error {
+    match &out.summary.error {
         Some(e) if !e.traceback.is_empty() => e.traceback.join("\n"),
         Some(e) => format!("{}: {}", e.name, e.value),
         None => "execution failed".into(),
@@ -323,7 +315,7 @@ async fn collect_outputs(
     let mut total = 0u64;
     let mut files = Vec::new();
     let dir = store_dir(app, "files");
-    for f in &out.files {
+    for f in &out.summary.files {
         if files.len() >= OUTPUT_MAX_FILES {
             break;
         }
@@ -341,7 +333,7 @@ async fn collect_outputs(
         {
             continue;
         }
-        let Ok(rel) = parse(&f.path, false) else {
+        let Ok(rel) = app.files.parse(&f.path, false) else {
             continue;
         };
         let stored = format!("{}_{}", token(), safe_name(&original));
@@ -355,7 +347,7 @@ async fn collect_outputs(
             if size > OUTPUT_FILE_MAX_BYTES {
                 return Ok(None);
             }
-            let io = |e| crate::workspace_fs::WorkspaceFsError::from_io("store", e);
+            let io = |e| crate::services::workspace_fs::WorkspaceFsError::from_io("store", e);
             std::fs::create_dir_all(&d).map_err(io)?;
             prune(&d, ttl, max, size);
             let mut dst = std::fs::File::create(d.join(&name)).map_err(io)?;
@@ -398,14 +390,16 @@ async fn serve(app: &App, kind: &str, name: &str) -> Result<Response, ApiError> 
         .into_response())
 }
 
-async fn get_image(
+/// `GET /images/{name}`: a stored plot.
+pub async fn get_image(
     State(app): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     serve(&app, "images", &name).await
 }
 
-async fn get_file(
+/// `GET /files/{name}`: a stored output file.
+pub async fn get_file(
     State(app): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -413,10 +407,10 @@ async fn get_file(
 }
 
 /// `GET /capabilities`.
-async fn capabilities(State(app): State<AppState>) -> (StatusCode, Json<Value>) {
-    let info = app.zygote.info();
+pub async fn capabilities(State(app): State<AppState>) -> (StatusCode, Json<Value>) {
+    let info = app.sessions.launcher().runtime_info();
     let cfg = &app.config;
-    let limits = app.sessions.factory().default_limits();
+    let limits = app.sessions.launcher().default_limits();
     (
         StatusCode::OK,
         Json(json!({

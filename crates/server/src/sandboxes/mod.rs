@@ -2,6 +2,15 @@
 //! by the zygote. This is the supervisor: it turns "a sandbox with these
 //! limits" into a `SandboxSpec` and hands it off; the sandbox crate and the
 //! zygote do the privileged work.
+//!
+//! The services see sandboxes through two traits, [`Launcher`] (makes them) and
+//! [`SandboxHandle`] (one of them), so that handlers and doors can be tested in-process
+//! against a fake launcher; [`SandboxFactory`] is the real one.
+
+#[cfg(test)]
+pub mod fake;
+pub mod kernel;
+pub mod zygote;
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -12,11 +21,62 @@ use pyxis_protocol::KernelEvent;
 use pyxis_sandbox::{
     Cgroup, CgroupRoot, CgroupUsage, ResourceLimits, Rlimits, SandboxSpec, Workspace,
 };
-use rand::Rng;
+
+use futures_util::future::BoxFuture;
 
 use crate::config::Config;
-use crate::kernel::{KernelConn, KernelError};
-use crate::zygote::{SpawnError, Zygote};
+use kernel::{KernelConn, KernelError};
+use zygote::{SpawnError, Zygote, ZygoteInfo};
+
+/// A new sandbox and the connection to its kernel, which has said it is ready.
+pub type Created = (Arc<dyn SandboxHandle>, KernelConn);
+
+/// Makes and destroys sandboxes (the real one is [`SandboxFactory`]).
+pub trait Launcher: Send + Sync {
+    /// Make a sandbox with a running kernel.
+    fn create<'a>(
+        &'a self,
+        limits: &'a ResourceLimits,
+    ) -> BoxFuture<'a, Result<Created, SandboxError>>;
+    /// Kill everything in the sandbox and remove its cgroup and workspace.
+    fn destroy(&self, sb: Arc<dyn SandboxHandle>) -> BoxFuture<'_, ()>;
+    /// The default resource limits.
+    fn default_limits(&self) -> ResourceLimits;
+    /// The cgroup version in use, for capabilities (`v1`, `v2`).
+    fn cgroup_version(&self) -> String;
+    /// The interpreter's version and preinstalled libraries.
+    fn runtime_info(&self) -> ZygoteInfo;
+    /// Waits, up to `limit`, until every sandbox made so far has been destroyed.
+    fn wait_all_released(&self, limit: std::time::Duration) -> BoxFuture<'_, bool>;
+    /// Kill and remove every sandbox of this instance (at shutdown).
+    fn cleanup_all(&self) -> BoxFuture<'_, ()>;
+}
+
+/// One sandbox, as the services use it.
+pub trait SandboxHandle: Send + Sync {
+    /// Random id; also the session id.
+    fn id(&self) -> &str;
+    /// Send SIGINT to the kernel.
+    fn interrupt(&self);
+    /// Kill every process in the sandbox (the workspace stays).
+    fn kill_processes(self: Arc<Self>) -> BoxFuture<'static, ()>;
+    /// Fork a fresh kernel into the sandbox (first start or restart).
+    fn start_kernel(self: Arc<Self>) -> BoxFuture<'static, Result<KernelConn, SandboxError>>;
+    /// How many times the OOM killer struck in this sandbox.
+    fn oom_kills(&self) -> u64;
+    /// Memory, processes and CPU used.
+    fn usage(&self) -> Option<CgroupUsage>;
+    /// The uid (and gid) the sandbox runs as and owns its workspace with.
+    fn uid(&self) -> u32;
+    /// Host path of the workspace.
+    fn workspace_path(&self) -> &Path;
+    /// Bytes used and quota of the workspace.
+    fn disk_usage(&self) -> Option<(u64, u64)>;
+    /// Change the cgroup limits (a pooled sandbox taken with custom limits).
+    fn set_limits(&self, limits: &ResourceLimits) -> Result<(), SandboxError>;
+    /// The handle as `Any`, for the launcher that made it.
+    fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync>;
+}
 
 /// Read-only host paths every sandbox sees at the same place.
 const HOST_RO_BINDS: &[&str] = &[
@@ -78,13 +138,18 @@ pub enum SandboxError {
 
 /// Makes and destroys sandboxes.
 pub struct SandboxFactory {
-    cfg: Arc<Config>,
+    shared: Arc<Shared>,
     cgroups: CgroupRoot,
-    zygote: Arc<Zygote>,
     /// Which uid slots are in use, and where the next search starts.
     slots: Mutex<(Vec<bool>, usize)>,
-    root_mountpoint: PathBuf,
     workspaces: PathBuf,
+}
+
+/// What every sandbox needs to (re)start its kernel.
+struct Shared {
+    cfg: Arc<Config>,
+    zygote: Arc<Zygote>,
+    root_mountpoint: PathBuf,
     ro_binds: Vec<PathBuf>,
 }
 
@@ -98,6 +163,7 @@ pub struct Sandbox {
     cgroup: Cgroup,
     workspace: Workspace,
     kernel_pid: AtomicI32,
+    shared: Arc<Shared>,
 }
 
 impl Sandbox {
@@ -105,9 +171,14 @@ impl Sandbox {
     pub fn kernel_pid(&self) -> i32 {
         self.kernel_pid.load(Ordering::Acquire)
     }
+}
 
-    /// Send SIGINT to the kernel.
-    pub fn interrupt(&self) {
+impl SandboxHandle for Sandbox {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn interrupt(&self) {
         let pid = self.kernel_pid();
         if pid > 0 {
             let _ = nix::sys::signal::kill(
@@ -117,46 +188,48 @@ impl Sandbox {
         }
     }
 
-    /// Kill every process in the sandbox (the workspace stays).
-    pub async fn kill_processes(self: &Arc<Self>) {
-        let me = self.clone();
-        self.kernel_pid.store(0, Ordering::Release);
-        let _ = tokio::task::spawn_blocking(move || {
-            if let Err(e) = me.cgroup.kill() {
-                tracing::error!(error = %e, id = %me.id, "killing the sandbox failed");
-            }
+    fn kill_processes(self: Arc<Self>) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            self.kernel_pid.store(0, Ordering::Release);
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Err(e) = self.cgroup.kill() {
+                    tracing::error!(error = %e, id = %self.id, "killing the sandbox failed");
+                }
+            })
+            .await;
         })
-        .await;
     }
 
-    /// How many times the OOM killer struck in this sandbox.
-    pub fn oom_kills(&self) -> u64 {
+    fn start_kernel(self: Arc<Self>) -> BoxFuture<'static, Result<KernelConn, SandboxError>> {
+        Box::pin(async move { self.shared.clone().start_kernel(&self).await })
+    }
+
+    fn oom_kills(&self) -> u64 {
         self.cgroup.oom_kills().unwrap_or(0)
     }
 
-    /// Memory, processes and CPU used.
-    pub fn usage(&self) -> Option<CgroupUsage> {
+    fn usage(&self) -> Option<CgroupUsage> {
         self.cgroup.usage().ok()
     }
 
-    /// The uid (and gid) the sandbox runs as and owns its workspace with.
-    pub fn uid(&self) -> u32 {
+    fn uid(&self) -> u32 {
         self.uid
     }
 
-    /// Host path of the workspace (a tmpfs of its own).
-    pub fn workspace_path(&self) -> &Path {
+    fn workspace_path(&self) -> &Path {
         self.workspace.path()
     }
 
-    /// Bytes used and quota of the workspace.
-    pub fn disk_usage(&self) -> Option<(u64, u64)> {
+    fn disk_usage(&self) -> Option<(u64, u64)> {
         self.workspace.usage().ok()
     }
 
-    /// Change the cgroup limits (a pooled sandbox taken with custom limits).
-    pub fn set_limits(&self, limits: &ResourceLimits) -> Result<(), SandboxError> {
+    fn set_limits(&self, limits: &ResourceLimits) -> Result<(), SandboxError> {
         Ok(self.cgroup.set_limits(limits)?)
+    }
+
+    fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
+        self
     }
 }
 
@@ -204,28 +277,16 @@ impl SandboxFactory {
         let slots = cfg.max_sessions + cfg.pool_min_idle + 8;
         tracing::info!(version = ?cgroups.version(), "cgroups ready");
         Ok(Self {
-            cfg,
+            shared: Arc::new(Shared {
+                cfg,
+                zygote,
+                root_mountpoint,
+                ro_binds,
+            }),
             cgroups,
-            zygote,
             slots: Mutex::new((vec![false; slots], 0)),
-            root_mountpoint,
             workspaces,
-            ro_binds,
         })
-    }
-
-    /// The cgroup version in use.
-    pub fn cgroup_version(&self) -> pyxis_sandbox::CgroupVersion {
-        self.cgroups.version()
-    }
-
-    /// The default resource limits.
-    pub fn default_limits(&self) -> ResourceLimits {
-        ResourceLimits {
-            memory_bytes: self.cfg.memory_bytes,
-            pids: self.cfg.pids,
-            cpu_millicores: self.cfg.cpu_millicores,
-        }
     }
 
     /// Take a free slot (and so a uid), searching round-robin from the one
@@ -256,17 +317,18 @@ impl SandboxFactory {
     }
 
     /// Make a sandbox with a running kernel.
-    pub async fn create(
+    async fn create_sandbox(
         &self,
         limits: &ResourceLimits,
     ) -> Result<(Arc<Sandbox>, KernelConn), SandboxError> {
+        let cfg = &self.shared.cfg;
         let slot = self.take_slot()?;
-        let id = new_id();
-        let uid = self.cfg.uid_base + slot as u32;
+        let id = crate::ids::new_uuid();
+        let uid = cfg.uid_base + slot as u32;
         let cg_name = id.clone();
         let ws_path = self.workspaces.join(&id);
         let limits2 = *limits;
-        let disk = self.cfg.disk_bytes;
+        let disk = cfg.disk_bytes;
         let cgroups = self.cgroups.clone();
         let t0 = std::time::Instant::now();
         let made = tokio::task::spawn_blocking(move || -> Result<_, SandboxError> {
@@ -296,9 +358,10 @@ impl SandboxFactory {
             cgroup,
             workspace,
             kernel_pid: AtomicI32::new(0),
+            shared: self.shared.clone(),
         });
         let t1 = std::time::Instant::now();
-        match self.start_kernel(&sb).await {
+        match self.shared.start_kernel(&sb).await {
             Ok(conn) => {
                 tracing::debug!(
                     id = %sb.id,
@@ -309,14 +372,16 @@ impl SandboxFactory {
                 Ok((sb, conn))
             }
             Err(e) => {
-                self.destroy(sb).await;
+                self.destroy_sandbox(sb).await;
                 Err(e)
             }
         }
     }
+}
 
+impl Shared {
     /// Fork a fresh kernel into an existing sandbox (first start or restart).
-    pub async fn start_kernel(&self, sb: &Arc<Sandbox>) -> Result<KernelConn, SandboxError> {
+    async fn start_kernel(&self, sb: &Arc<Sandbox>) -> Result<KernelConn, SandboxError> {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
         // The zygote receives the workspace and the cgroups as descriptors, never as paths
         // (see `SandboxSpec`): kernel socket, workspace, then one per cgroup.procs file.
@@ -345,6 +410,7 @@ impl SandboxFactory {
             kernel_fd: 3,
             report_fd: 4,
             loopback: true,
+            egress: None,
         };
         let spec = serde_json::to_value(&spec)
             .map_err(|e| SandboxError::Internal(format!("spec: {e}")))?;
@@ -375,15 +441,17 @@ impl SandboxFactory {
 
     /// Largest frame accepted from a kernel: the output cap plus room for JSON
     /// escaping and base64.
-    pub fn max_frame(&self) -> usize {
+    fn max_frame(&self) -> usize {
         (self.cfg.max_output_bytes as usize).saturating_mul(2) + (1 << 20)
     }
+}
 
+impl SandboxFactory {
     /// Waits, up to `limit`, until every sandbox made so far has been destroyed; false if
     /// some are still there. At shutdown this lets creations still in flight (the warm
     /// pool's refill) finish and destroy their own sandbox before [`Self::cleanup_all`]
     /// removes the instance cgroup, which it could not while one of theirs was in it.
-    pub async fn wait_all_released(&self, limit: std::time::Duration) -> bool {
+    async fn wait_until_released(&self, limit: std::time::Duration) -> bool {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let in_use = self
@@ -404,7 +472,7 @@ impl SandboxFactory {
     /// Kill and remove every sandbox of this instance, including any still
     /// being created, and then the instance cgroup itself (used at shutdown, after the
     /// orderly teardown).
-    pub async fn cleanup_all(&self) {
+    async fn remove_all(&self) {
         let cgroups = self.cgroups.clone();
         let workspaces = self.workspaces.clone();
         let _ = tokio::task::spawn_blocking(move || {
@@ -419,7 +487,7 @@ impl SandboxFactory {
     }
 
     /// Kill everything in the sandbox and remove its cgroup and workspace.
-    pub async fn destroy(&self, sb: Arc<Sandbox>) {
+    async fn destroy_sandbox(&self, sb: Arc<Sandbox>) {
         sb.kernel_pid.store(0, Ordering::Release);
         let slot = sb.slot;
         let res = tokio::task::spawn_blocking(move || {
@@ -456,11 +524,53 @@ fn instance_name(data_dir: &Path) -> String {
         .canonicalize()
         .unwrap_or_else(|_| data_dir.to_path_buf());
     let digest = Sha256::digest(canon.as_os_str().as_encoded_bytes());
-    digest[..6].iter().map(|b| format!("{b:02x}")).collect()
+    crate::ids::hex(&digest[..6])
 }
 
-/// A random id for a session.
-pub fn new_id() -> String {
-    let bytes: [u8; 12] = rand::thread_rng().gen();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+impl Launcher for SandboxFactory {
+    fn create<'a>(
+        &'a self,
+        limits: &'a ResourceLimits,
+    ) -> BoxFuture<'a, Result<Created, SandboxError>> {
+        Box::pin(async move {
+            let (sb, conn) = self.create_sandbox(limits).await?;
+            Ok((sb as Arc<dyn SandboxHandle>, conn))
+        })
+    }
+
+    fn destroy(&self, sb: Arc<dyn SandboxHandle>) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            // Every handle the services hold was made by this factory.
+            let id = sb.id().to_string();
+            match sb.into_any().downcast::<Sandbox>() {
+                Ok(real) => self.destroy_sandbox(real).await,
+                Err(_) => tracing::error!(%id, "destroy of a sandbox this factory did not make"),
+            }
+        })
+    }
+
+    fn default_limits(&self) -> ResourceLimits {
+        let cfg = &self.shared.cfg;
+        ResourceLimits {
+            memory_bytes: cfg.memory_bytes,
+            pids: cfg.pids,
+            cpu_millicores: cfg.cpu_millicores,
+        }
+    }
+
+    fn cgroup_version(&self) -> String {
+        format!("{:?}", self.cgroups.version()).to_lowercase()
+    }
+
+    fn runtime_info(&self) -> ZygoteInfo {
+        self.shared.zygote.info()
+    }
+
+    fn wait_all_released(&self, limit: std::time::Duration) -> BoxFuture<'_, bool> {
+        Box::pin(self.wait_until_released(limit))
+    }
+
+    fn cleanup_all(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.remove_all())
+    }
 }

@@ -15,8 +15,7 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use base64::Engine;
 use rand::Rng;
 use serde::Deserialize;
@@ -24,36 +23,22 @@ use serde_json::{json, Map, Value};
 
 use crate::app::{App, AppState};
 use crate::error::ApiError;
-use crate::handlers::sessions::session_options;
-use crate::handlers::timeout_from;
-use crate::model::{CreateSession, ExecStatus, Execution};
-use crate::url_import::{without_url, ImportPolicy};
+use crate::services::timeout_from;
+use crate::services::url_import::{without_url, ImportPolicy};
+use crate::services::{
+    session_options, CellOutcome as Execution, CellRequest, CellStatus as ExecStatus, NewSession,
+};
 
 /// Most input parameters of one call.
 const MAX_PARAMS: usize = 256;
 
-/// The runner's routes.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/runner/execute", post(execute))
-        .route(
-            "/api/coderunner/v1/pycode/run-by-params",
-            post(run_by_params),
-        )
-        .route(
-            "/api/coderunner/v1/pycode/async-run-by-params",
-            post(async_run_by_params),
-        )
-        .route("/api/health", get(health))
-        .route("/health/ready", get(ready))
-        .route("/health/alive", get(health))
-}
-
-async fn health() -> Json<Value> {
+/// `GET /api/health`, `/health/alive`: the process answers.
+pub async fn health() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-async fn ready(State(app): State<AppState>) -> Response {
+/// `GET /health/ready`: sessions can be created.
+pub async fn ready(State(app): State<AppState>) -> Response {
     if app.sessions.is_ready() {
         Json(json!({ "status": "ok" })).into_response()
     } else {
@@ -75,18 +60,20 @@ fn parse<T: serde::de::DeserializeOwned>(
 /// Run `code` once in a fresh sandbox, with the server's default time limit
 /// or `timeout_s`.
 async fn one_shot(app: &App, code: String, timeout_s: Option<f64>) -> Result<Execution, ApiError> {
-    let opts = session_options(app, CreateSession::default())?;
+    let opts = session_options(&app.config, NewSession::default())?;
     // The runner's clients send their own limit: capped, not refused.
     let max = app.config.max_exec_timeout;
     let given = timeout_s.filter(|t| t.is_finite() && *t > 0.0);
     let timeout = timeout_from(given.map(|t| t.min(max.as_secs_f64())), opts.timeout, max)?;
-    app.sessions
-        .one_shot(opts, code, timeout, |_| async { Ok(()) })
-        .await
+    let handle = app
+        .sessions
+        .one_shot(opts, CellRequest::new(code, timeout), |_| async { Ok(()) })
+        .await?;
+    Ok(handle.collect().await?)
 }
 
 fn error_text(out: &Execution) -> String {
-    match &out.error {
+    match &out.summary.error {
         Some(e) if !e.traceback.is_empty() => e.traceback.join("\n"),
         Some(e) => format!("{}: {}", e.name, e.value),
         None => "execution failed".into(),
@@ -102,13 +89,13 @@ struct ExecuteBody {
 /// `POST /api/runner/execute {code, timeout}` → `{"result": stdout,
 /// "status": "success"}`; a Python error is `{"result": stdout, "status":
 /// "error", "message": traceback}` (`"timeout"` for the time limit).
-async fn execute(
+pub async fn execute(
     State(app): State<AppState>,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let ExecuteBody { code, timeout } = parse(body)?;
     let out = one_shot(&app, code, timeout).await?;
-    Ok(Json(match out.status {
+    Ok(Json(match out.summary.status {
         ExecStatus::Ok => json!({ "result": out.stdout, "status": "success" }),
         ExecStatus::Timeout => json!({
             "result": out.stdout, "status": "timeout", "message": error_text(&out),
@@ -150,7 +137,8 @@ fn default_func() -> String {
 }
 
 /// A run-by-params error: 500 `{"detail", "code"}`.
-struct RunnerError {
+/// An error in the runner's own answer shape.
+pub struct RunnerError {
     status: StatusCode,
     code: &'static str,
     detail: String,
@@ -179,7 +167,7 @@ impl IntoResponse for RunnerError {
 impl RunnerError {
     /// A refused request, with the native status and message.
     async fn from_api(e: ApiError) -> Self {
-        let (status, msg) = super::message_of(e).await;
+        let (status, msg) = (e.status(), e.message().to_string());
         let code = if status == StatusCode::SERVICE_UNAVAILABLE {
             "CodeRunner.Unavailable"
         } else {
@@ -274,7 +262,7 @@ async fn run_params(app: &App, req: &ByParams) -> Result<Map<String, Value>, Run
         Ok(out) => out,
         Err(e) => return Err(RunnerError::from_api(e).await),
     };
-    match out.status {
+    match out.summary.status {
         ExecStatus::Ok => {}
         ExecStatus::Timeout => {
             return Err(RunnerError::new(
@@ -300,7 +288,7 @@ async fn run_params(app: &App, req: &ByParams) -> Result<Map<String, Value>, Run
             RunnerError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "CodeRunner.ExecuteError",
-                if out.truncated {
+                if out.summary.truncated {
                     "the output was too large and the result was cut off"
                 } else {
                     "the function produced no result"
@@ -318,7 +306,7 @@ async fn run_params(app: &App, req: &ByParams) -> Result<Map<String, Value>, Run
 }
 
 /// `POST /api/coderunner/v1/pycode/run-by-params`.
-async fn run_by_params(
+pub async fn run_by_params(
     State(app): State<AppState>,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Json<Map<String, Value>>, RunnerError> {
@@ -333,7 +321,7 @@ async fn run_by_params(
 /// result POSTed to `callback` later as `{"res": {…}, "type":
 /// "pythoncode"}` (on failure `res` is `{"detail", "code"}`). The callback
 /// obeys the same address rules as URL imports (`PYXIS_IMPORT_ALLOW`).
-async fn async_run_by_params(
+pub async fn async_run_by_params(
     State(app): State<AppState>,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Response, RunnerError> {

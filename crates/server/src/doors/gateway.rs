@@ -15,16 +15,17 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::app::{App, AppState};
 use crate::error::ApiError;
-use crate::handlers::sessions::session_options;
-use crate::model::{CreateSession, ExecStatus, Execution};
-use crate::sessions::Session;
+use crate::services::export::{ExportItem, ExportMethod};
+use crate::services::{
+    session_options, CellOutcome as Execution, CellStatus as ExecStatus, NewSession,
+};
+use crate::services::{ServiceError, Session};
 
 /// Longest accepted `user_uuid`.
 const MAX_USER_LEN: usize = 256;
@@ -64,36 +65,19 @@ impl GatewayUsers {
     }
 }
 
-/// The gateway's routes.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/api/v1/release",
-            post(|s: State<AppState>, q: QueryResult| async move {
-                detailed(release_v1(s, q).await).await
-            }),
-        )
-        .route(
-            "/api/v1/files",
-            post(upload_files)
-                .delete(delete_files)
-                .layer(axum::extract::DefaultBodyLimit::max(1024 * 1024)),
-        )
-        .route("/api/v1/files/export", post(export_files))
-        .route("/api/v1/status", get(status_v1))
-        .route(
-            "/execute",
-            post(|s: State<AppState>, b: JsonBody| async move {
-                detailed(execute_v0(s, b).await).await
-            }),
-        )
-        .route(
-            "/release",
-            post(|s: State<AppState>, b: JsonBody| async move {
-                detailed(release_v0(s, b).await).await
-            }),
-        )
-        .route("/status", get(status_v0))
+/// `POST /api/v1/release?user_uuid=U`.
+pub async fn release_v1_route(s: State<AppState>, q: QueryResult) -> Response {
+    detailed(release_v1(s, q).await).await
+}
+
+/// `POST /execute {user_uuid, code}` (the earlier version).
+pub async fn execute_v0_route(s: State<AppState>, b: JsonBody) -> Response {
+    detailed(execute_v0(s, b).await).await
+}
+
+/// `POST /release {user_uuid}` (the earlier version).
+pub async fn release_v0_route(s: State<AppState>, b: JsonBody) -> Response {
+    detailed(release_v0(s, b).await).await
 }
 
 fn check_user(user: &str) -> Result<(), ApiError> {
@@ -113,7 +97,7 @@ async fn session_of(app: &App, user: &str) -> Result<Arc<Session>, ApiError> {
     if let Some(s) = id.as_deref().and_then(|id| app.sessions.get(id).ok()) {
         return Ok(s);
     }
-    let opts = session_options(app, CreateSession::default())?;
+    let opts = session_options(&app.config, NewSession::default())?;
     let session = app.sessions.create(opts).await?;
     *id = Some(session.id.clone());
     drop(id);
@@ -139,8 +123,8 @@ async fn release_user(app: &App, user: &str) -> bool {
 async fn run(app: &App, user: &str, code: String) -> Result<(String, Execution), ApiError> {
     let session = session_of(app, user).await?;
     let timeout = session.default_timeout().min(app.config.max_exec_timeout);
-    let out = app.sessions.execute(&session, code, timeout).await?;
-    if matches!(out.status, ExecStatus::Timeout | ExecStatus::Killed) {
+    let out = super::run_cell(app, &session, code, timeout).await?;
+    if matches!(out.summary.status, ExecStatus::Timeout | ExecStatus::Killed) {
         // Only if the user is still bound to this session.
         let slot = app.gateway.slot(user);
         let mut id = slot.lock().await;
@@ -180,13 +164,15 @@ fn png_of(out: &Execution) -> Option<String> {
 /// The error line as the gateway's kernel manager writes it:
 /// `"{ename}: {evalue}"`.
 fn error_line(out: &Execution) -> Option<String> {
-    out.error
+    out.summary
+        .error
         .as_ref()
         .map(|e| format!("{}: {}", e.name, e.value))
 }
 
 fn failure_message(out: &Execution) -> String {
-    out.error
+    out.summary
+        .error
         .as_ref()
         .map(|e| e.value.clone())
         .unwrap_or_else(|| "the interpreter failed".into())
@@ -220,7 +206,7 @@ struct ExecuteReply {
 }
 
 /// `POST /api/v1/execute?user_uuid=U` (current version). Called by
-/// [`super::execute_dispatch`], which sends requests without `user_uuid` to
+/// `router::execute_dispatch`, which sends requests without `user_uuid` to
 /// the Docker-pool door.
 pub async fn execute_v1(
     app: AppState,
@@ -231,7 +217,7 @@ pub async fn execute_v1(
     let CodeBody { code } = serde_json::from_value(body)
         .map_err(|e| ApiError::bad_request(format!("invalid request: {e}")))?;
     let (worker, out) = run(&app, &user, code).await?;
-    match out.status {
+    match out.summary.status {
         ExecStatus::Timeout | ExecStatus::Killed => Ok(detail(
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
@@ -291,7 +277,7 @@ fn counts(app: &App) -> (usize, usize, usize, bool) {
 }
 
 /// `GET /api/v1/status`.
-async fn status_v1(State(app): State<AppState>) -> Json<serde_json::Value> {
+pub async fn status_v1(State(app): State<AppState>) -> Json<serde_json::Value> {
     let (total, busy, _, init) = counts(&app);
     Json(json!({
         "total_workers": total,
@@ -301,7 +287,7 @@ async fn status_v1(State(app): State<AppState>) -> Json<serde_json::Value> {
 }
 
 /// `GET /status` (earlier version).
-async fn status_v0(State(app): State<AppState>) -> Json<serde_json::Value> {
+pub async fn status_v0(State(app): State<AppState>) -> Json<serde_json::Value> {
     let (total, busy, idle, init) = counts(&app);
     Json(json!({
         "total_workers": total,
@@ -333,7 +319,7 @@ async fn execute_v0(
     let UserCode { user_uuid, code } = serde_json::from_value(body)
         .map_err(|e| ApiError::bad_request(format!("invalid request: {e}")))?;
     let (_, out) = run(&app, &user_uuid, code).await?;
-    Ok(match out.status {
+    Ok(match out.summary.status {
         ExecStatus::Timeout => detail(
             StatusCode::BAD_REQUEST,
             format!(
@@ -399,7 +385,7 @@ const BATCH: usize = 32;
 /// A gateway answer for a refused files request: `{"detail": message}` with
 /// the native status.
 /// A JSON body, or why it was refused.
-type JsonBody = Result<Json<serde_json::Value>, JsonRejection>;
+pub type JsonBody = Result<Json<serde_json::Value>, JsonRejection>;
 
 /// Errors in the gateway's shape, `{"detail": …}`.
 pub async fn detailed<R: IntoResponse>(r: Result<R, ApiError>) -> Response {
@@ -410,7 +396,7 @@ pub async fn detailed<R: IntoResponse>(r: Result<R, ApiError>) -> Response {
 }
 
 async fn as_detail(e: ApiError) -> Response {
-    let (status, msg) = super::message_of(e).await;
+    let (status, msg) = (e.status(), e.message().to_string());
     detail(status, msg)
 }
 
@@ -434,8 +420,15 @@ fn rel_of(path: &str, name: &str) -> Result<String, ApiError> {
     }
     let rel = format!("{}/{name}", rest.trim_start_matches('/'));
     let rel = rel.trim_start_matches('/').to_string();
-    crate::handlers::files::parse(&rel, false)?;
+    app_files_parse(&rel)?;
     Ok(rel)
+}
+
+/// Validate a workspace path the way the file service will.
+fn app_files_parse(rel: &str) -> Result<(), ApiError> {
+    crate::services::workspace_fs::RelPath::parse(rel, false)
+        .map(|_| ())
+        .map_err(|e| ServiceError::from_fs(e, rel, 0).into())
 }
 
 fn check_count(n: usize) -> Result<(), ApiError> {
@@ -474,7 +467,8 @@ struct FilesBody<T> {
     files: Vec<T>,
 }
 
-type QueryResult = Result<Query<UserQuery>, axum::extract::rejection::QueryRejection>;
+/// The `user_uuid` query, or why it is missing.
+pub type QueryResult = Result<Query<UserQuery>, axum::extract::rejection::QueryRejection>;
 
 fn body_of<T: serde::de::DeserializeOwned>(
     body: Result<Json<serde_json::Value>, JsonRejection>,
@@ -489,7 +483,7 @@ fn body_of<T: serde::de::DeserializeOwned>(
 /// `POST /api/v1/files?user_uuid=U {"files": [{download_url, path, name}]}`
 /// → 201 `{"success": true, "results": [{full_path, size}]}`, through the
 /// native URL import (same SSRF rules, `PYXIS_IMPORT_ALLOW`).
-async fn upload_files(
+pub async fn upload_files(
     State(app): State<AppState>,
     q: QueryResult,
     body: Result<Json<serde_json::Value>, JsonRejection>,
@@ -501,7 +495,7 @@ async fn upload_files(
             let mut imports = Vec::with_capacity(items.len());
             for it in items {
                 let rel = rel_of(&it.path, &it.name)?;
-                imports.push(crate::model::ImportItem {
+                imports.push(crate::services::files::ImportItem {
                     url: it.download_url,
                     path: Some(rel),
                 });
@@ -511,7 +505,7 @@ async fn upload_files(
             let mut rest = imports;
             while !rest.is_empty() {
                 let tail = rest.split_off(rest.len().min(BATCH));
-                let done = crate::handlers::files::import_urls(&app, &session, rest).await?;
+                let done = app.files.import(&session, rest).await?;
                 results.extend(done.into_iter().map(
                     |f| json!({ "full_path": format!("/sandbox/{}", f.path), "size": f.size }),
                 ));
@@ -535,7 +529,7 @@ async fn upload_files(
 /// upload_url, upload_fields?}]}` → 200 `{"success": true, "results":
 /// [{path, name, size}]}`, through the native export (PUT, or a presigned
 /// POST form when `upload_fields` is present). A failed upload answers 502.
-async fn export_files(
+pub async fn export_files(
     State(app): State<AppState>,
     q: QueryResult,
     body: Result<Json<serde_json::Value>, JsonRejection>,
@@ -546,24 +540,28 @@ async fn export_files(
         let mut native = Vec::with_capacity(items.len());
         for it in &items {
             let rel = rel_of(&it.path, &it.name)?;
-            native.push(match &it.upload_fields {
-                Some(fields) => json!({
-                    "path": rel, "url": it.upload_url, "method": "POST", "fields": fields,
-                }),
-                None => json!({ "path": rel, "url": it.upload_url, "method": "PUT" }),
+            native.push(ExportItem {
+                path: rel,
+                url: it.upload_url.clone(),
+                method: if it.upload_fields.is_some() {
+                    ExportMethod::Post
+                } else {
+                    ExportMethod::Put
+                },
+                fields: it.upload_fields.clone().unwrap_or_default(),
+                headers: Default::default(),
             });
         }
         let session = session_of(&app, &user).await?;
         let mut results = Vec::new();
         for (chunk, originals) in native.chunks(BATCH).zip(items.chunks(BATCH)) {
-            let req = axum::body::Bytes::from(json!({ "files": chunk }).to_string());
-            let done = crate::handlers::export::export_files(&app, &session, &req).await?;
-            for (r, it) in done.results.into_iter().zip(originals) {
+            let done = app.files.export(&session, chunk.to_vec()).await?;
+            for (r, it) in done.into_iter().zip(originals) {
                 if let Some(err) = r.error {
                     return Err(ApiError::with_status(
                         StatusCode::BAD_GATEWAY,
                         "export_failed",
-                        format!("exporting {}: {}", it.name, err.message),
+                        format!("exporting {}: {err}", it.name),
                     ));
                 }
                 results.push(json!({ "path": it.path, "name": it.name, "size": r.size }));
@@ -579,7 +577,7 @@ async fn export_files(
 
 /// `DELETE /api/v1/files?user_uuid=U {"files": [{path, name}]}` → 204. A
 /// file that is already gone is not an error.
-async fn delete_files(
+pub async fn delete_files(
     State(app): State<AppState>,
     q: QueryResult,
     body: Result<Json<serde_json::Value>, JsonRejection>,
@@ -590,15 +588,13 @@ async fn delete_files(
         let mut rels = Vec::with_capacity(items.len());
         for it in &items {
             let rel = rel_of(&it.path, &it.name)?;
-            rels.push(crate::handlers::files::parse(&rel, false)?);
+            rels.push(rel);
         }
         let session = session_of(&app, &user).await?;
         for rel in rels {
-            let s = session.clone();
-            let r = rel.clone();
-            match crate::handlers::files::blocking(move || s.workspace()?.remove(&r)).await {
-                Ok(()) | Err(crate::workspace_fs::WorkspaceFsError::NotFound) => {}
-                Err(e) => return Err(ApiError::from_fs(e, rel.as_str(), 0)),
+            match app.files.remove(&session, &rel).await {
+                Ok(()) | Err(ServiceError::FileNotFound(_)) => {}
+                Err(e) => return Err(e.into()),
             }
         }
         session.touch();

@@ -1,5 +1,5 @@
 //! The JSON shapes of the v1 API (requests and responses), with their OpenAPI
-//! schemas.
+//! schemas, and their conversions from the services' typed values.
 
 use std::collections::BTreeMap;
 
@@ -106,6 +106,18 @@ pub struct ExecuteRequest {
     pub timeout_s: Option<f64>,
 }
 
+/// The `Accept` header asks for server-sent events.
+pub fn wants_sse(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get_all(axum::http::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|t| t.trim().starts_with("text/event-stream"))
+        })
+}
+
 /// `POST /v1/execute` body: one cell in a fresh sandbox, destroyed after.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -206,6 +218,212 @@ pub struct Execution {
     /// Workspace files the cell created or changed (regular files, found by
     /// a bounded walk of the workspace before and after the cell).
     pub files: Vec<FileChange>,
+    /// Every stream chunk and rich result in the order the kernel sent them
+    /// (`stdout`, `stderr` and `results` are the same content grouped); adjacent
+    /// chunks of one stream are merged.
+    #[schema(value_type = Vec<Object>)]
+    pub outputs: Vec<crate::services::OutputItem>,
+}
+
+/// The `data` of the last SSE event, `execute_reply`: the Execution without its outputs
+/// (they came as events before it).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ExecuteReply {
+    /// How it ended.
+    pub status: ExecStatus,
+    /// The session's execution counter after this cell.
+    pub execution_count: u64,
+    /// The error, when `status` is not `ok`.
+    pub error: Option<ExecError>,
+    /// Workspace files the cell created or changed.
+    pub files: Vec<FileChange>,
+    /// Output beyond the cap was dropped.
+    pub truncated: bool,
+    /// The interpreter was restarted: variables are gone (files stay).
+    pub state_lost: bool,
+    /// Wall time of the execution in milliseconds.
+    pub duration_ms: f64,
+}
+
+impl From<crate::services::CellStatus> for ExecStatus {
+    fn from(s: crate::services::CellStatus) -> Self {
+        use crate::services::CellStatus as C;
+        match s {
+            C::Ok => ExecStatus::Ok,
+            C::Error => ExecStatus::Error,
+            C::Timeout => ExecStatus::Timeout,
+            C::Killed => ExecStatus::Killed,
+        }
+    }
+}
+
+impl From<crate::services::events::CellError> for ExecError {
+    fn from(e: crate::services::events::CellError) -> Self {
+        ExecError {
+            name: e.name,
+            value: e.value,
+            traceback: e.traceback,
+        }
+    }
+}
+
+impl From<crate::services::CellSummary> for ExecuteReply {
+    fn from(s: crate::services::CellSummary) -> Self {
+        ExecuteReply {
+            status: s.status.into(),
+            execution_count: s.execution_count,
+            error: s.error.map(Into::into),
+            files: s
+                .files
+                .into_iter()
+                .map(|f| FileChange {
+                    path: f.path,
+                    size: f.size,
+                })
+                .collect(),
+            truncated: s.truncated,
+            state_lost: s.state_lost,
+            duration_ms: s.duration_ms,
+        }
+    }
+}
+
+impl From<crate::services::CellOutcome> for Execution {
+    fn from(o: crate::services::CellOutcome) -> Self {
+        let reply = ExecuteReply::from(o.summary);
+        Execution {
+            status: reply.status,
+            execution_count: reply.execution_count,
+            stdout: o.stdout,
+            stderr: o.stderr,
+            results: o
+                .results
+                .into_iter()
+                .map(|r| ResultItem {
+                    kind: r.kind.into(),
+                    data: r.data,
+                    metadata: r.metadata,
+                })
+                .collect(),
+            error: reply.error,
+            duration_ms: reply.duration_ms,
+            truncated: reply.truncated,
+            state_lost: reply.state_lost,
+            files: reply.files,
+            outputs: o.outputs,
+        }
+    }
+}
+
+impl From<crate::services::SessionView> for SessionInfo {
+    fn from(v: crate::services::SessionView) -> Self {
+        SessionInfo {
+            id: v.id,
+            language: v.language,
+            state: if v.busy { "busy" } else { "idle" }.into(),
+            created_at: crate::services::sessions::rfc3339(v.created),
+            last_active_at: crate::services::sessions::rfc3339(v.last_active),
+            execution_count: v.execution_count,
+            limits: v.limits.into(),
+            usage: v.usage.map(|u| Usage {
+                memory_bytes: u.memory_bytes,
+                memory_peak_bytes: u.memory_peak_bytes,
+                pids: u.pids,
+                cpu_usec: u.cpu_usec,
+                disk_bytes: u.disk_bytes,
+            }),
+            metadata: v.metadata,
+        }
+    }
+}
+
+impl From<crate::services::sessions::EffectiveLimits> for Limits {
+    fn from(l: crate::services::sessions::EffectiveLimits) -> Self {
+        Limits {
+            memory_bytes: l.memory_bytes,
+            pids: l.pids,
+            cpus: l.cpus,
+            disk_bytes: l.disk_bytes,
+            timeout_s: l.timeout_s,
+        }
+    }
+}
+
+impl From<crate::services::sessions::TableStatus> for Status {
+    fn from(s: crate::services::sessions::TableStatus) -> Self {
+        Status {
+            sessions: s.sessions,
+            busy_sessions: s.busy_sessions,
+            max_sessions: s.max_sessions,
+            pool_idle: s.pool_idle,
+            pool_min_idle: s.pool_min_idle,
+            uptime_s: s.uptime_s,
+            executions_total: s.executions_total,
+        }
+    }
+}
+
+impl From<CreateSession> for crate::services::NewSession {
+    fn from(c: CreateSession) -> Self {
+        let l = c.limits.unwrap_or_default();
+        crate::services::NewSession {
+            language: c.language,
+            env: c.env,
+            timeout_s: c.timeout_s,
+            memory_mb: l.memory_mb,
+            pids: l.pids,
+            cpus: l.cpus,
+            metadata: c.metadata,
+        }
+    }
+}
+
+impl From<ImportItem> for crate::services::files::ImportItem {
+    fn from(i: ImportItem) -> Self {
+        crate::services::files::ImportItem {
+            url: i.url,
+            path: i.path,
+        }
+    }
+}
+
+impl From<crate::services::files::Written> for UploadedFile {
+    fn from(w: crate::services::files::Written) -> Self {
+        UploadedFile {
+            path: w.path,
+            size: w.size,
+        }
+    }
+}
+
+impl From<ExportItem> for crate::services::export::ExportItem {
+    fn from(i: ExportItem) -> Self {
+        crate::services::export::ExportItem {
+            path: i.path,
+            url: i.url,
+            method: match i.method {
+                ExportMethod::Put => crate::services::export::ExportMethod::Put,
+                ExportMethod::Post => crate::services::export::ExportMethod::Post,
+            },
+            fields: i.fields,
+            headers: i.headers,
+        }
+    }
+}
+
+impl From<crate::services::export::ExportOutcome> for ExportResult {
+    fn from(o: crate::services::export::ExportOutcome) -> Self {
+        ExportResult {
+            path: o.path,
+            url: o.url,
+            status: o.status,
+            size: o.size,
+            error: o.error.map(|message| ErrorDetail {
+                code: "export_failed".into(),
+                message,
+            }),
+        }
+    }
 }
 
 /// A workspace file a cell created or changed.

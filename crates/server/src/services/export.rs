@@ -1,6 +1,5 @@
-//! `POST /v1/sessions/{id}/files/export`: send workspace files to URLs, by
-//! `PUT` (raw body) or by `POST` (a multipart form, as S3 presigned POSTs
-//! want).
+//! Exporting workspace files to URLs, by `PUT` (raw body) or by `POST` (a multipart
+//! form, as S3 presigned POSTs want).
 //!
 //! Everything that can be refused is refused before a byte is sent: every
 //! URL is checked like an import's (http/https, every address public or
@@ -13,22 +12,59 @@
 
 use std::sync::{Arc, OnceLock};
 
-use axum::body::Bytes;
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
+use std::collections::BTreeMap;
+
 use futures_util::StreamExt;
+use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use reqwest::multipart::{Form, Part};
 use tokio::io::AsyncReadExt;
 use tokio::sync::Semaphore;
 use tokio_util::io::ReaderStream;
 
-use crate::app::AppState;
-use crate::error::ApiError;
-use crate::handlers::files::{blocking, parse};
-use crate::model::{
-    ErrorBody, ErrorDetail, ExportItem, ExportMethod, ExportRequest, ExportResult, ExportResults,
-};
-use crate::sessions::Session;
-use crate::url_import::{without_url, ImportPolicy};
+use crate::metrics;
+use crate::services::error::{Result, ServiceError};
+use crate::services::files::{blocking, Files};
+use crate::services::sessions::Session;
+use crate::services::url_import::{without_url, ImportError, ImportPolicy};
+
+/// How an export sends a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportMethod {
+    /// The file is the raw request body (e.g. an S3 presigned PUT URL).
+    Put,
+    /// A `multipart/form-data` form: the `fields` first, then the file as the field `file`.
+    Post,
+}
+
+/// One workspace file to send to a URL.
+#[derive(Debug, Clone)]
+pub struct ExportItem {
+    /// The workspace file.
+    pub path: String,
+    /// An `http` or `https` URL.
+    pub url: String,
+    /// `PUT` or `POST`.
+    pub method: ExportMethod,
+    /// Form fields sent before the file (`POST` only).
+    pub fields: BTreeMap<String, String>,
+    /// Extra request headers.
+    pub headers: BTreeMap<String, String>,
+}
+
+/// What became of one file of an export.
+#[derive(Debug, Clone)]
+pub struct ExportOutcome {
+    /// The workspace file.
+    pub path: String,
+    /// The URL it was sent to.
+    pub url: String,
+    /// The upstream HTTP status, when there was an answer.
+    pub status: Option<u16>,
+    /// Bytes of the file sent.
+    pub size: u64,
+    /// Why the export of this file failed; `None` on success.
+    pub error: Option<String>,
+}
 
 /// Most files in one export request.
 const MAX_EXPORTS: usize = 64;
@@ -75,126 +111,108 @@ struct Job {
     size: u64,
 }
 
-fn headers_of(item: &ExportItem) -> Result<HeaderMap, ApiError> {
+fn headers_of(item: &ExportItem) -> Result<HeaderMap> {
     let mut out = HeaderMap::new();
     for (k, v) in &item.headers {
         let name = HeaderName::from_bytes(k.as_bytes())
-            .map_err(|_| ApiError::bad_request(format!("{k:?} is not a header name")))?;
+            .map_err(|_| ServiceError::Invalid(format!("{k:?} is not a header name")))?;
         if FORBIDDEN_HEADERS.contains(&name.as_str()) || name.as_str().starts_with("proxy-") {
-            return Err(ApiError::bad_request(format!(
+            return Err(ServiceError::Invalid(format!(
                 "the header {k:?} is set by the server"
             )));
         }
         if name == header::CONTENT_TYPE && item.method == ExportMethod::Post {
-            return Err(ApiError::bad_request(
-                "a POST export is multipart/form-data; give the file's type as a field",
+            return Err(ServiceError::Invalid(
+                "a POST export is multipart/form-data; give the file's type as a field".into(),
             ));
         }
         let value = HeaderValue::from_str(v)
-            .map_err(|_| ApiError::bad_request(format!("the value of header {k:?} is invalid")))?;
+            .map_err(|_| ServiceError::Invalid(format!("the value of header {k:?} is invalid")))?;
         out.append(name, value);
     }
     Ok(out)
 }
 
-/// Send workspace files to URLs: `PUT` sends the file as the raw body (with
-/// its `Content-Length`), `POST` sends a `multipart/form-data` form with the
-/// `fields` first and the file last as the field `file` (S3 presigned POST).
-/// URLs follow the import rules (403 `forbidden_url` for non-public
-/// addresses unless in `PYXIS_IMPORT_ALLOW`); paths never go through
-/// symlinks (403 `forbidden_path`). Nothing is sent unless every file and URL
-/// passes. Then the answer is 200 with one result per file: `status` is the
-/// upstream HTTP status, and `error` is set when there was no answer or it
-/// was not a 2xx (redirects are not followed).
-#[utoipa::path(post, path = "/v1/sessions/{id}/files/export",
-    params(("id" = String, Path)),
-    request_body = ExportRequest,
-    responses(
-        (status = 200, body = ExportResults, description = "one result per file; check each `error`"),
-        (status = 403, body = ErrorBody, description = "a URL resolves to a non-public address, or a path goes through a symlink"),
-        (status = 404, body = ErrorBody, description = "no such file"),
-        (status = 409, body = ErrorBody, description = "not a regular file"),
-        (status = 422, body = ErrorBody, description = "invalid URL, path, header or field"),
-        (status = 502, body = ErrorBody, description = "a URL's host cannot be resolved"),
-    ), security(("token" = [])), tag = "files")]
-pub async fn export_files(
-    app: &AppState,
-    session: &Arc<Session>,
-    body: &Bytes,
-) -> Result<ExportResults, ApiError> {
-    let req: ExportRequest = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("invalid export request: {e}")))?;
-    if req.files.is_empty() || req.files.len() > MAX_EXPORTS {
-        return Err(ApiError::bad_request(format!(
-            "give between 1 and {MAX_EXPORTS} files"
-        )));
-    }
-    session.touch();
-    let policy = ImportPolicy {
-        allow: app.config.import_allow.clone(),
-        timeout: app.config.export_timeout,
-    };
-    let mut jobs = Vec::with_capacity(req.files.len());
-    for item in req.files {
-        let rel = parse(&item.path, false)?;
-        if item.method == ExportMethod::Put && !item.fields.is_empty() {
-            return Err(ApiError::bad_request("`fields` go with method POST only"));
+impl Files {
+    /// Send workspace files to URLs: `PUT` sends the file as the raw body (with its
+    /// `Content-Length`), `POST` sends a `multipart/form-data` form with the `fields` first
+    /// and the file last as the field `file` (S3 presigned POST). URLs follow the import
+    /// rules; paths never go through symlinks. Nothing is sent unless every file and URL
+    /// passes; then one outcome per file, in order (redirects are not followed).
+    pub async fn export(
+        &self,
+        session: &Arc<Session>,
+        items: Vec<ExportItem>,
+    ) -> Result<Vec<ExportOutcome>> {
+        let timeout = self.config().export_timeout;
+        let allow = self.config().import_allow.clone();
+        if items.is_empty() || items.len() > MAX_EXPORTS {
+            return Err(ServiceError::Invalid(format!(
+                "give between 1 and {MAX_EXPORTS} files"
+            )));
         }
-        if item.fields.contains_key("file") {
-            return Err(ApiError::bad_request("the field `file` is the file itself"));
+        session.touch();
+        let policy = ImportPolicy { allow, timeout };
+        let mut jobs = Vec::with_capacity(items.len());
+        for item in items {
+            let rel = self.parse(&item.path, false)?;
+            if item.method == ExportMethod::Put && !item.fields.is_empty() {
+                return Err(ServiceError::Invalid(
+                    "`fields` go with method POST only".into(),
+                ));
+            }
+            if item.fields.contains_key("file") {
+                return Err(ServiceError::Invalid(
+                    "the field `file` is the file itself".into(),
+                ));
+            }
+            let headers = headers_of(&item)?;
+            let url = reqwest::Url::parse(&item.url).map_err(|e| {
+                ServiceError::from_export(ImportError::InvalidUrl(format!("{:?}: {e}", item.url)))
+            })?;
+            let client = policy
+                .pinned_client(&url)
+                .await
+                .map_err(ServiceError::from_export)?;
+            let (s, r) = (session.clone(), rel.clone());
+            let (file, size) = blocking(move || s.workspace()?.open_read(&r))
+                .await
+                .map_err(|e| ServiceError::from_fs(e, rel.as_str(), 0))?;
+            jobs.push(Job {
+                path: rel.as_str().to_string(),
+                url,
+                raw_url: item.url,
+                method: item.method,
+                fields: item.fields.into_iter().collect(),
+                headers,
+                client,
+                file,
+                size,
+            });
         }
-        let headers = headers_of(&item)?;
-        let url = reqwest::Url::parse(&item.url).map_err(|e| {
-            ApiError::from_export(crate::url_import::ImportError::InvalidUrl(format!(
-                "{:?}: {e}",
-                item.url
-            )))
-        })?;
-        let client = policy
-            .pinned_client(&url)
-            .await
-            .map_err(ApiError::from_export)?;
-        let (s, r) = (session.clone(), rel.clone());
-        let (file, size) = blocking(move || s.workspace()?.open_read(&r))
-            .await
-            .map_err(|e| ApiError::from_fs(e, rel.as_str(), 0))?;
-        jobs.push(Job {
-            path: rel.as_str().to_string(),
-            url,
-            raw_url: item.url,
-            method: item.method,
-            fields: item.fields.into_iter().collect(),
-            headers,
-            client,
-            file,
-            size,
-        });
+        let results = futures_util::stream::iter(jobs)
+            .map(|job| send(job, timeout))
+            .buffered(PER_REQUEST)
+            .collect::<Vec<_>>()
+            .await;
+        for r in &results {
+            metrics::export_done(r.error.is_none(), r.size);
+        }
+        session.touch();
+        Ok(results)
     }
-    let timeout = app.config.export_timeout;
-    let results = futures_util::stream::iter(jobs)
-        .map(|job| send(job, timeout))
-        .buffered(PER_REQUEST)
-        .collect::<Vec<_>>()
-        .await;
-    session.touch();
-    Ok(ExportResults { results })
 }
 
-async fn send(job: Job, timeout: std::time::Duration) -> ExportResult {
+async fn send(job: Job, timeout: std::time::Duration) -> ExportOutcome {
     let _permit = server_wide().acquire().await;
-    let mut result = ExportResult {
+    let mut result = ExportOutcome {
         path: job.path.clone(),
         url: job.raw_url.clone(),
         status: None,
         size: job.size,
         error: None,
     };
-    let failed = |message: String| {
-        Some(ErrorDetail {
-            code: "export_failed".into(),
-            message,
-        })
-    };
+    let failed = Some;
     match tokio::time::timeout(timeout, send_inner(job)).await {
         Err(_) => {
             result.error = failed(format!(
@@ -222,7 +240,7 @@ async fn send(job: Job, timeout: std::time::Duration) -> ExportResult {
 }
 
 /// Send one file; the status and the start of the answer's body (for errors).
-async fn send_inner(job: Job) -> Result<(reqwest::StatusCode, String), String> {
+async fn send_inner(job: Job) -> std::result::Result<(reqwest::StatusCode, String), String> {
     // Never send more than the size announced, even if the file grows.
     let reader = tokio::fs::File::from_std(job.file).take(job.size);
     let body = reqwest::Body::wrap_stream(ReaderStream::with_capacity(reader, CHUNK));

@@ -6,7 +6,7 @@ use axum::Json;
 use utoipa::OpenApi;
 
 use crate::app::AppState;
-use crate::model::{Capabilities, Status};
+use crate::doors::v1::model::{Capabilities, Status};
 
 /// Liveness: the process answers.
 #[utoipa::path(get, path = "/healthz", responses((status = 200, description = "alive")), tag = "ops")]
@@ -29,30 +29,25 @@ pub async fn readyz(State(app): State<AppState>) -> (StatusCode, &'static str) {
 #[utoipa::path(get, path = "/v1/status", responses((status = 200, body = Status)),
     security(("token" = [])), tag = "ops")]
 pub async fn status(State(app): State<AppState>) -> Json<Status> {
-    Json(app.sessions.status())
+    Json(app.sessions.status().into())
 }
 
 /// Languages, preinstalled libraries, default limits and network policy.
 #[utoipa::path(get, path = "/v1/capabilities", responses((status = 200, body = Capabilities)),
     security(("token" = [])), tag = "ops")]
 pub async fn capabilities(State(app): State<AppState>) -> Json<Capabilities> {
-    let info = app.zygote.info();
+    let info = app.sessions.launcher().runtime_info();
     let cfg = &app.config;
-    let defaults = crate::sessions::SessionOptions {
-        env: Default::default(),
-        timeout: cfg.exec_timeout,
-        limits: app.sessions.factory().default_limits(),
-        metadata: None,
-    };
+    let defaults = app.sessions.default_options();
     Json(Capabilities {
         languages: vec!["python".into()],
         python_version: info.python,
         libraries: info.libraries,
-        limits: app.sessions.limits_of(&defaults),
+        limits: app.sessions.limits_of(&defaults).into(),
         max_output_bytes: cfg.max_output_bytes,
         max_timeout_s: cfg.max_exec_timeout.as_secs_f64(),
         network: "none: sandboxes have only a loopback interface".into(),
-        cgroup_version: format!("{:?}", app.sessions.factory().cgroup_version()).to_lowercase(),
+        cgroup_version: app.sessions.launcher().cgroup_version(),
     })
 }
 
@@ -61,4 +56,17 @@ pub async fn capabilities(State(app): State<AppState>) -> Json<Capabilities> {
     security(("token" = [])), tag = "ops")]
 pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     Json(crate::router::ApiDoc::openapi())
+}
+
+/// Prometheus metrics in the text exposition format (see the README for the names).
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "metrics", content_type = "text/plain")),
+    security(("token" = [])), tag = "ops")]
+pub async fn metrics() -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::render(),
+    )
 }

@@ -1,0 +1,48 @@
+//! The doors: each protocol Pyxis speaks, one module (or folder) each, side by side, none
+//! importing another. A door only translates: its requests become typed service calls
+//! (`crate::services`), the services' events and values become its answers.
+//!
+//! - [`v1`]: the native API (JSON, server-sent events);
+//! - [`jupyter`]: Jupyter's kernels REST and WebSocket API (JupyterLab, nbclient through a
+//!   jupyter server's gateway client);
+//! - [`gateway`]: the Jupyter-kernel gateway service Pyxis replaces (stateful, per
+//!   `user_uuid`);
+//! - [`runner`]: the function runner (one-shot);
+//! - [`pool`]: the Docker-pool interpreter (stateless, files in and out).
+//!
+//! `POST /api/v1/execute` is claimed by both the gateway (`?user_uuid=U`) and the
+//! Docker-pool interpreter (no query): `router.rs` dispatches on the presence of
+//! `user_uuid`. The helpers below are shared plumbing, not a door.
+
+pub mod gateway;
+pub mod jupyter;
+pub mod pool;
+pub mod runner;
+pub mod v1;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::app::App;
+use crate::error::ApiError;
+use crate::services::{CellOutcome, CellRequest, Session};
+
+/// Run a cell and fold it into one value (the doors that answer once per cell).
+pub async fn run_cell(
+    app: &App,
+    session: &Arc<Session>,
+    code: String,
+    timeout: Duration,
+) -> Result<CellOutcome, ApiError> {
+    let handle = app
+        .sessions
+        .execute(session, CellRequest::new(code, timeout))?;
+    Ok(handle.collect().await?)
+}
+
+/// Whether a `POST /api/v1/execute` is the gateway's: its query has a `user_uuid` key
+/// (decoded as the handlers decode it). The auth middleware uses the same test, so the open
+/// pool door can never reach the gateway.
+pub fn wants_gateway(query: Option<&str>) -> bool {
+    url::form_urlencoded::parse(query.unwrap_or("").as_bytes()).any(|(k, _)| k == "user_uuid")
+}

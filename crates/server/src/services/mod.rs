@@ -1,0 +1,18 @@
+//! The services: sessions (table, pool, reaper), cells as streams of events, and workspace
+//! files. No HTTP here: every door (see `crate::doors`) translates its protocol into these
+//! typed calls and the events back into its protocol.
+
+pub mod error;
+pub mod events;
+pub mod export;
+pub mod files;
+pub mod options;
+pub mod sessions;
+pub mod url_import;
+pub mod workspace_fs;
+
+pub use error::{Result, ServiceError};
+pub use events::{CellEvent, CellOutcome, CellStatus, CellSummary, ExecutionState, OutputItem};
+pub use files::Files;
+pub use options::{session_options, timeout_from, validate_env, NewSession};
+pub use sessions::{CellHandle, CellRequest, Session, SessionOptions, SessionView, Sessions};

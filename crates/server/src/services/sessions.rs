@@ -1,0 +1,1434 @@
+//! Sessions: the session table, the warm pool, idle reaping, and running cells one at a time
+//! per session with time limits, interrupts and restarts. A cell is a stream of
+//! [`CellEvent`]s (see `events.rs`); nothing here knows about HTTP.
+//!
+//! Cancel safety: a cell runs in a task of its own, never in the caller's future. A caller
+//! that goes away (a client disconnects, a stream is dropped, a request times out) only drops
+//! the receiving end of the events:
+//! - a cell still *queued* behind another is then not run at all;
+//! - a cell already *running* runs to its end, as in Jupyter, and its events are discarded
+//!   (the history keeps it); interrupting it is the client's call (`interrupt`).
+//!
+//! Either way the queue count, the busy flag and the kernel connection are only ever changed
+//! by that task, so they stay right whatever the caller does.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use pyxis_protocol::{KernelEvent, KernelRequest, ReplyStatus};
+use pyxis_sandbox::ResourceLimits;
+use tokio::sync::{mpsc, Notify};
+
+use crate::config::Config;
+use crate::metrics;
+use crate::sandboxes::kernel::{KernelConn, KernelError};
+use crate::sandboxes::{Launcher, SandboxError, SandboxHandle};
+use crate::services::error::{Result, ServiceError};
+use crate::services::events::{
+    map_size, CellError, CellEvent, CellStatus, CellSummary, ExecutionState, FileChange, JsonMap,
+    OutputBudget, OutputItem,
+};
+use crate::services::workspace_fs::{Snapshot, WorkspaceFs, WorkspaceFsError};
+
+/// Options of a new session, validated.
+#[derive(Debug, Clone)]
+pub struct SessionOptions {
+    /// Interpreter environment.
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Default execution time limit.
+    pub timeout: Duration,
+    /// Cgroup limits.
+    pub limits: ResourceLimits,
+    /// Client data.
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// One cell to run.
+#[derive(Debug, Clone, Default)]
+pub struct CellRequest {
+    /// The source.
+    pub code: String,
+    /// Time limit.
+    pub timeout: Duration,
+    /// The caller can answer `input()` (see [`CellEvent::InputRequest`]).
+    pub allow_stdin: bool,
+    /// Jupyter's `silent`: not counted, nothing published but errors.
+    pub silent: bool,
+    /// Jupyter's `store_history` (`None`: `!silent`).
+    pub store_history: Option<bool>,
+    /// Jupyter's `user_expressions`.
+    pub user_expressions: JsonMap,
+}
+
+impl CellRequest {
+    /// A plain cell with a time limit.
+    pub fn new(code: impl Into<String>, timeout: Duration) -> Self {
+        Self {
+            code: code.into(),
+            timeout,
+            ..Default::default()
+        }
+    }
+}
+
+/// The caller's end of a running (or queued) cell.
+pub struct CellHandle {
+    /// The cell's events, [`CellEvent::Reply`] last.
+    pub events: mpsc::UnboundedReceiver<CellEvent>,
+    input: mpsc::Sender<String>,
+    session: Arc<Session>,
+}
+
+impl CellHandle {
+    /// Answer the cell's pending `input()`; false if the cell is gone.
+    pub fn input(&self, value: String) -> bool {
+        self.input.try_send(value).is_ok()
+    }
+
+    /// A sender for the cell's `input()` answers (kept by doors that route stdin).
+    pub fn stdin(&self) -> mpsc::Sender<String> {
+        self.input.clone()
+    }
+
+    /// Whether the session was deleted (while the cell was queued or running).
+    pub fn session_gone(&self) -> bool {
+        self.session.closed.load(Ordering::Acquire)
+    }
+
+    /// Fold the whole cell into one value.
+    pub async fn collect(mut self) -> Result<crate::services::events::CellOutcome> {
+        let out = crate::services::events::CellOutcome::collect(&mut self.events).await;
+        match out {
+            Some(o) if !o.summary.session_deleted() => Ok(o),
+            _ => Err(ServiceError::SessionNotFound(self.session.id.clone())),
+        }
+    }
+}
+
+/// One cell as the session's history keeps it (for notebook export).
+#[derive(Debug, Clone)]
+pub struct CellRecord {
+    /// The source.
+    pub code: String,
+    /// Its execution count (0 when not counted).
+    pub execution_count: u64,
+    /// How it ended.
+    pub status: CellStatus,
+    /// Its outputs in order.
+    pub outputs: Vec<OutputItem>,
+}
+
+#[derive(Default)]
+struct History {
+    cells: VecDeque<(CellRecord, u64)>,
+    bytes: u64,
+}
+
+impl History {
+    fn push(&mut self, rec: CellRecord, max_bytes: u64) {
+        let size = rec.code.len() as u64
+            + rec
+                .outputs
+                .iter()
+                .map(|o| {
+                    serde_json::to_value(o)
+                        .map(|v| crate::services::events::json_size(&v))
+                        .unwrap_or(0)
+                })
+                .sum::<u64>();
+        if size > max_bytes {
+            // Too large to keep whole: keep the code, drop the outputs.
+            let rec = CellRecord {
+                outputs: vec![OutputItem::Stream {
+                    name: "stderr".into(),
+                    text: "[pyxis: this cell's outputs were too large for the history]\n".into(),
+                }],
+                ..rec
+            };
+            return self.push(rec, max_bytes.max(1 << 16));
+        }
+        self.bytes += size;
+        self.cells.push_back((rec, size));
+        while self.bytes > max_bytes {
+            match self.cells.pop_front() {
+                Some((_, n)) => self.bytes -= n,
+                None => break,
+            }
+        }
+    }
+}
+
+struct KernelSlot {
+    conn: Option<KernelConn>,
+    execution_count: u64,
+}
+
+/// One live session.
+pub struct Session {
+    /// Session id.
+    pub id: String,
+    sandbox: Arc<dyn SandboxHandle>,
+    opts: SessionOptions,
+    created: SystemTime,
+    last_active: Mutex<(Instant, SystemTime)>,
+    kernel: tokio::sync::Mutex<KernelSlot>,
+    waiting: AtomicUsize,
+    busy: AtomicBool,
+    closed: AtomicBool,
+    interrupt: Notify,
+    executions: AtomicU64,
+    /// The workspace as the last cell left it (see `execute`).
+    last_scan: Mutex<Option<Snapshot>>,
+    history: Mutex<History>,
+    /// Cells run in the order `execute` was called: each takes a ticket, and waits until
+    /// `serving` reaches it.
+    tickets: AtomicU64,
+    serving: tokio::sync::watch::Sender<u64>,
+}
+
+/// What `GET` of a session shows.
+#[derive(Debug, Clone)]
+pub struct SessionView {
+    /// Session id.
+    pub id: String,
+    /// Language of its interpreter.
+    pub language: String,
+    /// Running a cell now.
+    pub busy: bool,
+    /// Creation time.
+    pub created: SystemTime,
+    /// Last use.
+    pub last_active: SystemTime,
+    /// Cells executed.
+    pub execution_count: u64,
+    /// Effective limits.
+    pub limits: EffectiveLimits,
+    /// Resource use, when it could be read.
+    pub usage: Option<UsageView>,
+    /// Client data.
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// Effective limits of a session.
+#[derive(Debug, Clone, Copy)]
+pub struct EffectiveLimits {
+    /// Memory limit in bytes.
+    pub memory_bytes: u64,
+    /// Process limit.
+    pub pids: u64,
+    /// CPU limit in cores.
+    pub cpus: f64,
+    /// Workspace quota in bytes.
+    pub disk_bytes: u64,
+    /// Default execution time limit in seconds.
+    pub timeout_s: f64,
+}
+
+/// Resource use of a session.
+#[derive(Debug, Clone, Copy)]
+pub struct UsageView {
+    /// Memory in use (bytes).
+    pub memory_bytes: u64,
+    /// Highest memory use seen (bytes).
+    pub memory_peak_bytes: u64,
+    /// Live processes.
+    pub pids: u64,
+    /// CPU time used (microseconds).
+    pub cpu_usec: u64,
+    /// Workspace bytes used.
+    pub disk_bytes: u64,
+}
+
+/// Counters of the whole table, for status routes.
+#[derive(Debug, Clone, Copy)]
+pub struct TableStatus {
+    /// Live sessions.
+    pub sessions: usize,
+    /// Sessions running a cell now.
+    pub busy_sessions: usize,
+    /// Most live sessions.
+    pub max_sessions: usize,
+    /// Sandboxes ready in the warm pool.
+    pub pool_idle: usize,
+    /// Target size of the warm pool.
+    pub pool_min_idle: usize,
+    /// Seconds since start.
+    pub uptime_s: f64,
+    /// Cells executed since start.
+    pub executions_total: u64,
+}
+
+struct Ready {
+    sandbox: Arc<dyn SandboxHandle>,
+    conn: KernelConn,
+}
+
+/// The session table and the warm pool.
+pub struct Sessions {
+    cfg: Arc<Config>,
+    launcher: Arc<dyn Launcher>,
+    table: Mutex<HashMap<String, Arc<Session>>>,
+    pool: Mutex<VecDeque<Ready>>,
+    refill: Notify,
+    /// Sandboxes being created or held outside the table (one-shots).
+    in_flight: AtomicUsize,
+    executions_total: AtomicU64,
+    started: Instant,
+    shutting_down: AtomicBool,
+}
+
+impl Sessions {
+    /// A session manager over `launcher`.
+    pub fn new(cfg: Arc<Config>, launcher: Arc<dyn Launcher>) -> Arc<Self> {
+        Arc::new(Self {
+            cfg,
+            launcher,
+            table: Mutex::new(HashMap::new()),
+            pool: Mutex::new(VecDeque::new()),
+            refill: Notify::new(),
+            in_flight: AtomicUsize::new(0),
+            executions_total: AtomicU64::new(0),
+            started: Instant::now(),
+            shutting_down: AtomicBool::new(false),
+        })
+    }
+
+    /// The sandbox launcher (for capabilities).
+    pub fn launcher(&self) -> &dyn Launcher {
+        self.launcher.as_ref()
+    }
+
+    /// The effective configuration.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Start the background tasks: pool refill and idle reaping.
+    pub fn start_background(self: &Arc<Self>) {
+        let me = self.clone();
+        tokio::spawn(async move { me.refill_loop().await });
+        let me = self.clone();
+        tokio::spawn(async move { me.reap_loop().await });
+    }
+
+    fn live(&self) -> usize {
+        self.table.lock().map(|t| t.len()).unwrap_or(0)
+    }
+
+    /// Sandboxes ready in the pool.
+    pub fn pool_idle(&self) -> usize {
+        self.pool.lock().map(|p| p.len()).unwrap_or(0)
+    }
+
+    fn gauges(&self) {
+        metrics::sessions_live(self.live(), self.pool_idle());
+    }
+
+    async fn refill_loop(self: Arc<Self>) {
+        let mut failures = 0u32;
+        loop {
+            if self.shutting_down.load(Ordering::Acquire) {
+                return;
+            }
+            let want = self.cfg.pool_min_idle;
+            if self.pool_idle() < want && self.live() < self.cfg.max_sessions {
+                match self.launcher.create(&self.launcher.default_limits()).await {
+                    Ok((sandbox, conn)) => {
+                        failures = 0;
+                        if self.shutting_down.load(Ordering::Acquire) {
+                            self.launcher.destroy(sandbox).await;
+                            return;
+                        }
+                        if let Ok(mut p) = self.pool.lock() {
+                            p.push_back(Ready { sandbox, conn });
+                        }
+                        self.gauges();
+                        continue;
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        tracing::error!(error = %e, "warm pool: creating a sandbox failed");
+                        let backoff = Duration::from_millis(200 * u64::from(failures.min(25)));
+                        tokio::time::sleep(backoff).await;
+                        continue;
+                    }
+                }
+            }
+            self.refill.notified().await;
+        }
+    }
+
+    async fn reap_loop(self: Arc<Self>) {
+        let period =
+            (self.cfg.idle_timeout / 4).clamp(Duration::from_millis(200), Duration::from_secs(10));
+        loop {
+            tokio::time::sleep(period).await;
+            let now = Instant::now();
+            let idle: Vec<String> = match self.table.lock() {
+                Ok(t) => t
+                    .values()
+                    .filter(|s| {
+                        !s.busy.load(Ordering::Acquire)
+                            && s.waiting.load(Ordering::Acquire) == 0
+                            && s.last_active
+                                .lock()
+                                .map(|la| now.duration_since(la.0) > self.cfg.idle_timeout)
+                                .unwrap_or(false)
+                    })
+                    .map(|s| s.id.clone())
+                    .collect(),
+                Err(_) => continue,
+            };
+            for id in idle {
+                tracing::info!(%id, "releasing idle session");
+                self.delete(&id).await;
+            }
+        }
+    }
+
+    /// Take a ready sandbox from the pool, or make one.
+    async fn acquire(&self, limits: &ResourceLimits) -> Result<Ready> {
+        let t0 = Instant::now();
+        let pooled = self.pool.lock().ok().and_then(|mut p| p.pop_front());
+        self.refill.notify_one();
+        if let Some(r) = pooled {
+            if *limits != self.launcher.default_limits() {
+                if let Err(e) = r.sandbox.set_limits(limits) {
+                    self.launcher.destroy(r.sandbox).await;
+                    return Err(ServiceError::internal(e));
+                }
+            }
+            metrics::session_created(true, t0.elapsed());
+            return Ok(r);
+        }
+        match self.launcher.create(limits).await {
+            Ok((sandbox, conn)) => {
+                metrics::session_created(false, t0.elapsed());
+                Ok(Ready { sandbox, conn })
+            }
+            Err(SandboxError::NoSlot) => Err(ServiceError::Exhausted(
+                "no sandbox is free; retry shortly".into(),
+            )),
+            Err(e) => Err(ServiceError::internal(e)),
+        }
+    }
+
+    /// Reserve capacity for one more session (live + in flight ≤ max).
+    fn reserve(&self) -> Result<Reservation<'_>> {
+        if self.shutting_down.load(Ordering::Acquire) {
+            return Err(ServiceError::Exhausted(
+                "the server is shutting down".into(),
+            ));
+        }
+        let n = self.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+        if self.live() + n > self.cfg.max_sessions {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return Err(ServiceError::Exhausted(format!(
+                "all {} sessions are in use; release one or retry later",
+                self.cfg.max_sessions
+            )));
+        }
+        Ok(Reservation(&self.in_flight))
+    }
+
+    /// Create a session.
+    pub async fn create(&self, opts: SessionOptions) -> Result<Arc<Session>> {
+        let _reservation = self.reserve()?;
+        let session = self.make_session(opts).await?;
+        if let Ok(mut t) = self.table.lock() {
+            t.insert(session.id.clone(), session.clone());
+        }
+        self.gauges();
+        Ok(session)
+    }
+
+    async fn make_session(&self, opts: SessionOptions) -> Result<Arc<Session>> {
+        let Ready { sandbox, mut conn } = self.acquire(&opts.limits).await?;
+        if !opts.env.is_empty() {
+            let configured =
+                tokio::time::timeout(Duration::from_secs(10), configure(&mut conn, &opts.env))
+                    .await
+                    .unwrap_or(Err(KernelError::Closed));
+            if let Err(e) = configured {
+                self.launcher.destroy(sandbox).await;
+                return Err(ServiceError::internal(e));
+            }
+        }
+        let now = (Instant::now(), SystemTime::now());
+        Ok(Arc::new(Session {
+            id: sandbox.id().to_string(),
+            sandbox,
+            opts,
+            created: now.1,
+            last_active: Mutex::new(now),
+            kernel: tokio::sync::Mutex::new(KernelSlot {
+                conn: Some(conn),
+                execution_count: 0,
+            }),
+            waiting: AtomicUsize::new(0),
+            busy: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            interrupt: Notify::new(),
+            executions: AtomicU64::new(0),
+            last_scan: Mutex::new(None),
+            history: Mutex::new(History::default()),
+            tickets: AtomicU64::new(0),
+            serving: tokio::sync::watch::channel(0).0,
+        }))
+    }
+
+    /// Look a session up.
+    pub fn get(&self, id: &str) -> Result<Arc<Session>> {
+        self.table
+            .lock()
+            .ok()
+            .and_then(|t| t.get(id).cloned())
+            .ok_or_else(|| ServiceError::SessionNotFound(id.to_string()))
+    }
+
+    /// All live sessions, oldest first.
+    pub fn list(&self) -> Vec<Arc<Session>> {
+        let mut v: Vec<Arc<Session>> = self
+            .table
+            .lock()
+            .map(|t| t.values().cloned().collect())
+            .unwrap_or_default();
+        v.sort_by_key(|s| s.created);
+        v
+    }
+
+    /// Release a session: kill its sandbox, delete its workspace. Returns
+    /// whether it existed.
+    pub async fn delete(&self, id: &str) -> bool {
+        let Some(session) = self.table.lock().ok().and_then(|mut t| t.remove(id)) else {
+            return false;
+        };
+        self.teardown(session).await;
+        self.refill.notify_one();
+        self.gauges();
+        true
+    }
+
+    async fn teardown(&self, session: Arc<Session>) {
+        session.closed.store(true, Ordering::Release);
+        // Stop a running cell: its task sees the kernel die.
+        session.sandbox.clone().kill_processes().await;
+        session.interrupt.notify_waiters();
+        self.launcher.destroy(session.sandbox.clone()).await;
+    }
+
+    /// Run a cell in a fresh sandbox that is destroyed after it. `prepare` fills the
+    /// workspace first (the one-shot's files); the cell's `files` then list only what the
+    /// code wrote. The sandbox lives until the cell's events have all been produced, whether
+    /// or not anyone still reads them.
+    pub async fn one_shot<F, Fut>(
+        self: &Arc<Self>,
+        opts: SessionOptions,
+        req: CellRequest,
+        prepare: F,
+    ) -> Result<CellHandle>
+    where
+        F: FnOnce(Arc<Session>) -> Fut,
+        Fut: std::future::Future<Output = Result<()>>,
+    {
+        let reservation = self.reserve()?;
+        let session = self.make_session(opts).await?;
+        if let Err(e) = prepare(session.clone()).await {
+            self.teardown(session).await;
+            self.refill.notify_one();
+            return Err(e);
+        }
+        // The reservation moves into the cell's task: the sandbox counts as in flight
+        // until it is torn down.
+        std::mem::forget(reservation);
+        let me = self.clone();
+        let handle = self.execute_then(&session, req, move |session| async move {
+            me.teardown(session).await;
+            me.in_flight.fetch_sub(1, Ordering::AcqRel);
+            me.refill.notify_one();
+        });
+        match handle {
+            Ok(h) => Ok(h),
+            Err(e) => {
+                self.teardown(session).await;
+                self.in_flight.fetch_sub(1, Ordering::AcqRel);
+                Err(e)
+            }
+        }
+    }
+
+    /// Run one cell. Cells of a session run one at a time, in order of arrival; at most
+    /// `max_queue` may wait (beyond, [`ServiceError::Busy`]). Returns at once: the cell runs
+    /// in a task of its own (see the module's notes on cancel safety).
+    pub fn execute(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        req: CellRequest,
+    ) -> Result<CellHandle> {
+        self.execute_then(session, req, |_| async {})
+    }
+
+    fn execute_then<F, Fut>(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        req: CellRequest,
+        after: F,
+    ) -> Result<CellHandle>
+    where
+        F: FnOnce(Arc<Session>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        if session.closed.load(Ordering::Acquire) {
+            return Err(ServiceError::SessionNotFound(session.id.clone()));
+        }
+        if session.waiting.fetch_add(1, Ordering::AcqRel) >= self.cfg.max_queue {
+            session.waiting.fetch_sub(1, Ordering::AcqRel);
+            return Err(ServiceError::Busy);
+        }
+        let waiting = Waiting(session.clone());
+        let ticket = Ticket(
+            session.clone(),
+            session.tickets.fetch_add(1, Ordering::AcqRel),
+        );
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (input_tx, input_rx) = mpsc::channel(4);
+        let me = self.clone();
+        let s = session.clone();
+        tokio::spawn(async move {
+            let mut turn = s.serving.subscribe();
+            let _ = turn.wait_for(|serving| *serving >= ticket.1).await;
+            let mut slot = s.kernel.lock().await;
+            drop(waiting);
+            if tx.is_closed() {
+                // The caller gave up while the cell was queued: it is not run.
+                metrics::cell_abandoned();
+            } else if s.closed.load(Ordering::Acquire) {
+                let _ = tx.send(CellEvent::Reply(gone_summary(slot.execution_count)));
+            } else {
+                me.run_locked(&s, &mut slot, req, tx, input_rx).await;
+            }
+            drop(slot);
+            drop(ticket);
+            after(s).await;
+        });
+        Ok(CellHandle {
+            events: rx,
+            input: input_tx,
+            session: session.clone(),
+        })
+    }
+
+    async fn run_locked(
+        &self,
+        session: &Arc<Session>,
+        slot: &mut KernelSlot,
+        req: CellRequest,
+        tx: mpsc::UnboundedSender<CellEvent>,
+        input_rx: mpsc::Receiver<String>,
+    ) {
+        session.busy.store(true, Ordering::Release);
+        let started = Instant::now();
+        let code = req.code.clone();
+        let silent = req.silent;
+        // The walk after the previous cell serves as this one's "before",
+        // unless the files API changed the workspace since.
+        let cached = session.last_scan.lock().ok().and_then(|mut s| s.take());
+        let before = match cached {
+            Some(snap) => Some(snap),
+            None => self.scan_workspace(session).await,
+        };
+        let mut out = Emitter::new(tx, self.cfg.max_output_bytes);
+        out.status(ExecutionState::Busy);
+        out.send_raw(CellEvent::ExecuteInput {
+            code: code.clone(),
+            execution_count: slot.execution_count + 1,
+        });
+        let mut summary = self.run_cell(session, slot, req, &mut out, input_rx).await;
+        if let Some(before) = before {
+            if let Some(after) = self.scan_workspace(session).await {
+                summary.files = before
+                    .changed(&after)
+                    .into_iter()
+                    .map(|(path, size)| FileChange { path, size })
+                    .collect();
+                if let Ok(mut last) = session.last_scan.lock() {
+                    *last = Some(after);
+                }
+            }
+        }
+        session.busy.store(false, Ordering::Release);
+        summary.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+        summary.truncated |= out.budget.truncated;
+        session.touch();
+        session.executions.fetch_add(1, Ordering::Relaxed);
+        self.executions_total.fetch_add(1, Ordering::Relaxed);
+        metrics::cell_finished(
+            summary.status,
+            summary.error.as_ref().map(|e| e.name.as_str()),
+            started.elapsed(),
+            out.bytes,
+        );
+        if !silent {
+            let record = CellRecord {
+                code,
+                execution_count: summary.execution_count,
+                status: summary.status,
+                outputs: out.take_outputs(),
+            };
+            if let Ok(mut h) = session.history.lock() {
+                h.push(record, self.cfg.history_max_bytes);
+            }
+        }
+        out.status(ExecutionState::Idle);
+        out.send_raw(CellEvent::Reply(summary));
+    }
+
+    /// The regular files of the session's workspace (bounded walk), for the
+    /// `files` of an execution; `None` when the report is turned off. An
+    /// empty workspace (only its root inode in use) is not walked at all.
+    async fn scan_workspace(&self, session: &Arc<Session>) -> Option<Snapshot> {
+        let max_entries = self.cfg.files_scan_max_entries;
+        if max_entries == 0 {
+            return None;
+        }
+        let path = session.sandbox.workspace_path().to_path_buf();
+        if workspace_is_empty(&path) {
+            return Some(Snapshot::default());
+        }
+        let max_depth = self.cfg.files_scan_max_depth;
+        let uid = session.sandbox.uid();
+        tokio::task::spawn_blocking(move || {
+            WorkspaceFs::open(&path, uid, uid)
+                .ok()
+                .map(|ws| ws.snapshot(max_entries, max_depth))
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    async fn run_cell(
+        &self,
+        session: &Arc<Session>,
+        slot: &mut KernelSlot,
+        req: CellRequest,
+        out: &mut Emitter,
+        mut input_rx: mpsc::Receiver<String>,
+    ) -> CellSummary {
+        let mut state_lost = false;
+        // A kernel lost earlier (restart failed) is brought back first.
+        if slot.conn.is_none() {
+            if let Err(e) = self.restart_kernel(session, slot).await {
+                return failure(
+                    CellStatus::Killed,
+                    "KernelDied",
+                    format!("the interpreter could not be restarted: {e}"),
+                    slot.execution_count,
+                );
+            }
+            state_lost = true;
+        }
+        // Unguessable: user code can write frames to its own socket, and must
+        // not be able to forge the reply of a cell it has not seen yet.
+        let id = crate::ids::new_id();
+        let Some(conn) = slot.conn.as_mut() else {
+            return failure(CellStatus::Killed, "KernelDied", "no interpreter".into(), 0);
+        };
+        let oom_before = session.sandbox.oom_kills();
+        let timeout = req.timeout;
+        let kreq = KernelRequest::ExecuteRequest {
+            id: id.clone(),
+            code: req.code,
+            max_output_bytes: self.cfg.max_output_bytes,
+            silent: req.silent,
+            allow_stdin: req.allow_stdin,
+            store_history: req.store_history,
+            user_expressions: req.user_expressions,
+        };
+        let mut deadline = tokio::time::Instant::now() + timeout;
+        let mut timed_out = false;
+        let mut interrupted = false;
+        let mut failure_cause: Option<KernelError> = None;
+        let mut reply: Option<(ReplyStatus, u64, bool, JsonMap)> = None;
+        let mut error: Option<CellError> = None;
+        let mut input_open = true;
+        if let Err(e) = conn.send(&kreq).await {
+            failure_cause = Some(e);
+        }
+        while failure_cause.is_none() && reply.is_none() {
+            tokio::select! {
+                ev = conn.next_event() => match ev {
+                    Ok(ev) => match out.kernel_event(&id, ev) {
+                        Some(Handled::Reply(status, count, truncated, exprs)) => {
+                            reply = Some((status, count, truncated, exprs));
+                        }
+                        Some(Handled::Error(e)) => error = Some(e),
+                        None => {}
+                    },
+                    Err(e) => failure_cause = Some(e),
+                },
+                value = input_rx.recv(), if input_open => match value {
+                    Some(value) => {
+                        let r = KernelRequest::InputReply { id: id.clone(), value };
+                        if let Err(e) = conn.send(&r).await {
+                            failure_cause = Some(e);
+                        }
+                    }
+                    None => input_open = false,
+                },
+                _ = tokio::time::sleep_until(deadline) => {
+                    if timed_out || interrupted {
+                        // The grace period is over: the cell ignored SIGINT.
+                        failure_cause = Some(KernelError::Closed);
+                        session.sandbox.clone().kill_processes().await;
+                    } else {
+                        timed_out = true;
+                        session.sandbox.interrupt();
+                        deadline = tokio::time::Instant::now() + self.cfg.interrupt_grace;
+                    }
+                },
+                _ = session.interrupt.notified(), if !interrupted && !timed_out => {
+                    interrupted = true;
+                    session.sandbox.interrupt();
+                    deadline = tokio::time::Instant::now() + self.cfg.interrupt_grace;
+                },
+            }
+        }
+        if let Some((_, count, _, _)) = &reply {
+            slot.execution_count = *count;
+        }
+        match failure_cause {
+            None => {
+                let (status, count, truncated, user_expressions) = reply.unwrap_or((
+                    ReplyStatus::Error,
+                    slot.execution_count,
+                    false,
+                    JsonMap::new(),
+                ));
+                let mut summary = CellSummary {
+                    status: if status == ReplyStatus::Error || error.is_some() {
+                        CellStatus::Error
+                    } else {
+                        CellStatus::Ok
+                    },
+                    execution_count: count,
+                    error,
+                    files: Vec::new(),
+                    truncated,
+                    state_lost,
+                    duration_ms: 0.0,
+                    user_expressions,
+                };
+                if timed_out {
+                    metrics::timeout();
+                    summary.status = CellStatus::Timeout;
+                    summary.error = Some(CellError {
+                        name: "Timeout".into(),
+                        value: format!(
+                            "execution exceeded its time limit of {:.1} s and was interrupted",
+                            timeout.as_secs_f64()
+                        ),
+                        traceback: summary
+                            .error
+                            .take()
+                            .map(|e| e.traceback)
+                            .unwrap_or_default(),
+                    });
+                }
+                summary
+            }
+            Some(err) => {
+                // The kernel is gone or misbehaved: kill what is left, start a
+                // fresh interpreter in the same sandbox, report the loss.
+                if session.closed.load(Ordering::Acquire) {
+                    return gone_summary(slot.execution_count);
+                }
+                session.sandbox.clone().kill_processes().await;
+                let oom = session.sandbox.oom_kills() > oom_before;
+                tracing::info!(id = %session.id, error = %err, oom, "kernel lost; restarting");
+                let (status, name, value) = if oom {
+                    metrics::oom_kill();
+                    (
+                        CellStatus::Killed,
+                        "OutOfMemory",
+                        format!(
+                            "the interpreter ran out of memory (limit {} MiB) and was restarted",
+                            session.opts.limits.memory_bytes / (1024 * 1024)
+                        ),
+                    )
+                } else if timed_out {
+                    metrics::timeout();
+                    (
+                        CellStatus::Timeout,
+                        "Timeout",
+                        format!(
+                            "execution exceeded its time limit of {:.1} s, did not stop when interrupted, and the interpreter was restarted",
+                            timeout.as_secs_f64()
+                        ),
+                    )
+                } else if interrupted {
+                    (
+                        CellStatus::Killed,
+                        "Interrupted",
+                        "the cell did not stop when interrupted; the interpreter was restarted"
+                            .to_string(),
+                    )
+                } else if matches!(err, KernelError::Protocol(_)) {
+                    (
+                        CellStatus::Killed,
+                        "ProtocolViolation",
+                        "the interpreter sent an invalid or oversized message; it was restarted"
+                            .to_string(),
+                    )
+                } else {
+                    (
+                        CellStatus::Killed,
+                        "KernelDied",
+                        "the interpreter exited; it was restarted".to_string(),
+                    )
+                };
+                slot.conn = None;
+                slot.execution_count = 0;
+                metrics::restart();
+                if let Err(e) = self.restart_kernel(session, slot).await {
+                    tracing::error!(id = %session.id, error = %e, "restart failed");
+                }
+                let mut s = failure(status, name, value, slot.execution_count);
+                s.state_lost = true;
+                s
+            }
+        }
+    }
+
+    async fn restart_kernel(
+        &self,
+        session: &Arc<Session>,
+        slot: &mut KernelSlot,
+    ) -> std::result::Result<(), SandboxError> {
+        slot.conn = None;
+        slot.execution_count = 0;
+        session.sandbox.clone().kill_processes().await;
+        let mut conn = session.sandbox.clone().start_kernel().await?;
+        if !session.opts.env.is_empty() {
+            configure(&mut conn, &session.opts.env).await?;
+        }
+        slot.conn = Some(conn);
+        Ok(())
+    }
+
+    /// Interrupt the running cell. Returns whether one was running.
+    pub fn interrupt(&self, session: &Arc<Session>) -> bool {
+        if session.busy.load(Ordering::Acquire) {
+            session.interrupt.notify_waiters();
+            true
+        } else {
+            false
+        }
+    }
+
+    /// A fresh interpreter in the same workspace; a running cell is killed.
+    pub async fn restart(&self, session: &Arc<Session>) -> Result<()> {
+        session.sandbox.clone().kill_processes().await;
+        let mut slot = session.kernel.lock().await;
+        if session.closed.load(Ordering::Acquire) {
+            return Err(ServiceError::SessionNotFound(session.id.clone()));
+        }
+        // A concurrent restart or delete kills through the cgroup without the
+        // lock, and can hit the kernel this one is starting: try again, and
+        // answer 404 if the session went away meanwhile.
+        let mut attempt = 0;
+        loop {
+            match self.restart_kernel(session, &mut slot).await {
+                Ok(()) => break,
+                Err(_) if session.closed.load(Ordering::Acquire) => {
+                    return Err(ServiceError::SessionNotFound(session.id.clone()));
+                }
+                Err(e) if attempt >= 2 => return Err(ServiceError::internal(e)),
+                Err(e) => {
+                    tracing::warn!(id = %session.id, error = %e, "restart failed; retrying");
+                    attempt += 1;
+                }
+            }
+        }
+        metrics::restart();
+        session.touch();
+        Ok(())
+    }
+
+    /// Send one request to the session's kernel and wait for the answer `pick` accepts
+    /// (completion, inspection, …). Waits for a running cell to end first, as Jupyter's
+    /// shell channel does.
+    pub async fn kernel_query<T>(
+        &self,
+        session: &Arc<Session>,
+        make: impl FnOnce(String) -> KernelRequest,
+        mut pick: impl FnMut(&str, KernelEvent) -> Option<T>,
+    ) -> Result<T> {
+        let mut slot = session.kernel.lock().await;
+        if session.closed.load(Ordering::Acquire) {
+            return Err(ServiceError::SessionNotFound(session.id.clone()));
+        }
+        let id = crate::ids::new_id();
+        let Some(conn) = slot.conn.as_mut() else {
+            return Err(ServiceError::internal("the session has no interpreter"));
+        };
+        let asked = async {
+            conn.send(&make(id.clone())).await?;
+            loop {
+                if let Some(t) = pick(&id, conn.next_event().await?) {
+                    return Ok::<T, KernelError>(t);
+                }
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(10), asked).await {
+            Ok(Ok(t)) => Ok(t),
+            Ok(Err(e)) => {
+                // The next cell brings a fresh interpreter.
+                slot.conn = None;
+                Err(ServiceError::internal(e))
+            }
+            Err(_) => Err(ServiceError::Invalid(
+                "the interpreter did not answer in time".into(),
+            )),
+        }
+    }
+
+    /// Describe a session.
+    pub fn info(&self, session: &Arc<Session>) -> SessionView {
+        let execution_count = match session.kernel.try_lock() {
+            Ok(slot) => slot.execution_count,
+            Err(_) => session.executions.load(Ordering::Relaxed),
+        };
+        let usage = session.sandbox.usage().map(|u| UsageView {
+            memory_bytes: u.memory_bytes,
+            memory_peak_bytes: u.memory_peak_bytes,
+            pids: u.pids,
+            cpu_usec: u.cpu_usec,
+            disk_bytes: session.sandbox.disk_usage().map(|d| d.0).unwrap_or(0),
+        });
+        let last = session
+            .last_active
+            .lock()
+            .map(|l| l.1)
+            .unwrap_or(session.created);
+        SessionView {
+            id: session.id.clone(),
+            language: "python".into(),
+            busy: session.busy.load(Ordering::Acquire),
+            created: session.created,
+            last_active: last,
+            execution_count,
+            limits: self.limits_of(&session.opts),
+            usage,
+            metadata: session.opts.metadata.clone(),
+        }
+    }
+
+    /// The effective limits of sessions made with `opts`.
+    pub fn limits_of(&self, opts: &SessionOptions) -> EffectiveLimits {
+        EffectiveLimits {
+            memory_bytes: opts.limits.memory_bytes,
+            pids: opts.limits.pids,
+            cpus: opts.limits.cpu_millicores as f64 / 1000.0,
+            disk_bytes: self.cfg.disk_bytes,
+            timeout_s: opts.timeout.as_secs_f64(),
+        }
+    }
+
+    /// The limits a session gets when it asks for none.
+    pub fn default_options(&self) -> SessionOptions {
+        SessionOptions {
+            env: Default::default(),
+            timeout: self.cfg.exec_timeout.min(self.cfg.max_exec_timeout),
+            limits: self.launcher.default_limits(),
+            metadata: None,
+        }
+    }
+
+    /// Counters of the table.
+    pub fn status(&self) -> TableStatus {
+        let sessions = self.list();
+        TableStatus {
+            busy_sessions: sessions
+                .iter()
+                .filter(|s| s.busy.load(Ordering::Acquire))
+                .count(),
+            sessions: sessions.len(),
+            max_sessions: self.cfg.max_sessions,
+            pool_idle: self.pool_idle(),
+            pool_min_idle: self.cfg.pool_min_idle,
+            uptime_s: self.started.elapsed().as_secs_f64(),
+            executions_total: self.executions_total.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether the server can create sessions now.
+    pub fn is_ready(&self) -> bool {
+        !self.shutting_down.load(Ordering::Acquire)
+            && (self.cfg.pool_min_idle == 0 || self.pool_idle() > 0 || self.live() > 0)
+    }
+
+    /// Release everything: every session and every pooled sandbox.
+    pub async fn shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Release);
+        self.refill.notify_one();
+        let sessions: Vec<Arc<Session>> = self
+            .table
+            .lock()
+            .map(|mut t| t.drain().map(|(_, s)| s).collect())
+            .unwrap_or_default();
+        for s in sessions {
+            self.teardown(s).await;
+        }
+        let pooled: Vec<Ready> = self
+            .pool
+            .lock()
+            .map(|mut p| p.drain(..).collect())
+            .unwrap_or_default();
+        for r in pooled {
+            self.launcher.destroy(r.sandbox).await;
+        }
+        // A creation in flight (the pool's refill) destroys its sandbox when it sees the
+        // shutdown; whatever is still there after the wait is killed with the rest.
+        if !self
+            .launcher
+            .wait_all_released(Duration::from_secs(5))
+            .await
+        {
+            tracing::warn!("sandboxes still being created at shutdown; killing them");
+        }
+        self.launcher.cleanup_all().await;
+    }
+}
+
+impl Session {
+    /// The session's default execution time limit.
+    pub fn default_timeout(&self) -> Duration {
+        self.opts.timeout
+    }
+
+    /// Open the session's workspace (a fresh descriptor of its root; blocking).
+    pub fn workspace(&self) -> std::result::Result<WorkspaceFs, WorkspaceFsError> {
+        let uid = self.sandbox.uid();
+        WorkspaceFs::open(self.sandbox.workspace_path(), uid, uid)
+    }
+
+    /// The files API changed the workspace: the next cell walks it afresh
+    /// rather than comparing with what the previous cell left.
+    pub fn forget_scan(&self) {
+        if let Ok(mut last) = self.last_scan.lock() {
+            *last = None;
+        }
+    }
+
+    /// Mark the session as used now (so it is not reaped as idle).
+    pub fn touch(&self) {
+        if let Ok(mut la) = self.last_active.lock() {
+            *la = (Instant::now(), SystemTime::now());
+        }
+    }
+
+    /// Whether a cell is running.
+    pub fn is_busy(&self) -> bool {
+        self.busy.load(Ordering::Acquire)
+    }
+
+    /// The cells run so far (bounded by `PYXIS_HISTORY_MAX_BYTES`, oldest dropped first).
+    pub fn history(&self) -> Vec<CellRecord> {
+        self.history
+            .lock()
+            .map(|h| h.cells.iter().map(|(r, _)| r.clone()).collect())
+            .unwrap_or_default()
+    }
+}
+
+async fn configure(
+    conn: &mut KernelConn,
+    env: &std::collections::BTreeMap<String, String>,
+) -> std::result::Result<(), KernelError> {
+    conn.send(&KernelRequest::Configure {
+        id: "env".into(),
+        env: env.clone(),
+    })
+    .await?;
+    while !matches!(conn.next_event().await?, KernelEvent::ConfigureReply { .. }) {}
+    Ok(())
+}
+
+fn failure(status: CellStatus, name: &str, value: String, execution_count: u64) -> CellSummary {
+    CellSummary {
+        status,
+        execution_count,
+        error: Some(CellError {
+            name: name.into(),
+            value,
+            traceback: Vec::new(),
+        }),
+        files: Vec::new(),
+        truncated: false,
+        state_lost: false,
+        duration_ms: 0.0,
+        user_expressions: JsonMap::new(),
+    }
+}
+
+fn gone_summary(execution_count: u64) -> CellSummary {
+    let mut s = failure(
+        CellStatus::Killed,
+        crate::services::events::SESSION_DELETED,
+        "the session was deleted".into(),
+        execution_count,
+    );
+    s.state_lost = true;
+    s
+}
+
+/// Decrements the in-flight counter when dropped.
+struct Reservation<'a>(&'a AtomicUsize);
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Counts a cell as waiting until dropped (it got the kernel, or its task ended).
+struct Waiting(Arc<Session>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A cell's place in its session's order; the next cell's turn comes when it is dropped.
+struct Ticket(Arc<Session>, u64);
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let n = self.1;
+        self.0
+            .serving
+            .send_modify(|serving| *serving = (*serving).max(n + 1));
+    }
+}
+
+/// What a kernel event meant for the cell's loop.
+enum Handled {
+    Reply(ReplyStatus, u64, bool, JsonMap),
+    Error(CellError),
+}
+
+/// Turns the kernel's events into [`CellEvent`]s under the output cap, sends them to the
+/// caller (if still there) and keeps them for the history.
+struct Emitter {
+    tx: mpsc::UnboundedSender<CellEvent>,
+    budget: OutputBudget,
+    acc: Vec<OutputItem>,
+    bytes: u64,
+}
+
+impl Emitter {
+    fn new(tx: mpsc::UnboundedSender<CellEvent>, cap: u64) -> Self {
+        Self {
+            tx,
+            budget: OutputBudget::new(cap),
+            acc: Vec::new(),
+            bytes: 0,
+        }
+    }
+
+    fn status(&mut self, s: ExecutionState) {
+        self.send_raw(CellEvent::Status(s));
+    }
+
+    fn send_raw(&mut self, ev: CellEvent) {
+        // A caller that went away no longer reads: the cell goes on regardless.
+        let _ = self.tx.send(ev);
+    }
+
+    fn emit(&mut self, ev: CellEvent) {
+        match &ev {
+            CellEvent::Stream { name, text } => {
+                match self.acc.last_mut() {
+                    Some(OutputItem::Stream { name: n, text: t }) if n == name => t.push_str(text),
+                    _ => self.acc.push(OutputItem::Stream {
+                        name: name.clone(),
+                        text: text.clone(),
+                    }),
+                }
+                self.bytes += text.len() as u64;
+            }
+            CellEvent::DisplayData {
+                data,
+                metadata,
+                transient,
+            } => {
+                self.bytes += map_size(data);
+                self.acc.push(OutputItem::DisplayData {
+                    data: data.clone(),
+                    metadata: metadata.clone(),
+                    transient: transient.clone(),
+                })
+            }
+            CellEvent::ExecuteResult {
+                execution_count,
+                data,
+                metadata,
+            } => {
+                self.bytes += map_size(data);
+                self.acc.push(OutputItem::ExecuteResult {
+                    execution_count: *execution_count,
+                    data: data.clone(),
+                    metadata: metadata.clone(),
+                })
+            }
+            CellEvent::Error(e) => self.acc.push(OutputItem::Error {
+                ename: e.name.clone(),
+                evalue: e.value.clone(),
+                traceback: e.traceback.clone(),
+            }),
+            CellEvent::ClearOutput { wait: false } => self.acc.clear(),
+            _ => {}
+        }
+        self.send_raw(ev);
+    }
+
+    fn take_outputs(&mut self) -> Vec<OutputItem> {
+        std::mem::take(&mut self.acc)
+    }
+
+    /// Handle one kernel event of the cell `id`; events of other requests are dropped.
+    #[expect(
+        clippy::collapsible_match,
+        reason = "the cap is charged in the arm, only for this cell's events"
+    )]
+    fn kernel_event(&mut self, id: &str, ev: KernelEvent) -> Option<Handled> {
+        let rich =
+            |b: &mut OutputBudget, data: &JsonMap, metadata: &JsonMap, transient: &JsonMap| {
+                b.take(map_size(data) + map_size(metadata) + map_size(transient))
+            };
+        match ev {
+            KernelEvent::Stream {
+                id: got,
+                name,
+                text,
+            } if got == id => {
+                let name = if name == "stderr" { "stderr" } else { "stdout" };
+                if let Some(text) = self.budget.take_text(text) {
+                    self.emit(CellEvent::Stream {
+                        name: name.into(),
+                        text,
+                    });
+                }
+            }
+            KernelEvent::DisplayData {
+                id: got,
+                data,
+                metadata,
+                transient,
+            } if got == id => {
+                if rich(&mut self.budget, &data, &metadata, &transient) {
+                    self.emit(CellEvent::DisplayData {
+                        data,
+                        metadata,
+                        transient,
+                    });
+                }
+            }
+            KernelEvent::UpdateDisplayData {
+                id: got,
+                data,
+                metadata,
+                transient,
+            } if got == id => {
+                if rich(&mut self.budget, &data, &metadata, &transient) {
+                    self.emit(CellEvent::UpdateDisplayData {
+                        data,
+                        metadata,
+                        transient,
+                    });
+                }
+            }
+            KernelEvent::ClearOutput { id: got, wait } if got == id => {
+                if self.budget.take(0) {
+                    self.emit(CellEvent::ClearOutput { wait });
+                }
+            }
+            KernelEvent::ExecuteResult {
+                id: got,
+                execution_count,
+                data,
+                metadata,
+            } if got == id => {
+                if rich(&mut self.budget, &data, &metadata, &JsonMap::new()) {
+                    self.emit(CellEvent::ExecuteResult {
+                        execution_count,
+                        data,
+                        metadata,
+                    });
+                }
+            }
+            KernelEvent::Error {
+                id: got,
+                ename,
+                evalue,
+                traceback,
+            } if got == id => {
+                let e = self.budget.take_error(CellError {
+                    name: ename,
+                    value: evalue,
+                    traceback,
+                });
+                self.emit(CellEvent::Error(e.clone()));
+                return Some(Handled::Error(e));
+            }
+            KernelEvent::InputRequest {
+                id: got,
+                prompt,
+                password,
+            } if got == id => {
+                if self.budget.take(prompt.len() as u64) {
+                    self.emit(CellEvent::InputRequest { prompt, password });
+                }
+            }
+            KernelEvent::ExecuteReply {
+                id: got,
+                status,
+                execution_count,
+                truncated,
+                user_expressions,
+            } if got == id => {
+                let user_expressions = if self.budget.take(map_size(&user_expressions)) {
+                    user_expressions
+                } else {
+                    JsonMap::new()
+                };
+                return Some(Handled::Reply(
+                    status,
+                    execution_count,
+                    truncated,
+                    user_expressions,
+                ));
+            }
+            // Events of an earlier, abandoned request, or stray messages.
+            _ => {}
+        }
+        None
+    }
+}
+
+/// Whether only the root inode of a workspace is in use: one `statvfs`, much
+/// cheaper than opening and reading the directory.
+fn workspace_is_empty(path: &std::path::Path) -> bool {
+    nix::sys::statvfs::statvfs(path)
+        .map(|v| v.files().saturating_sub(v.files_free()) <= 1)
+        .unwrap_or(false)
+}
+
+/// RFC 3339 UTC timestamp with second precision.
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
