@@ -156,8 +156,8 @@ def _kind(ax) -> str:  # pylint: disable=too-many-return-statements
     if collections and all(isinstance(c, PathCollection) for c in collections):
         if not patches:
             return "scatter"
-    if lines and not patches and not collections:
-        return "line"
+    if lines and not patches and not any(isinstance(c, PathCollection) for c in collections):
+        return "line"  # bands (fill_between, seaborn's confidence intervals) stay a line chart
     if any(isinstance(p, PathPatch) for p in patches) and all(
         isinstance(a, (Line2D, PathPatch)) for a in lines + patches
     ):

@@ -221,3 +221,24 @@ def test_kernel_pyecharts_render_notebook_is_html(kernel):
     (result,) = of_type(events, "execute_result")
     html = result["data"]["text/html"]
     assert "echarts" in html and ('"一"' in html or '"\\u4e00"' in html)
+
+
+def test_seaborn_charts():
+    # pylint: disable=import-outside-toplevel
+    import pandas as pd
+    import seaborn as sns
+
+    frame = pd.DataFrame({"x": [1, 2, 3, 1, 2, 3], "y": [1, 2, 3, 2, 3, 4]})
+    fig, ax = plt.subplots()
+    sns.lineplot(data=frame, x="x", y="y", ax=ax)  # mean line and its confidence band
+    chart = charts.figure_chart(fig)
+    assert chart["type"] == "line"
+    assert chart["elements"][0]["points"] == [[1, 1.5], [2, 2.5], [3, 3.5]]
+    fig, ax = plt.subplots()
+    sns.histplot([1, 1, 2, 3, 3, 3], bins=3, ax=ax)
+    assert charts.figure_chart(fig)["type"] == "histogram"
+    fig, ax = plt.subplots()
+    sns.barplot(x=["a", "b"], y=[3, 4], ax=ax)
+    chart = charts.figure_chart(fig)
+    assert chart["type"] == "bar"
+    assert [(e["label"], e["value"]) for e in chart["elements"]] == [("a", 3), ("b", 4)]
