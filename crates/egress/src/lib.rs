@@ -36,6 +36,7 @@ mod addr;
 mod limits;
 mod metrics;
 mod mirror;
+mod packages;
 mod policy;
 mod proxy;
 mod resolve;
@@ -44,6 +45,7 @@ pub use addr::{is_public, AddressError, AddressRules, AddressVerdict, Cidr, Oper
 pub use limits::{EgressLimits, LimitHit, OpenGuard, Usage};
 pub use metrics::{EgressCounters, EgressMetrics, RefusalKind};
 pub use mirror::{normalize_project, Mirror, MirrorConfig, MirrorCounters, MIRROR_HOST};
+pub use packages::{sandbox_env, site_packages, Requirement, PACKAGES_PREFIX};
 pub use policy::{AllowRule, EgressMode, EgressPolicy, PolicyError, Target, TargetHost, MAX_RULES};
 pub use proxy::{EgressConfig, Proxy, Refusal, SessionEgress};
 pub use resolve::{Resolver, Resolving, StaticResolver, SystemResolver};
