@@ -147,6 +147,16 @@ def _register_figure_formatter(shell) -> None:
         return print_figure(fig, "png", bbox_inches="tight", base64=True)
 
     shell.display_formatter.formatters["image/png"].for_type(Figure, png)
+    # `%config InlineBackend.figure_format = 'retina'` (or 'svg', …) works as in Jupyter:
+    # matplotlib-inline's configurable then registers IPython's formatters of that choice.
+    try:
+        from matplotlib_inline.config import InlineBackend
+    except ImportError:
+        return
+    config = InlineBackend.instance(parent=shell)
+    config.shell = shell
+    if config not in shell.configurables:
+        shell.configurables.append(config)
 
 
 def _warm_up(shell) -> None:

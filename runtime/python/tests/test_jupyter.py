@@ -81,6 +81,22 @@ def test_matplotlib_inline_magic_keeps_our_backend(kernel):
     assert len(of_type(events, "display_data")) == 1
 
 
+def png_width(event: dict) -> int:
+    return int.from_bytes(base64.b64decode(event["data"]["image/png"])[16:20], "big")
+
+
+def test_inline_backend_config_is_honoured(fresh_kernel):
+    code = "import matplotlib.pyplot as plt\nplt.plot([1, 2])\nplt.show()"
+    normal = png_width(of_type(fresh_kernel.run(code), "display_data")[0])
+    events = fresh_kernel.run("%config InlineBackend.figure_format = 'retina'\n" + code)
+    assert reply(events)["status"] == "ok"
+    retina = of_type(events, "display_data")[0]
+    assert abs(png_width(retina) - 2 * normal) <= 4
+    events = fresh_kernel.run("%config InlineBackend.figure_formats = ['svg']\n" + code)
+    shown = of_type(events, "display_data")[0]["data"]
+    assert "image/svg+xml" in shown and "image/png" not in shown
+
+
 def test_empty_figure_value_has_no_png(kernel):
     events = kernel.run("Figure()")
     result = of_type(events, "execute_result")

@@ -33,6 +33,24 @@ PROBE = (
 )
 
 
+def spawn(zygote: Zygote, tmp, ident: str) -> tuple[socket.socket, framing.FrameReader]:
+    """A sandboxed kernel of the zygote, ready for cells."""
+    frame = framing.encode({"type": "spawn", "id": ident, "spec": make_spec(tmp)})
+    ours, theirs = socket.socketpair()
+    ws = workspace_fd(tmp)
+    try:
+        socket.send_fds(zygote.sock, [frame], [theirs.fileno(), ws])
+    finally:
+        theirs.close()
+        os.close(ws)
+    spawned = zygote.reader.read()
+    assert spawned["type"] == "spawned", spawned
+    ours.settimeout(60)
+    reader = framing.FrameReader(ours)
+    assert reader.read() == {"type": "ready"}
+    return ours, reader
+
+
 def test_three_sandboxed_kernels_draw_different_numbers(tmp_path):
     zygote = Zygote(tmp_path)
     results = []
@@ -41,22 +59,12 @@ def test_three_sandboxed_kernels_draw_different_numbers(tmp_path):
         for n in range(3):
             tmp = tmp_path / f"k{n}"
             tmp.mkdir()
-            ours, theirs = socket.socketpair()
-            frame = framing.encode({"type": "spawn", "id": f"k{n}", "spec": make_spec(tmp)})
-            ws = workspace_fd(tmp)
-            socket.send_fds(zygote.sock, [frame], [theirs.fileno(), ws])
-            theirs.close()
-            os.close(ws)
-            answer = zygote.reader.read()
-            assert answer["type"] == "spawned", answer
-            ours.settimeout(60)
-            kernel = framing.FrameReader(ours)
-            assert kernel.read() == {"type": "ready"}
-            events = run_cell(ours, kernel, "p", PROBE)
+            ours, reader = spawn(zygote, tmp, f"k{n}")
+            events = run_cell(ours, reader, "p", PROBE)
             assert reply(events)["status"] == "ok", json.dumps(events)[:2000]
             results.append(json.loads(stream(events)))
             framing.send(ours, {"type": "shutdown"})
-            assert kernel.read() is None
+            assert reader.read() is None
             ours.close()
     finally:
         zygote.close()
