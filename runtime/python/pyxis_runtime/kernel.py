@@ -294,7 +294,9 @@ def _reseed() -> None:
     random.seed()
     numpy = sys.modules.get("numpy")
     if numpy is not None:
-        numpy.random.seed()
+        # 128 bits from the OS, as a fresh process's SeedSequence would draw (its own
+        # seeding path costs more than the array form).
+        numpy.random.seed(numpy.frombuffer(os.urandom(16), dtype=numpy.uint32))
     tempfile._name_sequence = None  # pylint: disable=protected-access
     mp_process = sys.modules.get("multiprocessing.process")
     if mp_process is not None:
