@@ -7,8 +7,9 @@
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
-use pyxis_tests::{processes_with_uid, pyxis_bin, TestServer};
+use pyxis_tests::{processes_with_cmdline, pyxis_bin, Session, TestServer};
 use serde_json::json;
 
 /// The cgroup interface mounted at `/sys/fs/cgroup`: "v2" for the unified hierarchy, else
@@ -28,13 +29,24 @@ fn host_cgroup_version() -> &'static str {
     version
 }
 
-/// The directories of the cgroup of the only sandbox of a server started with an empty pool:
-/// one on v2, one per controller on v1 (`controller -> dir`).
-fn sandbox_cgroup_dirs(s: &TestServer) -> Vec<(String, PathBuf)> {
-    let pid = *processes_with_uid(|uid| (s.uid_base..s.uid_base + 1000).contains(&uid), false)
-        .first()
-        .expect("a sandbox process");
+/// The directories of a session's sandbox cgroup: one on v2, one per controller on v1
+/// (`controller -> dir`), found from a process the session starts with a unique marker.
+fn sandbox_cgroup_dirs(sess: &Session<'_>) -> Vec<(String, PathBuf)> {
+    let marker = format!("pyxis-cgroup-probe-{}", rand::random::<u64>());
+    // `; :` keeps the shell from exec'ing sleep, so the marker stays in a command line.
+    sess.ok(&format!(
+        "import subprocess\n_probe = subprocess.Popen(['sh', '-c', 'sleep 600; :', '{marker}'])"
+    ));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let pid = loop {
+        if let Some(pid) = processes_with_cmdline(&marker).first() {
+            break *pid;
+        }
+        assert!(Instant::now() < deadline, "the marked process never showed");
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("its cgroup");
+    sess.ok("_probe.kill()\n_probe.wait()");
     let mut dirs = Vec::new();
     for line in own.lines() {
         let mut fields = line.splitn(3, ':');
@@ -112,10 +124,9 @@ fn the_doctor_reports_the_hosts_cgroup_version() {
 
 #[test]
 fn a_sessions_limits_are_written_to_the_kernels_cgroup_files() {
-    let s = TestServer::start(&[("PYXIS_POOL_MIN_IDLE", "0")]);
+    let s = TestServer::shared();
     let sess = s.session_with(json!({"limits": {"memory_mb": 200, "pids": 40, "cpus": 0.5}}));
-    sess.ok("x = 1");
-    let dirs = sandbox_cgroup_dirs(&s);
+    let dirs = sandbox_cgroup_dirs(&sess);
     let memory = 200 * 1024 * 1024;
     if host_cgroup_version() == "v2" {
         assert_eq!(
@@ -146,10 +157,9 @@ fn a_sessions_limits_are_written_to_the_kernels_cgroup_files() {
 
 #[test]
 fn the_memory_limit_is_enforced_by_the_kernel_and_counted_as_an_oom_kill() {
-    let s = TestServer::start(&[("PYXIS_POOL_MIN_IDLE", "0")]);
+    let s = TestServer::shared();
     let sess = s.session_with(json!({"limits": {"memory_mb": 160}}));
-    sess.ok("kept = 1");
-    let dirs = sandbox_cgroup_dirs(&s);
+    let dirs = sandbox_cgroup_dirs(&sess);
     let (events, peak) = if host_cgroup_version() == "v2" {
         ("memory.events", "memory.peak")
     } else {
@@ -172,4 +182,43 @@ fn the_memory_limit_is_enforced_by_the_kernel_and_counted_as_an_oom_kill() {
         "peak {peak}: the hog never came near the limit"
     );
     assert_eq!(sess.ok("print('alive')"), "alive\n");
+}
+
+#[test]
+fn the_instance_cgroup_weighs_its_sandboxes_and_the_mount_favors_dynamic_modifications() {
+    let s = TestServer::shared();
+    let sess = s.session();
+    let dirs = sandbox_cgroup_dirs(&sess);
+    // The server's own cgroup (`pyxis/<instance>`) is the parent of each sandbox cgroup; the
+    // shared server runs with the default PYXIS_SANDBOX_CPU_WEIGHT of 800.
+    let instance = |controller: &str| -> PathBuf {
+        let (_, dir) = dirs
+            .iter()
+            .find(|(c, _)| c == controller)
+            .unwrap_or_else(|| panic!("no {controller:?} directory in {dirs:?}"));
+        dir.parent().expect("the instance cgroup").to_path_buf()
+    };
+    let read = |path: PathBuf| -> String {
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .trim()
+            .to_owned()
+    };
+    if host_cgroup_version() == "v2" {
+        assert_eq!(read(instance("").join("cpu.weight")), "800");
+        // Joining a cgroup without an RCU grace period: the server sets the option at start.
+        let info = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        let line = info
+            .lines()
+            .find(|l| l.split(' ').nth(4) == Some("/sys/fs/cgroup"))
+            .expect("the cgroup2 mount");
+        let options = line.rsplit(' ').next().unwrap_or_default();
+        assert!(
+            options.split(',').any(|o| o == "favordynmods"),
+            "favordynmods missing: {line}"
+        );
+    } else {
+        // cpu.shares is the v1 form of the weight: 800 * 1024 / 100.
+        assert_eq!(read(instance("cpu").join("cpu.shares")), "8192");
+    }
 }
