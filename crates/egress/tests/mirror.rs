@@ -111,6 +111,35 @@ fn installs_go_through_the_mirror_and_the_cache() {
     let counters = proxy.mirror().expect("mirror").counters();
     assert_eq!((counters.downloads, counters.hits), (1, 1));
 
+    // uv (a much faster installer) through the same road, where one is installed
+    // ($PYXIS_TEST_UV): served from the cache too.
+    if let Some(uv) = std::env::var_os("PYXIS_TEST_UV") {
+        let target = tempfile::tempdir().expect("t4");
+        let started = std::time::Instant::now();
+        let out = Command::new(uv)
+            .args(["pip", "install", "--no-cache", "--python"])
+            .arg(python())
+            .arg("--prefix")
+            .arg(target.path())
+            .args(["--index-url", "http://pyxis-index/simple/", "pyxis-tiny"])
+            .env("HTTP_PROXY", format!("http://{second}"))
+            .env("UV_INSECURE_HOST", "pyxis-index")
+            .env("NO_PROXY", "")
+            .output()
+            .expect("run uv");
+        assert!(
+            out.status.success(),
+            "uv: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!("uv install through the mirror: {:?}", started.elapsed());
+        assert!(target
+            .path()
+            .join("lib/python3.11/site-packages/pyxis_tiny/__init__.py")
+            .exists());
+        assert_eq!(index.downloads(TINY_WHEEL), 1);
+    }
+
     let none = tempfile::tempdir().expect("t3");
     let out = pip_install(refused, none.path());
     assert!(!out.status.success());
