@@ -30,6 +30,7 @@ import sys
 from pathlib import Path
 
 import nbformat
+import papermill
 import pytest
 from jupyter_server.gateway.gateway_client import GatewayClient
 from nbclient import NotebookClient
@@ -180,7 +181,7 @@ def reference(tmp_path_factory):
     return nb
 
 
-def run_through_gateway(jupyter) -> tuple[nbformat.NotebookNode, dict]:
+def run_through_gateway(jupyter, pyxis) -> tuple[nbformat.NotebookNode, dict]:
     """The notebook run through the jupyter server (and so on Pyxis), cell by cell."""
     nb = build_notebook()
     r = jupyter.request(
@@ -196,6 +197,7 @@ def run_through_gateway(jupyter) -> tuple[nbformat.NotebookNode, dict]:
     assert r.status_code == 201, f"POST /api/sessions via jupyter: {r.status_code} {r.text}"
     session = r.json()
     kid = session["kernel"]["id"]
+    assert pyxis.session(kid)["state"] in ("idle", "busy")  # the kernel is a Pyxis session
     sock = KernelSocket(
         f"{jupyter.ws_base}/api/kernels/{kid}/channels?session_id={secrets.token_hex(16)}",
         header=[f"Authorization: token {jupyter.token}"],
@@ -246,8 +248,8 @@ def assert_same_outputs(reference: nbformat.NotebookNode, ours: nbformat.Noteboo
     assert not diffs, f"{len(diffs)} of {len(code)} code cells differ:\n" + "\n".join(diffs)
 
 
-def test_notebook_matches_local_ipykernel(jupyter, reference):
-    ours, session = run_through_gateway(jupyter)
+def test_notebook_matches_local_ipykernel(jupyter, pyxis, reference):
+    ours, session = run_through_gateway(jupyter, pyxis)
     assert session["kernel"]["name"] == "python3"
     assert_same_outputs(reference, ours)
 
@@ -285,3 +287,43 @@ def test_reference_notebook_is_meaningful(reference):
     assert len(pngs) == 3, len(pngs)
     ordered = normalise(reference.cells[4])["outputs"]
     assert [o["type"] for o in ordered] == ["stream", "display_data", "stream"], ordered
+
+
+def test_papermill_through_a_jupyter_server(relay, pyxis, tmp_path, monkeypatch):
+    """papermill (nbclient underneath) with the same kernel manager: parameters are injected and
+    the notebook runs on Pyxis (its runtime's module is loaded in the kernel)."""
+    source = tmp_path / "in.ipynb"
+    nb = new_notebook(
+        cells=[
+            new_code_cell("n = 1", metadata={"tags": ["parameters"]}),
+            new_code_cell("import sys\nprint(n * 2, 'pyxis_runtime' in sys.modules)"),
+            new_code_cell("import pandas as pd\npd.DataFrame({'n': [n]})"),
+        ],
+        metadata={
+            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}
+        },
+    )
+    nbformat.write(nb, source)
+    before = {s["id"] for s in pyxis.get("/v1/sessions").json()["sessions"]}
+    monkeypatch.setenv("JUPYTER_GATEWAY_URL", relay.base)
+    GatewayClient.clear_instance()
+    try:
+        out = papermill.execute_notebook(
+            str(source),
+            str(tmp_path / "out.ipynb"),
+            parameters={"n": 21},
+            kernel_name="python3",
+            kernel_manager_class="jupyter_server.gateway.managers.GatewayKernelManager",
+            progress_bar=False,
+        )
+    finally:
+        GatewayClient.clear_instance()
+    injected = [c for c in out.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(injected) == 1 and "n = 21" in injected[0].source
+    printed = [o for c in out.cells for o in c.get("outputs", []) if o.output_type == "stream"]
+    assert "".join(o.text for o in printed) == "42 True\n", printed
+    (table,) = [o for o in out.cells[-1].outputs if o.output_type == "execute_result"]
+    assert "<table" in table.data["text/html"]
+    # The kernel was a Pyxis session, and papermill's shutdown deleted it.
+    after = {s["id"] for s in pyxis.get("/v1/sessions").json()["sessions"]}
+    assert after <= before, after - before
