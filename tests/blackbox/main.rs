@@ -10,3 +10,4 @@ mod execution;
 mod files;
 mod isolation;
 mod lifecycle;
+mod streaming;
