@@ -29,6 +29,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use crate::credentials::{self, CredentialsError};
+use crate::message::SetupMessage;
 use crate::netns;
 use crate::process::{join_cgroups, namespaces, read_line, EnterError};
 use crate::rootfs;
@@ -46,8 +47,7 @@ pub fn main() -> ! {
     let code = match run() {
         Ok(code) => code,
         Err(error) => {
-            let line = format!("err {}\n", error.to_string().replace('\n', " "));
-            let _ = sys::write_all_raw(CHANNEL, line.as_bytes());
+            let _ = sys::write_all_raw(CHANNEL, &SetupMessage::err(error).encode());
             1
         }
     };
@@ -69,9 +69,11 @@ fn run() -> Result<i32, EnterError> {
     let spec = SandboxSpec::from_json(line.as_bytes())?;
     let filters = seccomp::filters()?;
     let (sigchld, mut egress) = build(&spec, filters)?;
-    (&*channel).write_all(b"ok\n").map_err(EnterError::Report)?;
-    match read_line(&*channel, Instant::now() + WAIT) {
-        Ok(go) if go == "go" => {}
+    (&*channel)
+        .write_all(&SetupMessage::Ok.encode())
+        .map_err(EnterError::Report)?;
+    match read_line(&*channel, Instant::now() + WAIT).map(|line| SetupMessage::decode(&line)) {
+        Ok(Ok(SetupMessage::Go)) => {}
         // The zygote gave up on this sandbox.
         _ => return Ok(1),
     }

@@ -45,6 +45,7 @@ mod credentials;
 mod error;
 mod ffi;
 mod init;
+mod message;
 mod netns;
 mod probe;
 mod process;
@@ -61,6 +62,7 @@ pub use cgroup::{
 pub use credentials::CredentialsError;
 pub use error::SandboxError;
 pub use ffi::{pyxis_sandbox_prepare, pyxis_sandbox_spawn};
+pub use message::SetupMessage;
 pub use netns::NetSysctlError;
 pub use probe::{probe, HostReport, ProbeItem};
 pub use process::{spawn, EnterError, Handover, Spawned};

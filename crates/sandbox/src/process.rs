@@ -28,6 +28,7 @@ use nix::unistd::Pid;
 
 use crate::credentials::{self, CredentialsError};
 use crate::error::SandboxError;
+use crate::message::SetupMessage;
 use crate::rootfs::RootfsError;
 use crate::seccomp::{self, SeccompError};
 use crate::spec::{SandboxSpec, SpecError};
@@ -295,24 +296,25 @@ fn make_kernel(
     };
     drop(report_write);
     // C exists, as pid 2 of B's namespace.
-    writer.write_all(b"go\n").map_err(EnterError::Channel)?;
+    writer
+        .write_all(&SetupMessage::Go.encode())
+        .map_err(EnterError::Channel)?;
     expect_ok("the kernel", &File::from(report_read), deadline)?;
     Ok(Some(kernel))
 }
 
-/// Reads the `ok` or `err <message>` line of `who` from `from`, until `deadline`.
+/// Reads the [`SetupMessage::Ok`] or [`SetupMessage::Err`] of `who` from `from`, until
+/// `deadline`.
 fn expect_ok(who: &'static str, from: impl AsFd + Read, deadline: Instant) -> Result<()> {
     let line = read_line(from, deadline).map_err(|message| EnterError::Setup { who, message })?;
-    match line.strip_prefix("err") {
-        _ if line == "ok" => Ok(()),
-        Some(message) => Err(EnterError::Setup {
+    match SetupMessage::decode(&line) {
+        Ok(SetupMessage::Ok) => Ok(()),
+        Ok(SetupMessage::Err { message }) => Err(EnterError::Setup { who, message }),
+        Ok(other) => Err(EnterError::Setup {
             who,
-            message: message.trim().to_owned(),
+            message: format!("unexpected report {other:?}"),
         }),
-        None => Err(EnterError::Setup {
-            who,
-            message: format!("unexpected report {line:?}"),
-        }),
+        Err(message) => Err(EnterError::Setup { who, message }),
     }
 }
 
@@ -378,8 +380,7 @@ fn kernel_child(
         Ok(Err(error)) => error.to_string(),
         Err(_) => "panic in pyxis sandbox".to_owned(),
     };
-    let line = format!("err {}\n", error.replace('\n', " "));
-    let _ = sys::write_all_raw(report_fd, line.as_bytes());
+    let _ = sys::write_all_raw(report_fd, &SetupMessage::err(error).encode());
     sys::exit_now(1)
 }
 
@@ -443,8 +444,8 @@ pub(crate) fn join_cgroups(fds: &[RawFd]) -> Result<()> {
     Ok(())
 }
 
-/// C is ready: `ok` on the report pipe, which it then closes.
+/// C is ready: [`SetupMessage::Ok`] on the report pipe, which it then closes.
 fn ready(report: RawFd) -> Result<()> {
-    sys::write_all_raw(report, b"ok\n").map_err(EnterError::Report)?;
+    sys::write_all_raw(report, &SetupMessage::Ok.encode()).map_err(EnterError::Report)?;
     sys::close_raw(report).map_err(EnterError::Report)
 }
