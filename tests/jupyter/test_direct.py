@@ -188,8 +188,8 @@ def test_start_body_as_the_gateway_client_sends_it(pyxis):
 @pytest.mark.parametrize(
     "body,want",
     [
-        # Malformed JSON is a 400; well-formed JSON of the wrong shape is a 422, as on /v1.
-        (b"{not json", 400),
+        # As on /v1: a body that is not JSON, or JSON of the wrong shape, is a JSON 422.
+        (b"{not json", 422),
         (b'{"name": 3}', 422),
         (b'{"name": "no-such-kernel"}', 404),
         (b'{"name": "python3", "env": "PATH=/x"}', 422),
