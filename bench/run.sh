@@ -34,7 +34,10 @@ import glob, json, statistics, sys
 outdir, runs = sys.argv[1], int(sys.argv[2])
 key_fields = {
     "roundtrip": ["p50_ms", "p95_ms", "p99_ms"],
-    "stateful": ["cells_per_s", "p50_ms", "p95_ms", "p99_ms", "correct", "total"],
+    "stream": ["roundtrip_p50_ms", "first_event_p50_ms", "first_event_p95_ms",
+               "first_stream_p50_ms", "first_stream_p95_ms", "reply_p50_ms", "correct"],
+    "stateful": ["cells_per_s", "p50_ms", "p95_ms", "p99_ms", "correct", "total",
+                 "v1_cells_per_s", "ratio"],
     "create": ["create_p50_ms", "create_p95_ms", "ready_p50_ms", "ready_p95_ms"],
     "oneshot": ["p50_ms", "p95_ms"],
     "density": ["uss_mib_per_session", "pss_mib_per_session", "server_rss_mib"],
@@ -51,7 +54,8 @@ for path in sorted(glob.glob(f"{outdir}/run-*.jsonl")):
             order.append(name)
         rows[name].append(r)
 
-canon = ["roundtrip", "stateful (steady)", "stateful (churn)", "create (cold)",
+canon = ["roundtrip", "stream", "stateful (steady)", "stateful (churn)",
+         "stateful (jupyter)", "create (cold)",
          "create (warm)", "oneshot", "density", "analysis"]
 order.sort(key=lambda n: canon.index(n) if n in canon else len(canon))
 medians = []

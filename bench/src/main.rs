@@ -5,6 +5,7 @@
 //! then a table with the budgets of DESIGN.md ("Performance budget").
 
 mod client;
+mod jupyter;
 mod procmem;
 mod server;
 mod stats;
@@ -23,6 +24,7 @@ use workloads::{Ctx, Row};
 
 const ALL: &[&str] = &[
     "roundtrip",
+    "stream",
     "stateful",
     "create",
     "oneshot",
@@ -47,12 +49,12 @@ struct Args {
     #[arg(long)]
     server_bin: Option<PathBuf>,
 
-    /// Comma-separated workloads: roundtrip, stateful, create, oneshot, density, analysis.
-    /// `name:variant` picks one variant (stateful:steady, stateful:churn, create:cold,
-    /// create:warm).
+    /// Comma-separated workloads: roundtrip, stream, stateful, create, oneshot, density,
+    /// analysis. `name:variant` picks one variant (stateful:steady, stateful:churn,
+    /// stateful:jupyter, create:cold, create:warm).
     #[arg(
         long,
-        default_value = "roundtrip,stateful,create,oneshot,density,analysis"
+        default_value = "roundtrip,stream,stateful,create,oneshot,density,analysis"
     )]
     workloads: String,
 
@@ -236,8 +238,10 @@ fn loadavg_1m() -> Option<f64> {
 fn order(r: &Row) -> usize {
     const ORDER: &[(&str, Option<&str>)] = &[
         ("roundtrip", None),
+        ("stream", None),
         ("stateful", Some("steady")),
         ("stateful", Some("churn")),
+        ("stateful", Some("jupyter")),
         ("create", Some("cold")),
         ("create", Some("warm")),
         ("oneshot", None),
@@ -371,6 +375,12 @@ async fn run(args: Args) -> Result<bool> {
     let plan: Vec<Step> = vec![
         ("roundtrip", None, main_cfg, Some("p50 ≤ 1 ms")),
         (
+            "stream",
+            None,
+            main_cfg,
+            Some("first event and first `stream` p50 ≤ round trip p50 + 2 ms"),
+        ),
+        (
             "stateful",
             Some("steady"),
             main_cfg,
@@ -381,6 +391,12 @@ async fn run(args: Args) -> Result<bool> {
             Some("churn"),
             main_cfg,
             Some("≥ 2000 cells/s, p95 ≤ 20 ms, 100% correct"),
+        ),
+        (
+            "stateful",
+            Some("jupyter"),
+            main_cfg,
+            Some("≥ 70% of v1's cells/s, 100% correct"),
         ),
         ("oneshot", None, main_cfg, Some("p50 ≤ 30 ms")),
         ("analysis", None, main_cfg, None),
@@ -422,6 +438,8 @@ async fn run(args: Args) -> Result<bool> {
             let ctx = target.ctx(cfg, args.quick, args.stateful_cells).await?;
             match (workload, variant) {
                 ("roundtrip", _) => workloads::roundtrip(&ctx).await,
+                ("stream", _) => workloads::stream(&ctx).await,
+                ("stateful", Some("jupyter")) => workloads::stateful_jupyter(&ctx).await,
                 ("stateful", v) => workloads::stateful(&ctx, v == Some("churn")).await,
                 ("create", v) => workloads::create(&ctx, v == Some("warm")).await,
                 ("oneshot", _) => workloads::oneshot(&ctx).await,

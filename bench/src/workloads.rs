@@ -8,6 +8,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Map, Value};
 
 use crate::client::{check_ok, short, Api};
+use crate::jupyter::KernelConn;
 use crate::procmem;
 use crate::stats::{median, num, Summary};
 
@@ -475,6 +476,332 @@ impl CpuUse {
             host_s: diff(self.host_s, before.host_s),
         }
     }
+}
+
+// ---------------------------------------------------------------- stateful (jupyter)
+
+/// The Jupyter door's stateful rate, as a share of v1's on the same kernels.
+pub const JUPYTER_MIN_RATIO: f64 = 0.70;
+/// The Jupyter pass's cell: its own variable, so that it does not see the v1 pass's `c`.
+const JUPYTER_CELL: &str = "j = globals().get('j', 0) + 1; print(j)";
+
+/// `stateful (jupyter)`: kernels started through `POST /api/kernels`; the stateful cells
+/// run once through v1 (`/v1/sessions/{id}/execute`, the kernel is a session) and then
+/// once through each kernel's WebSocket, and the row compares the two rates.
+pub async fn stateful_jupyter(ctx: &Ctx) -> Result<Row> {
+    let (kernels, cells) = if ctx.quick {
+        (10, 20)
+    } else {
+        (25, ctx.stateful_cells as usize)
+    };
+    let api = &ctx.api;
+    let mut ids = Vec::with_capacity(kernels);
+    let mut start_ms = Vec::with_capacity(kernels);
+    for _ in 0..kernels {
+        match api.start_kernel().await {
+            Ok(t) => {
+                ids.push(t.value);
+                start_ms.push(t.ms);
+            }
+            Err(e) => {
+                delete_kernels(api, &ids).await;
+                return Err(e);
+            }
+        }
+    }
+    let res = async {
+        let v1 = stateful_run(ctx, &ids, cells, false).await?;
+        let jupyter = jupyter_run(ctx, &ids, cells).await?;
+        Ok::<_, anyhow::Error>((v1, jupyter))
+    }
+    .await;
+    delete_kernels(api, &ids).await;
+    let (v1, jup) = res?;
+    let total = kernels * cells;
+    let v1_rate = total as f64 / v1.wall.as_secs_f64();
+    let rate = total as f64 / jup.wall.as_secs_f64();
+    let ratio = rate / v1_rate;
+    let s = Summary::of(&jup.lat);
+    let vs = Summary::of(&v1.lat);
+    let mut r = Row::new("stateful", Some("jupyter"));
+    r.fields.insert("sessions".into(), json!(kernels));
+    r.fields.insert("cells_per_session".into(), json!(cells));
+    r.fields.insert("cells_per_s".into(), num(rate));
+    s.put(&mut r.fields, "");
+    r.fields.insert("correct".into(), json!(jup.correct));
+    r.fields.insert("total".into(), json!(total));
+    r.fields
+        .insert("wall_s".into(), num(jup.wall.as_secs_f64()));
+    r.fields.insert(
+        "frames_per_cell".into(),
+        num(jup.frames as f64 / total as f64),
+    );
+    r.fields.insert("v1_cells_per_s".into(), num(v1_rate));
+    r.fields.insert("v1_p50_ms".into(), num(vs.p50));
+    r.fields.insert("v1_p95_ms".into(), num(vs.p95));
+    r.fields.insert("v1_p99_ms".into(), num(vs.p99));
+    r.fields.insert("v1_correct".into(), json!(v1.correct));
+    r.fields.insert("ratio".into(), num(ratio));
+    r.fields
+        .insert("kernel_start_p50_ms".into(), num(median(&start_ms)));
+    let per_cell = |s: f64| num(s * 1e6 / total as f64);
+    for (prefix, cpu) in [("", &jup.cpu), ("v1_", &v1.cpu)] {
+        if let Some(s) = cpu.server_s {
+            r.fields
+                .insert(format!("{prefix}server_cpu_us_per_cell"), per_cell(s));
+        }
+        r.fields.insert(
+            format!("{prefix}bench_cpu_us_per_cell"),
+            per_cell(cpu.bench_s),
+        );
+        if let Some(s) = cpu.host_s {
+            r.fields
+                .insert(format!("{prefix}host_cpu_us_per_cell"), per_cell(s));
+        }
+    }
+    if let Some(e) = jup.first_error.as_ref().or(v1.first_error.as_ref()) {
+        r.fields.insert("first_error".into(), json!(e));
+    }
+    r.budget = Some(format!(
+        "≥ {:.0}% of v1's cells/s, 100% correct",
+        JUPYTER_MIN_RATIO * 100.0
+    ));
+    r.budget_metric = Some("ratio (cells_per_s / v1_cells_per_s), correct/total".into());
+    r.pass = Some(ratio >= JUPYTER_MIN_RATIO && jup.correct == total && v1.correct == total);
+    r.result = format!(
+        "{kernels}×{cells} over WebSocket: p50 {} p95 {}; v1 on the same kernels {v1_rate:.0} \
+         cells/s, p50 {} p95 {}, {}/{total} correct",
+        ms(s.p50),
+        ms(s.p95),
+        ms(vs.p50),
+        ms(vs.p95),
+        v1.correct
+    );
+    r.measured = format!(
+        "{rate:.0} cells/s = {:.0}% of v1, {}/{total}",
+        ratio * 100.0,
+        jup.correct
+    );
+    Ok(r)
+}
+
+async fn delete_kernels(api: &Api, ids: &[String]) {
+    for id in ids {
+        if let Err(e) = api.delete_kernel(id).await {
+            eprintln!("[bench] deleting kernel {id}: {e:#}");
+        }
+    }
+}
+
+struct JupyterOut {
+    lat: Vec<f64>,
+    correct: usize,
+    frames: usize,
+    wall: Duration,
+    first_error: Option<String>,
+    cpu: CpuUse,
+}
+
+async fn jupyter_run(ctx: &Ctx, ids: &[String], cells: usize) -> Result<JupyterOut> {
+    // Connect, handshake and run one warm-up cell on every kernel before the clock starts.
+    let mut conns = Vec::with_capacity(ids.len());
+    for id in ids {
+        let mut k = KernelConn::connect(&ctx.api, id).await?;
+        k.kernel_info()
+            .await
+            .with_context(|| format!("kernel_info on {id}"))?;
+        let w = k.execute("pass").await?;
+        if w.reply["status"] != "ok" {
+            bail!("warm-up cell on kernel {id}: {}", short(&w.reply));
+        }
+        conns.push((id.clone(), k));
+    }
+    let cpu_before = CpuUse::now(ctx.server_pid);
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(conns.len());
+    for (id, mut k) in conns {
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(cells);
+            let (mut correct, mut frames) = (0usize, 0usize);
+            let mut first_error = None;
+            for i in 1..=cells {
+                match k.execute(JUPYTER_CELL).await {
+                    Ok(e) => {
+                        lat.push(e.ms);
+                        frames += e.frames;
+                        if e.reply["status"] == "ok"
+                            && e.stdout.trim_end_matches('\n') == i.to_string()
+                        {
+                            correct += 1;
+                        } else if first_error.is_none() {
+                            first_error = Some(format!(
+                                "kernel {id} cell {i}: expected stdout {i:?}, got {:?}, \
+                                 execute_reply {}",
+                                e.stdout,
+                                short(&e.reply)
+                            ));
+                        }
+                    }
+                    Err(e) => {
+                        // The connection is no use after a failed read: stop this kernel.
+                        first_error.get_or_insert_with(|| format!("kernel {id} cell {i}: {e:#}"));
+                        break;
+                    }
+                }
+            }
+            (lat, correct, frames, first_error, k)
+        }));
+    }
+    let mut results = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        results.push(t.await.context("a kernel task panicked")?);
+    }
+    let wall = start.elapsed();
+    let cpu = CpuUse::now(ctx.server_pid).since(&cpu_before);
+    let mut out = JupyterOut {
+        lat: Vec::with_capacity(ids.len() * cells),
+        correct: 0,
+        frames: 0,
+        wall,
+        first_error: None,
+        cpu,
+    };
+    for (lat, correct, frames, err, k) in results {
+        out.lat.extend(lat);
+        out.correct += correct;
+        out.frames += frames;
+        if out.first_error.is_none() {
+            out.first_error = err;
+        }
+        k.close().await;
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------- stream
+
+/// The first event of a streamed cell may come at most this much after a trivial cell's
+/// whole round trip (p50 against p50).
+pub const STREAM_SLACK_MS: f64 = 2.0;
+const STREAM_CELL: &str = "print(1)";
+const TRIVIAL_CELL: &str = "x = 1";
+
+pub async fn stream(ctx: &Ctx) -> Result<Row> {
+    let (warm, n) = if ctx.quick { (10, 50) } else { (50, 500) };
+    let api = &ctx.api;
+    let id = api.create_session().await?.value;
+    let res = stream_run(api, &id, warm, n).await;
+    delete_all(api, std::slice::from_ref(&id)).await;
+    let out = res?;
+    let rt = Summary::of(&out.roundtrip);
+    let first = Summary::of(&out.first_event);
+    let first_stream = Summary::of(&out.first_stream);
+    let reply = Summary::of(&out.reply);
+    let headers = Summary::of(&out.headers);
+    let limit = rt.p50 + STREAM_SLACK_MS;
+    let mut r = Row::new("stream", None);
+    r.fields.insert("rounds".into(), json!(n));
+    r.fields.insert("warmup".into(), json!(warm));
+    rt.put(&mut r.fields, "roundtrip_");
+    headers.put(&mut r.fields, "headers_");
+    first.put(&mut r.fields, "first_event_");
+    first_stream.put(&mut r.fields, "first_stream_");
+    reply.put(&mut r.fields, "reply_");
+    // Each event's lead over the round trip of the cell sent just before it.
+    r.fields.insert(
+        "first_event_minus_roundtrip_p50_ms".into(),
+        num(first.p50 - rt.p50),
+    );
+    r.fields.insert(
+        "first_stream_minus_roundtrip_p50_ms".into(),
+        num(first_stream.p50 - rt.p50),
+    );
+    r.fields
+        .insert("first_event_types".into(), json!(out.first_types));
+    r.fields
+        .insert("events_per_cell".into(), num(out.events as f64 / n as f64));
+    r.fields.insert("correct".into(), json!(out.correct));
+    r.fields.insert("total".into(), json!(n));
+    if let Some(e) = &out.first_error {
+        r.fields.insert("first_error".into(), json!(e));
+    }
+    r.budget = Some(format!(
+        "first event and first `stream` p50 ≤ round trip p50 + {STREAM_SLACK_MS} ms"
+    ));
+    r.budget_metric = Some("first_event_p50_ms, first_stream_p50_ms, roundtrip_p50_ms".into());
+    r.pass = Some(first.p50 <= limit && first_stream.p50 <= limit && out.correct == n);
+    r.result = format!(
+        "`{STREAM_CELL}` over SSE: first event p95 {}, stream p95 {}, reply p50 {}; \
+         `{TRIVIAL_CELL}` JSON p50 {}; {}/{n} correct",
+        ms(first.p95),
+        ms(first_stream.p95),
+        ms(reply.p50),
+        ms(rt.p50),
+        out.correct
+    );
+    r.measured = format!(
+        "first {} / stream {} vs ≤ {}",
+        ms(first.p50),
+        ms(first_stream.p50),
+        ms(limit)
+    );
+    Ok(r)
+}
+
+struct StreamOut {
+    roundtrip: Vec<f64>,
+    headers: Vec<f64>,
+    first_event: Vec<f64>,
+    first_stream: Vec<f64>,
+    reply: Vec<f64>,
+    /// How often each event type came first.
+    first_types: std::collections::BTreeMap<String, usize>,
+    events: usize,
+    correct: usize,
+    first_error: Option<String>,
+}
+
+/// `n` rounds on one session, each a trivial cell as JSON then a printing cell as SSE, so
+/// that both see the same conditions.
+async fn stream_run(api: &Api, id: &str, warm: usize, n: usize) -> Result<StreamOut> {
+    for _ in 0..warm {
+        api.execute_ok(id, TRIVIAL_CELL).await?;
+        let c = api.execute_sse(id, STREAM_CELL).await?;
+        check_ok(&c.reply).context("a warm-up SSE cell")?;
+    }
+    let mut o = StreamOut {
+        roundtrip: Vec::with_capacity(n),
+        headers: Vec::with_capacity(n),
+        first_event: Vec::with_capacity(n),
+        first_stream: Vec::with_capacity(n),
+        reply: Vec::with_capacity(n),
+        first_types: Default::default(),
+        events: 0,
+        correct: 0,
+        first_error: None,
+    };
+    for i in 0..n {
+        o.roundtrip.push(api.execute_ok(id, TRIVIAL_CELL).await?.ms);
+        let c = api.execute_sse(id, STREAM_CELL).await?;
+        o.headers.push(c.headers_ms);
+        o.first_event.push(c.first_event_ms);
+        *o.first_types.entry(c.first_event.clone()).or_default() += 1;
+        o.events += c.events;
+        if !c.first_stream_ms.is_nan() {
+            o.first_stream.push(c.first_stream_ms);
+        }
+        o.reply.push(c.reply_ms);
+        if c.reply["status"] == "ok" && c.stdout == "1\n" {
+            o.correct += 1;
+        } else if o.first_error.is_none() {
+            o.first_error = Some(format!(
+                "round {i}: stdout {:?}, execute_reply {}",
+                c.stdout,
+                short(&c.reply)
+            ));
+        }
+    }
+    Ok(o)
 }
 
 // ---------------------------------------------------------------- create
