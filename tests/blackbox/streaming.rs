@@ -261,3 +261,53 @@ fn metrics_are_prometheus_text_and_move_as_cells_run() {
     let r = s.anon(reqwest::Method::GET, "/metrics").send().unwrap();
     assert_eq!(r.status(), 401);
 }
+
+/// Where notebooks notice (issue 13, point 6): figures as values, fresh random state per
+/// session, and a failing display formatter that leaves the cell `ok`.
+#[test]
+fn figures_random_state_and_formatter_errors_behave_as_in_jupyter() {
+    let s = TestServer::shared();
+    let session = s.session();
+    let png = |v: &Value| {
+        v["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["data"]["image/png"].is_string())
+            .count()
+    };
+    let v = session.exec("import matplotlib.pyplot as plt\nfig, ax = plt.subplots()\nax.plot([1, 2])\nfig");
+    assert_eq!(v["status"], "ok", "{v}");
+    // As with ipykernel's inline backend: the value's PNG, and the open figure's at the end.
+    let value_png = v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["kind"] == "execute_result" && r["data"]["image/png"].is_string());
+    assert!(value_png, "a figure as the last value is a PNG: {v}");
+    let v = session.exec("fig2, ax2 = plt.subplots()\nax2.bar([1], [2])\ndisplay(fig2)\nplt.close(fig2)");
+    assert_eq!(png(&v), 1, "display(fig) is one PNG: {v}");
+    // A formatter that raises: the cell's own code ran fine.
+    let v = session.exec(
+        "class Bad:\n    def _repr_html_(self):\n        raise ValueError('formatter')\nBad()",
+    );
+    assert_eq!(v["status"], "ok", "{v}");
+    // Three fresh sessions draw different numbers from every forked generator.
+    let code = "import numpy as np, random, uuid, tempfile\nprint(np.random.rand(3).tolist(), random.random(), uuid.uuid4(), next(tempfile._get_candidate_names()))";
+    let draws: Vec<String> = (0..3)
+        .map(|_| {
+            let v = s.session().exec(code);
+            assert_eq!(v["status"], "ok", "{v}");
+            v["stdout"].as_str().unwrap().to_string()
+        })
+        .collect();
+    for (i, a) in draws.iter().enumerate() {
+        for b in &draws[i + 1..] {
+            let (a, b): (Vec<&str>, Vec<&str>) = (a.split(' ').collect(), b.split(' ').collect());
+            assert_ne!(a[0..3], b[0..3], "numpy's global generator");
+            assert_ne!(a[3], b[3], "random");
+            assert_ne!(a[4], b[4], "uuid");
+            assert_ne!(a[5], b[5], "tempfile names");
+        }
+    }
+}
