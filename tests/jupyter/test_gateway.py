@@ -289,3 +289,36 @@ def test_output_arrives_while_cell_runs(kernel):
     assert ex.stream() == "0\n1\n2\n"
     assert len(stamps) == 3, stamps
     assert stamps[1] - stamps[0] > 0.5 and stamps[2] - stamps[1] > 0.5, stamps
+
+
+def test_sessions_api_and_last_activity(jupyter):
+    """What JupyterLab polls: /api/sessions (the jupyter server checks its kernels on Pyxis) and
+    the kernel's last_activity, which moves when a cell runs (the jupyter server culls by it)."""
+    r = jupyter.request(
+        "POST",
+        "/api/sessions",
+        json={"path": "poll.ipynb", "type": "notebook", "kernel": {"name": "python3"}},
+    )
+    assert r.status_code == 201, r.text
+    session = r.json()
+    kid = session["kernel"]["id"]
+    try:
+        listed = jupyter.request("GET", "/api/sessions")
+        assert listed.status_code == 200, listed.text
+        assert session["id"] in [s["id"] for s in listed.json()]
+        before = jupyter.request("GET", f"/api/kernels/{kid}").json()["last_activity"]
+        time.sleep(0.05)
+        sock = jupyter.connect(kid, session_id=session["id"])
+        try:
+            sock.wait_ready()
+            assert sock.execute("1").status == "ok"
+        finally:
+            sock.close()
+        # GET /api/kernels refreshes the jupyter server's models from Pyxis.
+        kernels = {k["id"]: k for k in jupyter.request("GET", "/api/kernels").json()}
+        after = kernels[kid]
+        assert after["last_activity"] > before, (before, after)
+        assert after["execution_state"] == "idle", after
+    finally:
+        jupyter.request("DELETE", f"/api/sessions/{session['id']}")
+    assert kid not in [k["id"] for k in jupyter.request("GET", "/api/kernels").json()]
