@@ -241,6 +241,16 @@ fn secs(name: &str, v: f64) -> anyhow::Result<Duration> {
 }
 
 impl Config {
+    /// A session's limits when its request names none: the configured memory,
+    /// pids and CPU.
+    pub fn default_limits(&self) -> pyxis_sandbox::ResourceLimits {
+        pyxis_sandbox::ResourceLimits {
+            memory_bytes: self.memory_bytes,
+            pids: self.pids,
+            cpu_millicores: self.cpu_millicores,
+        }
+    }
+
     /// The sandbox's init program, which the zygote starts from beside the library.
     pub fn sandbox_init(&self) -> PathBuf {
         self.sandbox_lib.with_file_name("pyxis-sandbox-init")

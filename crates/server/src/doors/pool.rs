@@ -247,7 +247,7 @@ async fn run(
     let files = collect_outputs(app, session, &out).await;
     let error = match out.summary.status {
         ExecStatus::Ok => None,
-        _ => Some(error_text(&out)),
+        _ => Some(out.error_text()),
     };
     Ok(json!({
         "result": out.stdout,
@@ -263,14 +263,6 @@ async fn run(
             "size_bytes": size,
         })).collect::<Vec<_>>(),
     }))
-}
-
-fn error_text(out: &Execution) -> String {
-    match &out.summary.error {
-        Some(e) if !e.traceback.is_empty() => e.traceback.join("\n"),
-        Some(e) => format!("{}: {}", e.name, e.value),
-        None => "execution failed".into(),
-    }
 }
 
 /// Store the first PNG the cell displayed; its URL.

@@ -72,14 +72,6 @@ async fn one_shot(app: &App, code: String, timeout_s: Option<f64>) -> Result<Exe
     Ok(handle.collect().await?)
 }
 
-fn error_text(out: &Execution) -> String {
-    match &out.summary.error {
-        Some(e) if !e.traceback.is_empty() => e.traceback.join("\n"),
-        Some(e) => format!("{}: {}", e.name, e.value),
-        None => "execution failed".into(),
-    }
-}
-
 #[derive(Debug, Deserialize)]
 struct ExecuteBody {
     code: String,
@@ -98,10 +90,10 @@ pub async fn execute(
     Ok(Json(match out.summary.status {
         ExecStatus::Ok => json!({ "result": out.stdout, "status": "success" }),
         ExecStatus::Timeout => json!({
-            "result": out.stdout, "status": "timeout", "message": error_text(&out),
+            "result": out.stdout, "status": "timeout", "message": out.error_text(),
         }),
         ExecStatus::Error | ExecStatus::Killed => json!({
-            "result": out.stdout, "status": "error", "message": error_text(&out),
+            "result": out.stdout, "status": "error", "message": out.error_text(),
         }),
     }))
 }
@@ -268,14 +260,14 @@ async fn run_params(app: &App, req: &ByParams) -> Result<Map<String, Value>, Run
             return Err(RunnerError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "CodeRunner.Timeout",
-                error_text(&out),
+                out.error_text(),
             ))
         }
         ExecStatus::Error | ExecStatus::Killed => {
             return Err(RunnerError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "CodeRunner.ExecuteError",
-                error_text(&out),
+                out.error_text(),
             ))
         }
     }

@@ -550,12 +550,7 @@ impl Launcher for SandboxFactory {
     }
 
     fn default_limits(&self) -> ResourceLimits {
-        let cfg = &self.shared.cfg;
-        ResourceLimits {
-            memory_bytes: cfg.memory_bytes,
-            pids: cfg.pids,
-            cpu_millicores: cfg.cpu_millicores,
-        }
+        self.shared.cfg.default_limits()
     }
 
     fn cgroup_version(&self) -> String {

@@ -380,6 +380,16 @@ pub struct CellOutcome {
 }
 
 impl CellOutcome {
+    /// The cell's error as one text, for doors that answer with a message: the
+    /// traceback, else `name: value`, else "execution failed".
+    pub fn error_text(&self) -> String {
+        match &self.summary.error {
+            Some(e) if !e.traceback.is_empty() => e.traceback.join("\n"),
+            Some(e) => format!("{}: {}", e.name, e.value),
+            None => "execution failed".into(),
+        }
+    }
+
     /// Fold events into the outcome. `clear_output` and `update_display_data` apply as a
     /// notebook would show the cell at its end.
     pub fn fold(events: impl IntoIterator<Item = CellEvent>) -> Option<Self> {

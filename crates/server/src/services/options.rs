@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use pyxis_sandbox::ResourceLimits;
 
 use crate::config::Config;
 use crate::services::error::{Result, ServiceError};
@@ -86,11 +85,7 @@ pub fn session_options(cfg: &Config, req: NewSession) -> Result<SessionOptions> 
     }
     validate_env(&req.env)?;
     let timeout = timeout_from(req.timeout_s, cfg.exec_timeout, cfg.max_exec_timeout)?;
-    let mut limits = ResourceLimits {
-        memory_bytes: cfg.memory_bytes,
-        pids: cfg.pids,
-        cpu_millicores: cfg.cpu_millicores,
-    };
+    let mut limits = cfg.default_limits();
     if let Some(mb) = req.memory_mb {
         let bytes = mb.saturating_mul(1024 * 1024);
         if mb < 64 || bytes > cfg.memory_bytes {
