@@ -22,6 +22,18 @@ pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
 /// `MOUNT_ATTR_NODEV` from `linux/mount.h`.
 pub const MOUNT_ATTR_NODEV: u64 = 0x4;
 
+/// The result of a raw call that returns -1 and sets `errno` on failure: the value, or that
+/// `errno` as an [`io::Error`]. Call it right after the call, before anything else can
+/// change `errno`.
+fn cvt<T: Into<i64>>(rc: T) -> io::Result<i64> {
+    let rc = rc.into();
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
 /// `struct mount_attr` from `linux/mount.h` (`MOUNT_ATTR_SIZE_VER0`).
 #[repr(C)]
 struct MountAttr {
@@ -141,12 +153,7 @@ pub fn close_fds_except(keep: &[RawFd]) -> io::Result<()> {
 fn close_range(first: c_uint, last: c_uint) -> io::Result<()> {
     // SAFETY: close_range takes plain integers; closing fds we do not own is the caller's
     // stated intent (every Rust object owning one of them is leaked or forgotten by then).
-    let rc = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0 as c_uint) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    cvt(unsafe { libc::syscall(libc::SYS_close_range, first, last, 0 as c_uint) }).map(drop)
 }
 
 /// Writes all of `data` to the raw fd `fd`, which the caller does not own as a Rust object
@@ -176,11 +183,7 @@ pub fn write_all_raw(fd: RawFd, mut data: &[u8]) -> io::Result<()> {
 pub fn close_raw(fd: RawFd) -> io::Result<()> {
     // SAFETY: integer argument; the fd was handed over as a number and is owned by no Rust
     // object that could later use or close it again.
-    if unsafe { libc::close(fd) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    cvt(unsafe { libc::close(fd) }).map(drop)
 }
 
 /// Resets `signal` to its default action. For `SIGCHLD` this matters beyond a caller's
@@ -201,11 +204,7 @@ pub fn fd_readable_now(fd: RawFd) -> io::Result<bool> {
         revents: 0,
     };
     // SAFETY: one valid `pollfd`, and its count; a zero timeout never blocks.
-    let rc = unsafe { libc::poll(&mut pollfd, 1, 0) };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(rc > 0)
+    Ok(cvt(unsafe { libc::poll(&mut pollfd, 1, 0) })? > 0)
 }
 
 /// Copies of `fds`, close-on-exec, numbered above every target of `moves` (and above 2), so
@@ -257,18 +256,13 @@ pub fn move_fds(moves: &[(RawFd, RawFd)]) -> io::Result<()> {
 /// `prctl(PR_CAPBSET_DROP, cap)`.
 pub fn capbset_drop(cap: u32) -> io::Result<()> {
     // SAFETY: integer arguments only.
-    let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as c_ulong, 0, 0, 0) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    cvt(unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as c_ulong, 0, 0, 0) }).map(drop)
 }
 
 /// `prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)`.
 pub fn clear_ambient_caps() -> io::Result<()> {
     // SAFETY: integer arguments only.
-    let rc = unsafe {
+    cvt(unsafe {
         libc::prctl(
             libc::PR_CAP_AMBIENT,
             libc::PR_CAP_AMBIENT_CLEAR_ALL as c_ulong,
@@ -276,12 +270,8 @@ pub fn clear_ambient_caps() -> io::Result<()> {
             0,
             0,
         )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    })
+    .map(drop)
 }
 
 /// `mount_setattr(path, AT_RECURSIVE, {attr_set})`: set mount attributes on a whole subtree
@@ -296,7 +286,7 @@ pub fn mount_setattr_recursive(path: &Path, attr_set: u64) -> io::Result<()> {
     };
     // SAFETY: `cpath` is a valid NUL-terminated string and `attr` a valid `mount_attr` whose
     // size is passed; the kernel only reads both during the call.
-    let rc = unsafe {
+    cvt(unsafe {
         libc::syscall(
             libc::SYS_mount_setattr,
             libc::AT_FDCWD,
@@ -305,12 +295,8 @@ pub fn mount_setattr_recursive(path: &Path, attr_set: u64) -> io::Result<()> {
             &attr as *const MountAttr,
             std::mem::size_of::<MountAttr>(),
         )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    })
+    .map(drop)
 }
 
 /// `OPEN_TREE_CLONE` from `linux/mount.h`: a detached copy of the mount, not the mount itself.
@@ -325,7 +311,7 @@ const MOVE_MOUNT_F_EMPTY_PATH: c_uint = 0x4;
 pub fn detach_tree_in_place(fd: RawFd) -> io::Result<()> {
     // SAFETY: the path is a valid empty C string; the flags ask for a new fd, which is
     // owned here until it is moved onto `fd` and closed.
-    let tree = unsafe {
+    let tree = cvt(unsafe {
         libc::syscall(
             libc::SYS_open_tree,
             fd,
@@ -335,26 +321,19 @@ pub fn detach_tree_in_place(fd: RawFd) -> io::Result<()> {
                 | libc::AT_EMPTY_PATH as c_uint
                 | libc::O_CLOEXEC as c_uint,
         )
-    };
-    let tree = RawFd::try_from(tree).map_err(|_| io::Error::last_os_error())?;
-    if tree < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    })?;
+    let tree = RawFd::try_from(tree).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
     // SAFETY: both are plain fd numbers: `tree` was just opened and `fd` is the caller's.
-    let rc = unsafe { libc::dup3(tree, fd, libc::O_CLOEXEC) };
-    let err = io::Error::last_os_error();
+    let moved = cvt(unsafe { libc::dup3(tree, fd, libc::O_CLOEXEC) });
     close_raw(tree)?;
-    if rc < 0 {
-        return Err(err);
-    }
-    Ok(())
+    moved.map(drop)
 }
 
 /// Attaches the detached mount tree `fd` (see [`detach_tree_in_place`]) at `target`.
 pub fn attach_tree(fd: RawFd, target: &Path) -> io::Result<()> {
     let ctarget = path_cstring(target)?;
     // SAFETY: both strings are valid and NUL-terminated; the kernel only reads them.
-    let rc = unsafe {
+    cvt(unsafe {
         libc::syscall(
             libc::SYS_move_mount,
             fd,
@@ -363,12 +342,8 @@ pub fn attach_tree(fd: RawFd, target: &Path) -> io::Result<()> {
             ctarget.as_ptr(),
             MOVE_MOUNT_F_EMPTY_PATH,
         )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    })
+    .map(drop)
 }
 
 /// Sets `IFF_UP` on the network interface `name` (`SIOCGIFFLAGS` + `SIOCSIFFLAGS`).
@@ -389,19 +364,12 @@ pub fn set_interface_up(name: &str) -> io::Result<()> {
         *dst = src as c_char;
     }
     // SAFETY: `sock` is an open socket and `req` a valid `ifreq` the kernel fills in.
-    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    cvt(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) })?;
     // SAFETY: SIOCGIFFLAGS initialised the `ifru_flags` member of the union.
     let flags = unsafe { req.ifr_ifru.ifru_flags };
     req.ifr_ifru.ifru_flags = flags | (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
     // SAFETY: as above; the kernel only reads `req`.
-    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    cvt(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) }).map(drop)
 }
 
 /// What [`succeeds_in_child`] tries.
@@ -486,10 +454,7 @@ pub fn file_from_raw(fd: RawFd) -> std::fs::File {
 /// `pidfd_open(pid, 0)`.
 pub fn pidfd_open(pid: Pid) -> io::Result<OwnedFd> {
     // SAFETY: integer arguments only.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0 as c_uint) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let fd = cvt(unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0 as c_uint) })?;
     let fd = RawFd::try_from(fd).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
     // SAFETY: the kernel just returned this new descriptor; nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
@@ -499,11 +464,7 @@ pub fn pidfd_open(pid: Pid) -> io::Result<OwnedFd> {
 /// namespaces, all joined at once).
 pub fn setns(fd: RawFd, nstype: c_int) -> io::Result<()> {
     // SAFETY: integer arguments only.
-    if unsafe { libc::setns(fd, nstype) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    cvt(unsafe { libc::setns(fd, nstype) }).map(drop)
 }
 
 /// What the child of [`start_program_in_new_pid_namespace`] needs, prepared by the parent:
