@@ -42,7 +42,10 @@ pub fn apply(router: Router<AppState>, app: Arc<App>) -> Router {
 /// `X-Auth-Token: <token>`, compared in constant time; on the Jupyter WebSocket, whose
 /// browser clients cannot set headers, also `?token=<token>`.
 async fn auth(State(app): State<AppState>, req: Request, next: Next) -> Response {
-    if OPEN_PATHS.contains(&req.uri().path()) || crate::doors::pool::is_open(&app, &req) {
+    if OPEN_PATHS.contains(&req.uri().path())
+        || crate::doors::playground::is_open(req.uri().path())
+        || crate::doors::pool::is_open(&app, &req)
+    {
         return next.run(req).await;
     }
     let headers = req.headers();

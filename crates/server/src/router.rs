@@ -15,7 +15,7 @@ use axum::response::Response;
 use axum::Json;
 
 use crate::app::{App, AppState};
-use crate::doors::v1::{execute, files, model, sessions, system};
+use crate::doors::v1::{execute, files, model, notebook, sessions, system};
 use crate::doors::{gateway, jupyter, pool, runner};
 use crate::error::ApiError;
 
@@ -26,6 +26,7 @@ use crate::error::ApiError;
     paths(
         sessions::create_session, sessions::list_sessions, sessions::get_session,
         sessions::delete_session, sessions::interrupt_session, sessions::restart_session,
+        notebook::get_notebook,
         execute::execute_cell, execute::execute_one_shot,
         files::download_file, files::upload_file, files::delete_file, files::list_files,
         files::upload_files, files::post_file_path, files::export_files,
@@ -122,6 +123,7 @@ fn add_common_responses(api: &mut utoipa::openapi::OpenApi) {
 pub fn build(app: Arc<App>) -> Router {
     let routes = Router::new()
         // ops
+        .merge(crate::doors::playground::routes())
         .route("/healthz", get(system::healthz))
         .route("/readyz", get(system::readyz))
         .route("/openapi.json", get(system::openapi))
@@ -143,6 +145,7 @@ pub fn build(app: Arc<App>) -> Router {
             post(sessions::interrupt_session),
         )
         .route("/v1/sessions/{id}/restart", post(sessions::restart_session))
+        .route("/v1/sessions/{id}/notebook", get(notebook::get_notebook))
         .route("/v1/execute", post(execute::execute_one_shot))
         // Uploads are limited by the session's workspace quota, not by the
         // request body limit.

@@ -18,6 +18,7 @@ pub mod gateway;
 pub mod jupyter;
 pub mod pool;
 pub mod runner;
+pub mod playground;
 pub mod v1;
 
 use std::sync::Arc;

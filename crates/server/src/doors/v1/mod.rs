@@ -4,5 +4,6 @@
 pub mod execute;
 pub mod files;
 pub mod model;
+pub mod notebook;
 pub mod sessions;
 pub mod system;
