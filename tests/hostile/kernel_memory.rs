@@ -21,10 +21,14 @@ const SOCKET_BUFFERS_MIB: u64 = LIMIT_MIB / 8;
 /// What the kernel lets each socket queue past that bound, for the connections and sockets
 /// an attack opens (about 11 KiB per connection measured; see SECURITY.md).
 const PER_SOCKET_MARGIN_MIB: u64 = 24;
-/// Other processes on the machine (builds, other suites) move `MemAvailable` while an
-/// attack holds its memory; the attacks aim at several times the bound, so this allowance
-/// cannot hide one.
-const NOISE_MIB: u64 = 160;
+/// Other processes on the machine (builds, other tests of the suite, such as the memory
+/// bombs next door) move `MemAvailable` while an attack holds its memory; the unbounded
+/// buffers came to 2.8 GiB, so this allowance cannot hide them.
+const NOISE_MIB: u64 = 384;
+
+/// The two attacks of this file hold memory for a while: one at a time, so that neither
+/// counts the other's.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// `MemAvailable` of the host, in bytes.
 fn mem_available() -> u64 {
@@ -51,7 +55,8 @@ fn mem_available_while(span: Duration) -> u64 {
 }
 
 /// Python: starts `holders` copies of the program `HOLDER` (defined by the caller's code)
-/// in the background, each writing one JSON line to a pipe when it holds what it grabbed,
+/// in the background, each writing one JSON line to a pipe (in one `write`, so lines never
+/// interleave) when it holds what it grabbed,
 /// and prints the lines as a JSON list. The holders keep running after the cell.
 const START_HOLDERS: &str = r#"
 import json, os, subprocess, sys, time
@@ -60,14 +65,19 @@ r, w = os.pipe()
 procs = [subprocess.Popen([sys.executable, '/tmp/holder.py', str(i)], stdout=w, stderr=subprocess.DEVNULL,
                           start_new_session=True) for i in range(HOLDERS)]
 os.close(w)
-reports, buf, deadline = [], b'', time.time() + 60
+# Within the cell's timeout (30 s on the attack server).
+reports, buf, deadline = [], b'', time.time() + 25
 while len(reports) < HOLDERS and time.time() < deadline:
     chunk = os.read(r, 65536)
     if not chunk:
         break
     buf += chunk
     *lines, buf = buf.split(b'\n')
-    reports += [json.loads(l) for l in lines if l.strip()]
+    for l in lines:
+        try:
+            reports.append(json.loads(l))
+        except ValueError:
+            reports.append({'unparsed': l.decode('utf-8', 'replace')[:500]})
 print(json.dumps(reports))
 "#;
 
@@ -83,6 +93,7 @@ print('stopped')
 /// sleeps) in `holders` processes of a session limited to [`LIMIT_MIB`], and returns how far
 /// the host's available memory fell while they held it, and their reports.
 fn host_memory_taken(holder: &str, holders: u32) -> (u64, Vec<Value>) {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let s = server();
     let v = session_with_limits(s, json!({ "memory_mb": LIMIT_MIB }));
     // Warm: the first cells of a session fault in memory of their own.
@@ -92,6 +103,9 @@ fn host_memory_taken(holder: &str, holders: u32) -> (u64, Vec<Value>) {
         let code = format!("HOLDER = {holder:?}\nHOLDERS = {holders}\n{START_HOLDERS}");
         let out = v.exec(&code);
         let stdout = out["stdout"].as_str().unwrap_or_default().to_owned();
+        if stdout.trim().is_empty() {
+            eprintln!("the holders' cell: {out}");
+        }
         let after = mem_available_while(Duration::from_secs(3));
         v.exec(STOP_HOLDERS);
         (stdout, after)
@@ -130,14 +144,14 @@ try:
                 break
 except OSError as e:
     error = str(e)
-print(json.dumps({'kind': 'tcp', 'connections': len(conns), 'sent_mib': sent >> 20, 'error': error}), flush=True)
+os.write(1, (json.dumps({'kind': 'tcp', 'connections': len(conns), 'sent_mib': sent >> 20, 'error': error}) + '\n').encode())
 time.sleep(600)
 "#;
 
 /// Python source of a holder: UDP sockets that never read, each sent datagrams until it
 /// drops them.
 const UDP_HOLDER: &str = r#"
-import json, socket, time
+import json, os, socket, time
 sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 socks, sent, error = [], 0, None
 try:
@@ -149,11 +163,11 @@ try:
             pass
         r.bind(('127.0.0.1', 0))
         socks.append(r)
-        for _ in range(150):
+        for _ in range(40):
             sent += sender.sendto(b'x' * 60000, r.getsockname())
 except OSError as e:
     error = str(e)
-print(json.dumps({'kind': 'udp', 'sockets': len(socks), 'sent_mib': sent >> 20, 'error': error}), flush=True)
+os.write(1, (json.dumps({'kind': 'udp', 'sockets': len(socks), 'sent_mib': sent >> 20, 'error': error}) + '\n').encode())
 time.sleep(600)
 "#;
 
@@ -270,7 +284,8 @@ def state(kind, n):
 results = {}
 for kind in ('pipes', 'unix', 'memfd', 'tmpfs', 'mqueue'):
     procs = [subprocess.Popen([sys.executable, '/tmp/worker.py', kind, str(n)]) for n in range(WORKERS)]
-    deadline = time.time() + 60
+    # Five kinds within the cell's timeout (30 s on the attack server).
+    deadline = time.time() + 4
     while time.time() < deadline and any(p.poll() is None and not state(kind, n)[1] for n, p in enumerate(procs)):
         time.sleep(0.05)
     # What is held at once: by the workers still alive (a killed one freed its pipes,
@@ -293,6 +308,7 @@ print(json.dumps(results))
 fn pipes_unix_sockets_memfd_tmpfs_and_mqueues_count_against_the_session() {
     // Each kind is charged to the memory cgroup (or bounded before it: pipe pages per uid,
     // the tmpfs sizes, RLIMIT_MSGQUEUE), so none gets past the limit, whatever it aims at.
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let s = server();
     let v = session_with_limits(s, json!({ "memory_mb": LIMIT_MIB }));
     let code = format!(
