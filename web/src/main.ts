@@ -148,6 +148,8 @@ interface SessionView {
   cells: Cell[];
   host: HTMLElement;
   running: number;
+  /** When the page learnt of it: a list asked for before then may lack it. */
+  seenAt: number;
   cpuSample?: { usec: number; at: number; pct?: number };
 }
 
@@ -192,7 +194,7 @@ setUnauthorizedHandler(() => {
 function sessionView(s: Session): SessionView {
   let view = state.sessions.get(s.id);
   if (!view) {
-    view = { session: s, cells: [], host: h("div", { class: "cells" }), running: 0 };
+    view = { session: s, cells: [], host: h("div", { class: "cells" }), running: 0, seenAt: performance.now() };
     state.sessions.set(s.id, view);
   } else {
     view.session = s;
@@ -265,11 +267,13 @@ function renderSessions(): void {
 
 async function refreshSessions(): Promise<void> {
   if (!getToken()) return;
+  const asked = performance.now();
   const { sessions } = await api.listSessions();
   const seen = new Set(sessions.map((s) => s.id));
   for (const s of sessions) sessionView(s);
-  for (const id of [...state.sessions.keys()]) {
-    if (!seen.has(id)) {
+  for (const [id, view] of [...state.sessions.entries()]) {
+    // A session created while the list was on its way is not gone.
+    if (!seen.has(id) && view.seenAt < asked) {
       dropSession(id);
       if (state.current === id) select(null, "The session is gone (deleted or reaped after being idle).");
     }
