@@ -20,22 +20,24 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def text_outputs(cell):
-    """The text a cell showed: streams by name, plain results, error names."""
-    out = []
+    """The text a cell showed: each stream's text, then plain results and error names.
+
+    Streams are compared per name: ipykernel buffers stdout and stderr apart and
+    flushes them in its own order, while Pyxis keeps the order the code wrote.
+    """
+    streams = {}
+    rest = []
     for o in cell.get("outputs", []):
         kind = o["output_type"]
         if kind == "stream":
-            if out and out[-1][0] == o["name"]:
-                out[-1] = (o["name"], out[-1][1] + o["text"])
-            else:
-                out.append((o["name"], o["text"]))
+            streams[o["name"]] = streams.get(o["name"], "") + o["text"]
         elif kind in ("execute_result", "display_data"):
             plain = o.get("data", {}).get("text/plain")
             if plain is not None:
-                out.append((kind, "".join(plain) if isinstance(plain, list) else plain))
+                rest.append([kind, "".join(plain) if isinstance(plain, list) else plain])
         elif kind == "error":
-            out.append(("error", o["ename"]))
-    return out
+            rest.append(["error", o["ename"]])
+    return {"streams": streams, "rest": rest}
 
 
 def main():
