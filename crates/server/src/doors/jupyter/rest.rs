@@ -119,13 +119,15 @@ pub async fn list_kernels(State(app): State<AppState>) -> Json<Vec<KernelModel>>
     security(("token" = [])), tag = "jupyter")]
 pub async fn start_kernel(
     State(app): State<AppState>,
-    body: Option<Json<Value>>,
+    body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<KernelModel>), ApiError> {
-    // The gateway client may send no body at all, or fields of its own.
-    let req: StartKernel = match body {
-        Some(Json(v)) => serde_json::from_value(v)
-            .map_err(|e| ApiError::bad_request(format!("invalid request: {e}")))?,
-        None => StartKernel::default(),
+    // The gateway client may send no body at all, or fields of its own; what it sends
+    // must be a JSON object (422 in the usual envelope otherwise).
+    let req: StartKernel = if body.iter().all(u8::is_ascii_whitespace) {
+        StartKernel::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("invalid request: {e}")))?
     };
     if let Some(name) = req.name.as_deref().filter(|n| !n.is_empty()) {
         if name != KERNEL_NAME {
