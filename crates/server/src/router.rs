@@ -35,6 +35,12 @@ use crate::error::ApiError;
         jupyter::rest::list_kernelspecs, jupyter::rest::get_kernelspec, jupyter::rest::list_kernels,
         jupyter::rest::start_kernel, jupyter::rest::get_kernel, jupyter::rest::delete_kernel,
         jupyter::rest::interrupt_kernel, jupyter::rest::restart_kernel, jupyter::channels::channels,
+        execute_dispatch, pool::get_image, pool::get_file, pool::capabilities,
+        gateway::release_v1_route, gateway::upload_files, gateway::delete_files,
+        gateway::export_files, gateway::status_v1, gateway::execute_v0_route,
+        gateway::release_v0_route, gateway::status_v0,
+        runner::execute, runner::run_by_params, runner::async_run_by_params, runner::health,
+        runner::ready, runner::alive,
     ),
     components(schemas(
         model::CreateSession, model::LimitsRequest, model::Limits, model::Usage,
@@ -48,6 +54,11 @@ use crate::error::ApiError;
         jupyter::rest::KernelModel, jupyter::rest::StartKernel,
     )),
     modifiers(&Security),
+    tags(
+        (name = "pool", description = "The Docker-pool interpreter's API (COMPAT.md §1)."),
+        (name = "gateway", description = "The Jupyter-kernel gateway's API (COMPAT.md §2)."),
+        (name = "runner", description = "The function runner's API (COMPAT.md §3)."),
+    ),
 )]
 pub struct ApiDoc;
 
@@ -219,7 +230,7 @@ pub fn build(app: Arc<App>) -> Router {
         )
         .route("/api/health", get(runner::health))
         .route("/health/ready", get(runner::ready))
-        .route("/health/alive", get(runner::health))
+        .route("/health/alive", get(runner::alive))
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .fallback(|| async { ApiError::not_found() });
     crate::middleware::apply(routes, app)
@@ -235,6 +246,20 @@ pub fn metrics_only() -> Router {
 /// interpreter.
 async fn execute_dispatch(
     State(app): State<AppState>,
+#[utoipa::path(post, path = "/api/v1/execute",
+    params(("user_uuid" = Option<String>, Query,
+        description = "given: the gateway runs `code` in this user's session; absent: the \
+            Docker-pool interpreter runs it once with `files`")),
+    request_body = pool::PoolRequest,
+    responses(
+        (status = 200, description = "the pool's `PoolReply` (always 200, also when the code \
+            failed), or the gateway's `ExecuteReply`",
+            body = inline(ExecuteAnswer)),
+        (status = 413, body = inline(ExecuteError)), (status = 415, body = inline(ExecuteError)),
+        (status = 422, body = inline(ExecuteError), description = "invalid request"),
+        (status = 503, body = inline(ExecuteError),
+            description = "no capacity, or the gateway's code timed out or was killed"),
+    ), security(("token" = [])), tags = ["pool", "gateway"])]
     uri: axum::http::Uri,
     q: gateway::ExecQuery,
     body: Result<Json<serde_json::Value>, JsonRejection>,
@@ -250,3 +275,75 @@ async fn execute_dispatch(
     };
     Ok(gateway::detailed(r).await)
 }
+}
+
+/// What `POST /api/v1/execute` answers: the pool's reply or the gateway's. `anyOf`, not
+/// `oneOf`: every field of the gateway's reply is optional, so a pool reply matches both.
+struct ExecuteAnswer;
+
+impl utoipa::PartialSchema for ExecuteAnswer {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        any_of::<pool::PoolReply, gateway::ExecuteReply>()
+    }
+}
+
+impl utoipa::ToSchema for ExecuteAnswer {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        collect::<pool::PoolReply, gateway::ExecuteReply>(schemas);
+    }
+}
+
+/// What `POST /api/v1/execute` refuses with: the native error (pool) or `{"detail"}`
+/// (gateway).
+struct ExecuteError;
+
+impl utoipa::PartialSchema for ExecuteError {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        any_of::<model::ErrorBody, gateway::GatewayDetail>()
+    }
+}
+
+impl utoipa::ToSchema for ExecuteError {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        collect::<model::ErrorBody, gateway::GatewayDetail>(schemas);
+    }
+}
+
+/// `anyOf` references to the schemas `A` and `B`.
+fn any_of<A: utoipa::ToSchema, B: utoipa::ToSchema>(
+) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::schema::{AnyOfBuilder, Schema};
+    use utoipa::openapi::{Ref, RefOr};
+    RefOr::T(Schema::AnyOf(
+        AnyOfBuilder::new()
+            .item(Ref::from_schema_name(A::name()))
+            .item(Ref::from_schema_name(B::name()))
+            .build(),
+    ))
+}
+
+/// Register `A` and `B` (and what they use) as components.
+fn collect<A: utoipa::ToSchema, B: utoipa::ToSchema>(
+    schemas: &mut Vec<(
+        String,
+        utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+    )>,
+) {
+    for (name, schema) in [
+        (A::name().into_owned(), A::schema()),
+        (B::name().into_owned(), B::schema()),
+    ] {
+        schemas.push((name, schema));
+    }
+    A::schemas(schemas);
+    B::schemas(schemas);

@@ -17,7 +17,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use utoipa::ToSchema;
 
 use crate::app::{App, AppState};
 use crate::error::ApiError;
@@ -66,16 +66,36 @@ impl GatewayUsers {
 }
 
 /// `POST /api/v1/release?user_uuid=U`.
+#[utoipa::path(post, path = "/api/v1/release",
+    params(("user_uuid" = String, Query, description = "the user whose session is released")),
+    responses(
+        (status = 204, description = "released (also when there was nothing to release)"),
+        (status = 422, body = GatewayDetail, description = "user_uuid missing or invalid"),
+    ), security(("token" = [])), tag = "gateway")]
 pub async fn release_v1_route(s: State<AppState>, q: QueryResult) -> Response {
     detailed(release_v1(s, q).await).await
 }
 
 /// `POST /execute {user_uuid, code}` (the earlier version).
+#[utoipa::path(post, path = "/execute", request_body = UserCode,
+    responses(
+        (status = 200, body = ExecuteReply, description = "an image wins over text"),
+        (status = 400, body = GatewayDetail, description = "a Python error or a timeout"),
+        (status = 413, body = GatewayDetail), (status = 415, body = GatewayDetail),
+        (status = 422, body = GatewayDetail, description = "invalid request"),
+        (status = 503, body = GatewayDetail, description = "no capacity"),
+    ), security(("token" = [])), tag = "gateway")]
 pub async fn execute_v0_route(s: State<AppState>, b: JsonBody) -> Response {
     detailed(execute_v0(s, b).await).await
 }
 
 /// `POST /release {user_uuid}` (the earlier version).
+#[utoipa::path(post, path = "/release", request_body = UserOnly,
+    responses(
+        (status = 200, body = ReleasedV0),
+        (status = 413, body = GatewayDetail), (status = 415, body = GatewayDetail),
+        (status = 422, body = GatewayDetail, description = "invalid request"),
+    ), security(("token" = [])), tag = "gateway")]
 pub async fn release_v0_route(s: State<AppState>, b: JsonBody) -> Response {
     detailed(release_v0(s, b).await).await
 }
@@ -179,8 +199,15 @@ fn failure_message(out: &Execution) -> String {
 }
 
 /// A gateway error answer: `{"detail": …}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GatewayDetail {
+    /// What went wrong.
+    detail: String,
+}
+
+/// A gateway error answer: `{"detail": …}`.
 fn detail(status: StatusCode, msg: impl Into<String>) -> Response {
-    (status, Json(json!({ "detail": msg.into() }))).into_response()
+    (status, Json(GatewayDetail { detail: msg.into() })).into_response()
 }
 
 /// Query of the current version's routes.
@@ -195,13 +222,15 @@ struct CodeBody {
     code: String,
 }
 
-/// `POST /api/v1/execute` answer.
-#[derive(Debug, Serialize)]
-struct ExecuteReply {
-    /// The session's id (the current version's README shows it).
+/// `POST /api/v1/execute?user_uuid=U` and `POST /execute` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExecuteReply {
+    /// The session's id (the current version's README shows it; absent on `/execute`).
     #[serde(skip_serializing_if = "Option::is_none")]
     worker_id: Option<String>,
+    /// stdout and the last expression's `text/plain` (and the error line).
     result_text: Option<String>,
+    /// The first PNG displayed, base64.
     result_base64: Option<String>,
 }
 
@@ -276,36 +305,69 @@ fn counts(app: &App) -> (usize, usize, usize, bool) {
     )
 }
 
+/// The gateway's worker counts: a worker is a sandbox.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WorkerStatus {
+    /// Live sessions and idle pooled sandboxes.
+    total_workers: usize,
+    /// Live sessions.
+    busy_workers: usize,
+    /// Idle pooled sandboxes (`GET /status` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idle_workers_in_pool: Option<usize>,
+    /// Whether the pool is still filling.
+    is_initializing: bool,
+}
+
 /// `GET /api/v1/status`.
-pub async fn status_v1(State(app): State<AppState>) -> Json<serde_json::Value> {
+#[utoipa::path(get, path = "/api/v1/status", responses((status = 200, body = WorkerStatus)),
+    security(("token" = [])), tag = "gateway")]
+pub async fn status_v1(State(app): State<AppState>) -> Json<WorkerStatus> {
     let (total, busy, _, init) = counts(&app);
-    Json(json!({
-        "total_workers": total,
-        "busy_workers": busy,
-        "is_initializing": init,
-    }))
+    Json(WorkerStatus {
+        total_workers: total,
+        busy_workers: busy,
+        idle_workers_in_pool: None,
+        is_initializing: init,
+    })
 }
 
 /// `GET /status` (earlier version).
-pub async fn status_v0(State(app): State<AppState>) -> Json<serde_json::Value> {
+#[utoipa::path(get, path = "/status", responses((status = 200, body = WorkerStatus)),
+    security(("token" = [])), tag = "gateway")]
+pub async fn status_v0(State(app): State<AppState>) -> Json<WorkerStatus> {
     let (total, busy, idle, init) = counts(&app);
-    Json(json!({
-        "total_workers": total,
-        "busy_workers": busy,
-        "idle_workers_in_pool": idle,
-        "is_initializing": init,
-    }))
+    Json(WorkerStatus {
+        total_workers: total,
+        busy_workers: busy,
+        idle_workers_in_pool: Some(idle),
+        is_initializing: init,
+    })
 }
 
-#[derive(Debug, Deserialize)]
-struct UserCode {
+/// `POST /execute` body.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct UserCode {
+    /// The user (1 to 256 printable characters); their session is created on first use.
     user_uuid: String,
+    /// The Python code.
     code: String,
 }
 
-#[derive(Debug, Deserialize)]
-struct UserOnly {
+/// `POST /release` body.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct UserOnly {
+    /// The user whose session is released.
     user_uuid: String,
+}
+
+/// `POST /release` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReleasedV0 {
+    /// `ok`.
+    status: String,
+    /// `Worker for user U has been released.`
+    detail: String,
 }
 
 /// `POST /execute {user_uuid, code}` (earlier version): an image wins over
@@ -353,16 +415,16 @@ async fn execute_v0(
 async fn release_v0(
     State(app): State<AppState>,
     body: Result<Json<serde_json::Value>, JsonRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<ReleasedV0>, ApiError> {
     let Json(body) = body?;
     let UserOnly { user_uuid } = serde_json::from_value(body)
         .map_err(|e| ApiError::bad_request(format!("invalid request: {e}")))?;
     check_user(&user_uuid)?;
     release_user(&app, &user_uuid).await;
-    Ok(Json(json!({
-        "status": "ok",
-        "detail": format!("Worker for user {user_uuid} has been released."),
-    })))
+    Ok(Json(ReleasedV0 {
+        status: "ok".into(),
+        detail: format!("Worker for user {user_uuid} has been released."),
+    }))
 }
 
 /// The `user_uuid` of a `POST /api/v1/execute`, if it has one.
@@ -440,31 +502,74 @@ fn check_count(n: usize) -> Result<(), ApiError> {
     Ok(())
 }
 
-#[derive(Debug, Deserialize)]
-struct UploadItem {
+/// A file to download into the session.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct UploadItem {
+    /// Where to download it from (the native URL import's rules).
     download_url: String,
+    /// A directory under `/sandbox/`.
     path: String,
+    /// A plain file name.
     name: String,
 }
 
-#[derive(Debug, Deserialize)]
-struct ExportFileItem {
+/// A file to upload out of the session.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ExportFileItem {
+    /// A directory under `/sandbox/`.
     path: String,
+    /// A plain file name.
     name: String,
+    /// Where to upload it: a PUT, or a presigned POST form with `upload_fields`.
     upload_url: String,
+    /// The presigned POST form's fields.
     #[serde(default)]
     upload_fields: Option<std::collections::BTreeMap<String, String>>,
 }
 
-#[derive(Debug, Deserialize)]
-struct DeleteItem {
+/// A file to delete.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct DeleteItem {
+    /// A directory under `/sandbox/`.
     path: String,
+    /// A plain file name.
     name: String,
 }
 
-#[derive(Debug, Deserialize)]
-struct FilesBody<T> {
+/// A files request: 1 to 100 files.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct FilesBody<T> {
+    /// The files.
     files: Vec<T>,
+}
+
+/// A file downloaded into the session.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UploadedItem {
+    /// `/sandbox/<path>/<name>`.
+    full_path: String,
+    /// Size in bytes.
+    size: u64,
+}
+
+/// A file uploaded out of the session.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExportedItem {
+    /// As requested.
+    path: String,
+    /// As requested.
+    name: String,
+    /// Bytes uploaded.
+    size: u64,
+}
+
+/// A files answer: `{"success": true, "results": […]}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FilesReply<T> {
+    /// Always true (a failure is an error answer).
+    success: bool,
+    /// One per file, in order.
+    results: Vec<T>,
 }
 
 /// The `user_uuid` query, or why it is missing.
@@ -483,42 +588,59 @@ fn body_of<T: serde::de::DeserializeOwned>(
 /// `POST /api/v1/files?user_uuid=U {"files": [{download_url, path, name}]}`
 /// → 201 `{"success": true, "results": [{full_path, size}]}`, through the
 /// native URL import (same SSRF rules, `PYXIS_IMPORT_ALLOW`).
+#[utoipa::path(post, path = "/api/v1/files",
+    params(("user_uuid" = String, Query, description = "the user")),
+    request_body = FilesBody<UploadItem>,
+    responses(
+        (status = 201, body = FilesReply<UploadedItem>),
+        (status = 403, body = GatewayDetail, description = "an address the import rules refuse"),
+        (status = 409, body = GatewayDetail), (status = 413, body = GatewayDetail),
+        (status = 415, body = GatewayDetail),
+        (status = 422, body = GatewayDetail, description = "invalid request, path or URL"),
+        (status = 502, body = GatewayDetail, description = "a download failed"),
+        (status = 503, body = GatewayDetail, description = "no capacity"),
+        (status = 504, body = GatewayDetail, description = "a download timed out"),
+        (status = 507, body = GatewayDetail, description = "workspace quota exhausted"),
+    ), security(("token" = [])), tag = "gateway")]
 pub async fn upload_files(
     State(app): State<AppState>,
     q: QueryResult,
     body: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Response {
-    let run =
-        async {
-            let user = user_from_query(q)?;
-            let items: Vec<UploadItem> = body_of(body)?;
-            let mut imports = Vec::with_capacity(items.len());
-            for it in items {
-                let rel = rel_of(&it.path, &it.name)?;
-                imports.push(crate::services::files::ImportItem {
-                    url: it.download_url,
-                    path: Some(rel),
-                });
-            }
-            let session = session_of(&app, &user).await?;
-            let mut results = Vec::new();
-            let mut rest = imports;
-            while !rest.is_empty() {
-                let tail = rest.split_off(rest.len().min(BATCH));
-                let done = app.files.import(&session, rest).await?;
-                results.extend(done.into_iter().map(
-                    |f| json!({ "full_path": format!("/sandbox/{}", f.path), "size": f.size }),
-                ));
-                rest = tail;
-            }
-            Ok::<_, ApiError>(
-                (
-                    StatusCode::CREATED,
-                    Json(json!({ "success": true, "results": results })),
-                )
-                    .into_response(),
+    let run = async {
+        let user = user_from_query(q)?;
+        let items: Vec<UploadItem> = body_of(body)?;
+        let mut imports = Vec::with_capacity(items.len());
+        for it in items {
+            let rel = rel_of(&it.path, &it.name)?;
+            imports.push(crate::services::files::ImportItem {
+                url: it.download_url,
+                path: Some(rel),
+            });
+        }
+        let session = session_of(&app, &user).await?;
+        let mut results = Vec::new();
+        let mut rest = imports;
+        while !rest.is_empty() {
+            let tail = rest.split_off(rest.len().min(BATCH));
+            let done = app.files.import(&session, rest).await?;
+            results.extend(done.into_iter().map(|f| UploadedItem {
+                full_path: format!("/sandbox/{}", f.path),
+                size: f.size,
+            }));
+            rest = tail;
+        }
+        Ok::<_, ApiError>(
+            (
+                StatusCode::CREATED,
+                Json(FilesReply {
+                    success: true,
+                    results,
+                }),
             )
-        };
+                .into_response(),
+        )
+    };
     match run.await {
         Ok(r) => r,
         Err(e) => as_detail(e).await,
@@ -529,6 +651,20 @@ pub async fn upload_files(
 /// upload_url, upload_fields?}]}` → 200 `{"success": true, "results":
 /// [{path, name, size}]}`, through the native export (PUT, or a presigned
 /// POST form when `upload_fields` is present). A failed upload answers 502.
+#[utoipa::path(post, path = "/api/v1/files/export",
+    params(("user_uuid" = String, Query, description = "the user")),
+    request_body = FilesBody<ExportFileItem>,
+    responses(
+        (status = 200, body = FilesReply<ExportedItem>),
+        (status = 403, body = GatewayDetail, description = "an address the export rules refuse"),
+        (status = 404, body = GatewayDetail, description = "no such file"),
+        (status = 409, body = GatewayDetail), (status = 413, body = GatewayDetail),
+        (status = 415, body = GatewayDetail),
+        (status = 422, body = GatewayDetail, description = "invalid request, path or URL"),
+        (status = 502, body = GatewayDetail, description = "an upload failed"),
+        (status = 503, body = GatewayDetail, description = "no capacity"),
+        (status = 504, body = GatewayDetail, description = "an upload timed out"),
+    ), security(("token" = [])), tag = "gateway")]
 pub async fn export_files(
     State(app): State<AppState>,
     q: QueryResult,
@@ -564,10 +700,20 @@ pub async fn export_files(
                         format!("exporting {}: {err}", it.name),
                     ));
                 }
-                results.push(json!({ "path": it.path, "name": it.name, "size": r.size }));
+                results.push(ExportedItem {
+                    path: it.path.clone(),
+                    name: it.name.clone(),
+                    size: r.size,
+                });
             }
         }
-        Ok::<_, ApiError>(Json(json!({ "success": true, "results": results })).into_response())
+        Ok::<_, ApiError>(
+            Json(FilesReply {
+                success: true,
+                results,
+            })
+            .into_response(),
+        )
     };
     match run.await {
         Ok(r) => r,
@@ -577,6 +723,16 @@ pub async fn export_files(
 
 /// `DELETE /api/v1/files?user_uuid=U {"files": [{path, name}]}` → 204. A
 /// file that is already gone is not an error.
+#[utoipa::path(delete, path = "/api/v1/files",
+    params(("user_uuid" = String, Query, description = "the user")),
+    request_body = FilesBody<DeleteItem>,
+    responses(
+        (status = 204, description = "deleted (or already gone)"),
+        (status = 403, body = GatewayDetail), (status = 409, body = GatewayDetail),
+        (status = 413, body = GatewayDetail), (status = 415, body = GatewayDetail),
+        (status = 422, body = GatewayDetail, description = "invalid request or path"),
+        (status = 503, body = GatewayDetail, description = "no capacity"),
+    ), security(("token" = [])), tag = "gateway")]
 pub async fn delete_files(
     State(app): State<AppState>,
     q: QueryResult,

@@ -23,10 +23,12 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine;
 use rand::Rng;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use utoipa::ToSchema;
 
 use crate::app::{App, AppState};
+use crate::doors::v1::model::ErrorBody;
 use crate::error::ApiError;
 use crate::services::files::blocking;
 use crate::services::files::ImportItem;
@@ -131,11 +133,59 @@ fn prune(dir: &std::path::Path, ttl: Duration, max_bytes: u64, incoming: u64) {
     }
 }
 
-#[derive(Debug, Deserialize)]
-struct PoolRequest {
+/// `POST /api/v1/execute` body (the gateway, with `?user_uuid=`, reads only `code`).
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct PoolRequest {
+    /// The Python code; input file URLs in it are replaced by their local paths.
     code: String,
+    /// URLs of input files (at most 10), downloaded to `/code/input/` before the code runs.
     #[serde(default)]
     files: Vec<String>,
+}
+
+/// `POST /api/v1/execute` answer of the Docker-pool interpreter (always 200).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PoolReply {
+    /// Everything the code printed.
+    result: String,
+    /// The traceback, or why the run failed; null on success.
+    error: Option<String>,
+    /// Seconds the code ran.
+    execution_time: f64,
+    /// URL of the first PNG the code displayed.
+    image_url: Option<String>,
+    /// The files the code wrote to `/code/output/`, as stored.
+    files: Vec<PoolOutputFile>,
+    /// The input files, as downloaded.
+    inputs: Vec<PoolInput>,
+}
+
+/// An output file of a run, served at `GET /files/{filename}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PoolOutputFile {
+    /// Name in the file store.
+    filename: String,
+    /// Name the code gave it.
+    original_name: String,
+    /// Size in bytes.
+    size_bytes: u64,
+    /// Where to download it.
+    url: String,
+}
+
+/// An input file of a run.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PoolInput {
+    /// The URL it came from.
+    url: String,
+    /// The last segment of that URL.
+    original_name: String,
+    /// Its name under `/code/input/`.
+    local_name: String,
+    /// Its path in the sandbox.
+    local_path: String,
+    /// Size in bytes.
+    size_bytes: u64,
 }
 
 struct Input {
@@ -144,7 +194,8 @@ struct Input {
     local_name: String,
 }
 
-/// `POST /api/v1/execute {code, files?}` without `user_uuid`.
+/// `POST /api/v1/execute {code, files?}` without `user_uuid`. Documented on
+/// `router::execute_dispatch`, which shares the route with the gateway.
 pub async fn execute(
     app: AppState,
     body: Result<Json<Value>, JsonRejection>,
@@ -167,11 +218,15 @@ pub async fn execute(
     Ok(Json(out?).into_response())
 }
 
-fn reply_error(error: String, secs: f64) -> Value {
-    json!({
-        "result": "", "error": error, "execution_time": secs,
-        "image_url": null, "files": [], "inputs": [],
-    })
+fn reply_error(error: String, secs: f64) -> PoolReply {
+    PoolReply {
+        result: String::new(),
+        error: Some(error),
+        execution_time: secs,
+        image_url: None,
+        files: Vec::new(),
+        inputs: Vec::new(),
+    }
 }
 
 async fn run(
@@ -179,7 +234,7 @@ async fn run(
     session: &std::sync::Arc<Session>,
     req: PoolRequest,
     timeout: Duration,
-) -> Result<Value, ApiError> {
+) -> Result<PoolReply, ApiError> {
     // Inputs: /code/input/<name>, a clash becoming 2_<name>, 3_<name>, …
     let mut inputs: Vec<Input> = Vec::new();
     for url in &req.files {
@@ -249,20 +304,25 @@ async fn run(
         ExecStatus::Ok => None,
         _ => Some(out.error_text()),
     };
-    Ok(json!({
-        "result": out.stdout,
-        "error": error,
-        "execution_time": out.summary.duration_ms / 1000.0,
-        "image_url": image_url,
-        "files": files,
-        "inputs": inputs.iter().zip(sizes.iter().chain(std::iter::repeat(&0))).map(|(i, size)| json!({
-            "url": i.url,
-            "original_name": i.original_name,
-            "local_name": i.local_name,
-            "local_path": format!("/code/input/{}", i.local_name),
-            "size_bytes": size,
-        })).collect::<Vec<_>>(),
-    }))
+    let inputs = inputs
+        .into_iter()
+        .zip(sizes.into_iter().chain(std::iter::repeat(0)))
+        .map(|(i, size_bytes)| PoolInput {
+            local_path: format!("/code/input/{}", i.local_name),
+            url: i.url,
+            original_name: i.original_name,
+            local_name: i.local_name,
+            size_bytes,
+        })
+        .collect();
+    Ok(PoolReply {
+        result: out.stdout,
+        error,
+        execution_time: out.summary.duration_ms / 1000.0,
+        image_url,
+        files,
+        inputs,
+    })
 }
 
 /// Store the first PNG the cell displayed; its URL.
@@ -302,7 +362,7 @@ async fn collect_outputs(
     app: &App,
     session: &std::sync::Arc<Session>,
     out: &Execution,
-) -> Vec<Value> {
+) -> Vec<PoolOutputFile> {
     let allowed = &app.config.compat_output_extensions;
     let mut total = 0u64;
     let mut files = Vec::new();
@@ -350,12 +410,12 @@ async fn collect_outputs(
         .await;
         if let Ok(Some(size)) = copied {
             total += size;
-            files.push(json!({
-                "filename": stored,
-                "original_name": original,
-                "size_bytes": size,
-                "url": public_url(app, "files", &stored),
-            }));
+            files.push(PoolOutputFile {
+                url: public_url(app, "files", &stored),
+                filename: stored,
+                original_name: original,
+                size_bytes: size,
+            });
         }
     }
     files
@@ -383,6 +443,11 @@ async fn serve(app: &App, kind: &str, name: &str) -> Result<Response, ApiError> 
 }
 
 /// `GET /images/{name}`: a stored plot.
+#[utoipa::path(get, path = "/images/{name}", params(("name" = String, Path)),
+    responses(
+        (status = 200, description = "the PNG", content_type = "image/png", body = Vec<u8>),
+        (status = 404, body = ErrorBody, description = "no such image"),
+    ), security(("token" = [])), tag = "pool")]
 pub async fn get_image(
     State(app): State<AppState>,
     Path(name): Path<String>,
@@ -391,6 +456,11 @@ pub async fn get_image(
 }
 
 /// `GET /files/{name}`: a stored output file.
+#[utoipa::path(get, path = "/files/{name}", params(("name" = String, Path)),
+    responses(
+        (status = 200, description = "the file's bytes, typed by its extension", content_type = "*/*", body = Vec<u8>),
+        (status = 404, body = ErrorBody, description = "no such file"),
+    ), security(("token" = [])), tag = "pool")]
 pub async fn get_file(
     State(app): State<AppState>,
     Path(name): Path<String>,
@@ -399,6 +469,10 @@ pub async fn get_file(
 }
 
 /// `GET /capabilities`.
+#[utoipa::path(get, path = "/capabilities",
+    responses((status = 200, body = Object,
+        description = "`{pythonVersion, installedPackages, limits, networkPolicy}`")),
+    security(("token" = [])), tag = "pool")]
 pub async fn capabilities(State(app): State<AppState>) -> (StatusCode, Json<Value>) {
     let info = app.sessions.launcher().runtime_info();
     let cfg = &app.config;

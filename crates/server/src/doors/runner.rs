@@ -18,10 +18,12 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine;
 use rand::Rng;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
+use utoipa::ToSchema;
 
 use crate::app::{App, AppState};
+use crate::doors::v1::model::ErrorBody;
 use crate::error::ApiError;
 use crate::services::timeout_from;
 use crate::services::url_import::{without_url, ImportPolicy};
@@ -32,19 +34,42 @@ use crate::services::{
 /// Most input parameters of one call.
 const MAX_PARAMS: usize = 256;
 
-/// `GET /api/health`, `/health/alive`: the process answers.
-pub async fn health() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+/// A health answer: `{"status": "ok"}` (or `"not ready"`, `"accepted"`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunnerStatus {
+    /// `ok`, `not ready` or `accepted`.
+    status: &'static str,
+}
+
+/// `GET /api/health`: the process answers.
+#[utoipa::path(get, path = "/api/health", responses((status = 200, body = RunnerStatus)),
+    tag = "runner")]
+pub async fn health() -> Json<RunnerStatus> {
+    Json(RunnerStatus { status: "ok" })
+}
+
+/// `GET /health/alive`: the process answers.
+#[utoipa::path(get, path = "/health/alive", responses((status = 200, body = RunnerStatus)),
+    tag = "runner")]
+pub async fn alive() -> Json<RunnerStatus> {
+    health().await
 }
 
 /// `GET /health/ready`: sessions can be created.
+#[utoipa::path(get, path = "/health/ready",
+    responses(
+        (status = 200, body = RunnerStatus),
+        (status = 503, body = RunnerStatus, description = "the pool is not ready"),
+    ), tag = "runner")]
 pub async fn ready(State(app): State<AppState>) -> Response {
     if app.sessions.is_ready() {
-        Json(json!({ "status": "ok" })).into_response()
+        Json(RunnerStatus { status: "ok" }).into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "not ready" })),
+            Json(RunnerStatus {
+                status: "not ready",
+            }),
         )
             .into_response()
     }
@@ -72,55 +97,88 @@ async fn one_shot(app: &App, code: String, timeout_s: Option<f64>) -> Result<Exe
     Ok(handle.collect().await?)
 }
 
-#[derive(Debug, Deserialize)]
-struct ExecuteBody {
+/// `POST /api/runner/execute` body.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ExecuteBody {
+    /// The Python code.
     code: String,
+    /// Time limit in seconds (capped at the server's maximum).
     timeout: Option<f64>,
+}
+
+/// `POST /api/runner/execute` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunnerReply {
+    /// Everything the code printed.
+    result: String,
+    /// `success`, `error` or `timeout`.
+    status: &'static str,
+    /// The traceback, when the code failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
 }
 
 /// `POST /api/runner/execute {code, timeout}` → `{"result": stdout,
 /// "status": "success"}`; a Python error is `{"result": stdout, "status":
 /// "error", "message": traceback}` (`"timeout"` for the time limit).
+#[utoipa::path(post, path = "/api/runner/execute", request_body = ExecuteBody,
+    responses(
+        (status = 200, body = RunnerReply, description = "also when the code failed"),
+        (status = 503, body = ErrorBody, description = "no capacity"),
+    ), security(("token" = [])), tag = "runner")]
 pub async fn execute(
     State(app): State<AppState>,
     body: Result<Json<Value>, JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RunnerReply>, ApiError> {
     let ExecuteBody { code, timeout } = parse(body)?;
     let out = one_shot(&app, code, timeout).await?;
-    Ok(Json(match out.summary.status {
-        ExecStatus::Ok => json!({ "result": out.stdout, "status": "success" }),
-        ExecStatus::Timeout => json!({
-            "result": out.stdout, "status": "timeout", "message": out.error_text(),
-        }),
-        ExecStatus::Error | ExecStatus::Killed => json!({
-            "result": out.stdout, "status": "error", "message": out.error_text(),
-        }),
+    let (status, message) = match out.summary.status {
+        ExecStatus::Ok => ("success", None),
+        ExecStatus::Timeout => ("timeout", Some(out.error_text())),
+        ExecStatus::Error | ExecStatus::Killed => ("error", Some(out.error_text())),
+    };
+    Ok(Json(RunnerReply {
+        result: out.stdout,
+        status,
+        message,
     }))
 }
 
-#[derive(Debug, Deserialize)]
-struct InputParam {
+/// An input of the function, converted by `type`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct InputParam {
+    /// `int`, `float`, `bool`, `string`, `array`, `object`, … (absent: as given).
     #[serde(rename = "type", default)]
     kind: Option<String>,
+    /// The value.
     #[serde(default)]
     value: Value,
 }
 
-#[derive(Debug, Deserialize)]
-struct OutputParam {
+/// A key of the function's result to return.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct OutputParam {
+    /// The key.
     key: String,
 }
 
-#[derive(Debug, Deserialize)]
-struct ByParams {
+/// `run-by-params` body.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ByParams {
+    /// Python code that defines `func`.
     code: String,
+    /// The function to call (default `main`); it must return a dict.
     #[serde(default = "default_func")]
     func: String,
+    /// Its positional arguments.
     #[serde(default)]
     input_params: Vec<InputParam>,
+    /// The keys of its result to return (none: all).
     #[serde(default)]
     output_params: Vec<OutputParam>,
+    /// Time limit in seconds (capped at the server's maximum).
     timeout: Option<f64>,
+    /// Where `async-run-by-params` POSTs the result (required there).
     callback: Option<String>,
 }
 
@@ -128,8 +186,17 @@ fn default_func() -> String {
     "main".into()
 }
 
-/// A run-by-params error: 500 `{"detail", "code"}`.
-/// An error in the runner's own answer shape.
+/// A run-by-params error answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunnerErrorBody {
+    /// What went wrong (for a Python error, its traceback).
+    detail: String,
+    /// `CodeRunner.ExecuteError`, `CodeRunner.Timeout`, `CodeRunner.InvalidParameter` or
+    /// `CodeRunner.Unavailable`.
+    code: &'static str,
+}
+
+/// A run-by-params error: `{"detail", "code"}`, 500 for a failed run.
 pub struct RunnerError {
     status: StatusCode,
     code: &'static str,
@@ -145,8 +212,11 @@ impl RunnerError {
         }
     }
 
-    fn body(&self) -> Value {
-        json!({ "detail": self.detail, "code": self.code })
+    fn body(self) -> RunnerErrorBody {
+        RunnerErrorBody {
+            detail: self.detail,
+            code: self.code,
+        }
     }
 }
 
@@ -298,6 +368,14 @@ async fn run_params(app: &App, req: &ByParams) -> Result<Map<String, Value>, Run
 }
 
 /// `POST /api/coderunner/v1/pycode/run-by-params`.
+#[utoipa::path(post, path = "/api/coderunner/v1/pycode/run-by-params", request_body = ByParams,
+    responses(
+        (status = 200, body = Object, description = "the selected keys of the dict the function returned"),
+        (status = 413, body = RunnerErrorBody), (status = 415, body = RunnerErrorBody),
+        (status = 422, body = RunnerErrorBody, description = "invalid request"),
+        (status = 500, body = RunnerErrorBody, description = "the code failed or timed out (as the runner answers)"),
+        (status = 503, body = RunnerErrorBody, description = "no capacity"),
+    ), security(("token" = [])), tag = "runner")]
 pub async fn run_by_params(
     State(app): State<AppState>,
     body: Result<Json<Value>, JsonRejection>,
@@ -313,6 +391,13 @@ pub async fn run_by_params(
 /// result POSTed to `callback` later as `{"res": {…}, "type":
 /// "pythoncode"}` (on failure `res` is `{"detail", "code"}`). The callback
 /// obeys the same address rules as URL imports (`PYXIS_IMPORT_ALLOW`).
+#[utoipa::path(post, path = "/api/coderunner/v1/pycode/async-run-by-params", request_body = ByParams,
+    responses(
+        (status = 202, body = RunnerStatus, description = "accepted; the result goes to `callback`"),
+        (status = 413, body = RunnerErrorBody), (status = 415, body = RunnerErrorBody),
+        (status = 422, body = RunnerErrorBody, description = "invalid request or callback"),
+        (status = 503, body = RunnerErrorBody, description = "no capacity"),
+    ), security(("token" = [])), tag = "runner")]
 pub async fn async_run_by_params(
     State(app): State<AppState>,
     body: Result<Json<Value>, JsonRejection>,
@@ -343,14 +428,18 @@ pub async fn async_run_by_params(
     tokio::spawn(async move {
         let res = match run_params(&app, &req).await {
             Ok(m) => Value::Object(m),
-            Err(e) => e.body(),
+            Err(e) => json!(e.body()),
         };
         let body = json!({ "res": res, "type": "pythoncode" });
         if let Err(e) = post_callback(&app, &url, &body).await {
             tracing::warn!(callback = %url, error = %e, "runner callback failed");
         }
     });
-    Ok((StatusCode::ACCEPTED, Json(json!({ "status": "accepted" }))).into_response())
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(RunnerStatus { status: "accepted" }),
+    )
+        .into_response())
 }
 
 /// POST `body` to `url` with the import rules' checked client: every

@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-
 use crate::config::Config;
 use crate::services::error::{Result, ServiceError};
 use crate::services::sessions::SessionOptions;
