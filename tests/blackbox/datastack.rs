@@ -221,3 +221,216 @@ fn a_plotly_figure_comes_back_as_its_json_and_html() {
     let html = results_with(&v, "text/html");
     assert!(html[0].as_str().is_some_and(|h| h.contains("plotly")));
 }
+
+/// The document-tools door: every route on inputs a session renders, and on hostile files.
+#[test]
+fn the_document_tools_door_answers_every_route_and_refuses_hostile_files() {
+    let s = TestServer::shared();
+    let sess = s.session();
+    sess.ok(r#"import struct, zipfile, zlib
+from PIL import Image, ImageDraw, ImageFont
+import barcode, docx, qrcode
+from barcode.writer import ImageWriter
+font = ImageFont.truetype('/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc', 48)
+img = Image.new('RGB', (900, 240), 'white')
+d = ImageDraw.Draw(img)
+d.text((40, 40), '我们在北京学习中文', font=font, fill='black')
+d.text((40, 140), 'Hello door of Pyxis', font=font, fill='black')
+img.save('scan.png')
+qr = qrcode.make('pyxis-qr-payload').convert('RGB')
+code = barcode.get('code128', 'PYXIS-0042', writer=ImageWriter()).render()
+label = Image.new('RGB', (qr.width + code.width + 60, max(qr.height, code.height) + 40), 'white')
+label.paste(qr, (20, 20)); label.paste(code, (qr.width + 40, 20)); label.save('label.png')
+doc = docx.Document(); doc.add_paragraph('Door conversion 转换'); doc.save('report.docx')
+open('sales.csv', 'w').write('region,amount\nnorth,10\nsouth,20\nnorth,5\n')
+Image.open('scan.png').save('ok.pdf', 'PDF')
+data = open('ok.pdf', 'rb').read(); open('cut.pdf', 'wb').write(data[: len(data) // 3])
+with zipfile.ZipFile('bomb.docx', 'w', zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+    zf.writestr('[Content_Types].xml', '<Types/>')
+    with zf.open('word/document.xml', 'w', force_zip64=True) as part:
+        for _ in range(512):
+            part.write(b'\0' * (1 << 20))
+def chunk(kind, body):
+    return struct.pack('>I', len(body)) + kind + body + struct.pack('>I', zlib.crc32(kind + body))
+side = 30000
+packer = zlib.compressobj(1)
+rows = (b'\0' + b'\xff' * side) * 1000
+idat = b''.join(packer.compress(rows) for _ in range(side // 1000)) + packer.flush()
+open('huge.png', 'wb').write(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', side, side, 8, 0, 0, 0, 0))
+                             + chunk(b'IDAT', idat) + chunk(b'IEND', b''))
+open('xxe.svg', 'w').write('<?xml version="1.0"?><!DOCTYPE svg [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
+                           '<svg xmlns="http://www.w3.org/2000/svg"><text>&x;</text></svg>')
+"#);
+    let file = |name: &str| -> Vec<u8> {
+        let r = sess.get_file(name);
+        assert_eq!(r.status(), 200, "{name}");
+        r.bytes().expect("bytes").to_vec()
+    };
+    let post = |route: &str, name: &str, fields: &[(&str, &str)]| {
+        let mut form = reqwest::blocking::multipart::Form::new().part(
+            "file",
+            reqwest::blocking::multipart::Part::bytes(file(name)).file_name(name.to_string()),
+        );
+        for (k, v) in fields {
+            form = form.text(k.to_string(), v.to_string());
+        }
+        s.req(reqwest::Method::POST, route)
+            .multipart(form)
+            .send()
+            .expect("door request")
+    };
+    let json_of = |r: reqwest::blocking::Response| -> (u16, Value) {
+        let status = r.status().as_u16();
+        (status, r.json().unwrap_or(Value::Null))
+    };
+
+    let (status, v) = json_of(post(
+        "/api/ocr/extract",
+        "scan.png",
+        &[("lang", "chi_sim+eng")],
+    ));
+    assert_eq!(status, 200, "{v}");
+    let text: String = v["text"]
+        .as_str()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert!(
+        text.contains("我们在北京学习中文") && text.contains("HellodoorofPyxis"),
+        "{v}"
+    );
+    assert!(v["pages"][0]["boxes"]
+        .as_array()
+        .is_some_and(|b| !b.is_empty()));
+
+    let (status, v) = json_of(post("/api/ocr/barcode", "label.png", &[]));
+    assert_eq!(status, 200, "{v}");
+    let found: Vec<(String, String)> = v["barcodes"]
+        .as_array()
+        .expect("barcodes")
+        .iter()
+        .map(|b| {
+            (
+                b["type"].as_str().unwrap_or_default().into(),
+                b["data"].as_str().unwrap_or_default().into(),
+            )
+        })
+        .collect();
+    assert!(
+        found.contains(&("QRCODE".into(), "pyxis-qr-payload".into())),
+        "{v}"
+    );
+    assert!(
+        found.contains(&("CODE128".into(), "PYXIS-0042".into())),
+        "{v}"
+    );
+
+    let r = post("/api/file/convert", "report.docx", &[("to", "pdf")]);
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/pdf");
+    let pdf = r.bytes().expect("pdf");
+    assert!(pdf.starts_with(b"%PDF-"));
+
+    let (status, v) = json_of(post("/api/data_analysis/analyze", "sales.csv", &[]));
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["shape"], serde_json::json!([3, 2]));
+    assert_eq!(v["dtypes"]["amount"], "int64");
+
+    let (status, v) = json_of(post(
+        "/api/data_analysis/transform",
+        "sales.csv",
+        &[(
+            "expression",
+            "df.groupby('region', as_index=False)['amount'].sum()",
+        )],
+    ));
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        v["result"]["data"],
+        serde_json::json!([["north", 15], ["south", 20]])
+    );
+
+    // Hostile and bad input: a clear 4xx each, the server answering all along.
+    for (route, name, fields, want, code) in [
+        ("/api/ocr/extract", "cut.pdf", vec![], 422, "unreadable_pdf"),
+        (
+            "/api/file/convert",
+            "cut.pdf",
+            vec![("to", "png")],
+            422,
+            "unreadable_pdf",
+        ),
+        (
+            "/api/file/convert",
+            "bomb.docx",
+            vec![("to", "pdf")],
+            413,
+            "document_too_large",
+        ),
+        (
+            "/api/ocr/extract",
+            "huge.png",
+            vec![],
+            413,
+            "image_too_large",
+        ),
+        (
+            "/api/ocr/barcode",
+            "huge.png",
+            vec![],
+            413,
+            "image_too_large",
+        ),
+        (
+            "/api/file/convert",
+            "xxe.svg",
+            vec![("to", "png")],
+            422,
+            "unsafe_xml",
+        ),
+        (
+            "/api/ocr/extract",
+            "scan.png",
+            vec![("lang", "../../etc")],
+            400,
+            "bad_lang",
+        ),
+        (
+            "/api/file/convert",
+            "sales.csv",
+            vec![("to", "mp3")],
+            415,
+            "unsupported_conversion",
+        ),
+        (
+            "/api/data_analysis/transform",
+            "sales.csv",
+            vec![("expression", "df[")],
+            400,
+            "bad_expression",
+        ),
+    ] {
+        let (status, v) = json_of(post(route, name, &fields));
+        assert_eq!(
+            (status, v["error"]["code"].as_str()),
+            (want, Some(code)),
+            "{route} {name}: {v}"
+        );
+    }
+    let r = s
+        .req(reqwest::Method::POST, "/api/ocr/extract")
+        .multipart(reqwest::blocking::multipart::Form::new().text("lang", "eng"))
+        .send()
+        .expect("request");
+    assert_eq!(
+        json_of(r).1["error"]["code"],
+        "invalid_request",
+        "no file part"
+    );
+    let r = s.post("/api/ocr/extract", &serde_json::json!({"lang": "eng"}));
+    let (status, v) = json_of(r);
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (422, Some("invalid_request"))
+    );
+}

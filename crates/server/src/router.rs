@@ -231,6 +231,8 @@ pub fn build(app: Arc<App>) -> Router {
         .route("/api/health", get(runner::health))
         .route("/health/ready", get(runner::ready))
         .route("/health/alive", get(runner::alive))
+        // the document tools (OCR, barcodes, conversion, data analysis)
+        .merge(crate::doors::tools::routes())
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .fallback(|| async { ApiError::not_found() });
     crate::middleware::apply(routes, app)

@@ -184,7 +184,12 @@ def _pdf_pages(
 
 
 def _pdf_page_count(path: Path) -> int:
-    info = _run(["pdfinfo", str(path)], timeout=30).stdout.decode("utf-8", "replace")
+    try:
+        info = _run(["pdfinfo", str(path)], timeout=30).stdout.decode("utf-8", "replace")
+    except ToolError as exc:
+        if exc.code != "conversion_failed":
+            raise
+        raise ToolError("unreadable_pdf", f"not a readable PDF: {exc.message}", 422) from exc
     match = re.search(r"^Pages:\s+(\d+)", info, re.MULTILINE)
     if not match or int(match.group(1)) < 1:
         raise ToolError("unreadable_pdf", "the PDF has no pages", 422)

@@ -8,6 +8,7 @@
 //! - [`gateway`]: the Jupyter-kernel gateway service Pyxis replaces (stateful, per
 //!   `user_uuid`);
 //! - [`runner`]: the function runner (one-shot);
+//! - [`tools`]: the function runner's document tools (OCR, barcodes, conversion, data).
 //! - [`pool`]: the Docker-pool interpreter (stateless, files in and out).
 //!
 //! `POST /api/v1/execute` is claimed by both the gateway (`?user_uuid=U`) and the
@@ -18,6 +19,7 @@ pub mod gateway;
 pub mod jupyter;
 pub mod pool;
 pub mod runner;
+pub mod tools;
 pub mod playground;
 pub mod v1;
 
