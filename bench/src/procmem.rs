@@ -1,8 +1,11 @@
 //! Memory accounting from `/proc` (needs root to read other users'
-//! `smaps_rollup`).
+//! `smaps_rollup`), over the tests' `/proc` readers.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs;
+
+pub use pyxis_tests::procfs::vm_rss_kib;
+use pyxis_tests::procfs::{field_kib, pids, stat_fields, uid_of};
 
 /// Memory of a set of processes, in KiB.
 #[derive(Debug, Default, Clone)]
@@ -17,39 +20,6 @@ pub struct MemSum {
     pub unreadable: usize,
     /// Zombies (not counted in `processes`).
     pub zombies: usize,
-}
-
-fn pids() -> Vec<i32> {
-    let Ok(rd) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect()
-}
-
-/// Real uid of a process.
-pub fn uid_of(pid: i32) -> Option<u32> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// A `Key:   123 kB` field of a `/proc` file.
-fn field_kib(text: &str, key: &str) -> Option<u64> {
-    text.lines()
-        .find(|l| l.starts_with(key) && l[key.len()..].starts_with(':'))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
-/// `VmRSS` of a process, KiB.
-pub fn vm_rss_kib(pid: i32) -> Option<u64> {
-    field_kib(
-        &fs::read_to_string(format!("/proc/{pid}/status")).ok()?,
-        "VmRSS",
-    )
 }
 
 /// (Rss, Pss, Private_Clean + Private_Dirty) of a process, KiB.
@@ -91,14 +61,6 @@ pub fn by_uid_range(lo: u32, hi: u32) -> MemSum {
         }
     }
     sum
-}
-
-/// The fields of `/proc/PID/stat` after the parenthesised command name (which may hold
-/// spaces and parentheses): state, ppid, …, utime (11), stime (12), ….
-fn stat_fields(pid: i32) -> Option<Vec<String>> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 1..];
-    Some(rest.split_whitespace().map(str::to_owned).collect())
 }
 
 /// State letter from `/proc/PID/stat` (R, S, D, Z, …).

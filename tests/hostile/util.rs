@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use pyxis_tests::{Session, TestServer};
+use pyxis_tests::{procfs, Session, TestServer};
 use serde_json::{json, Value};
 
 /// Worst latency a neighbour's cell may have while an attack runs next door. Generous: the
@@ -161,23 +161,14 @@ pub fn json_of(sess: &Session<'_>, code: &str) -> Value {
 /// Host pids whose real or effective uid is in `[lo, hi)`.
 pub fn host_pids_with_uid_in(lo: u32, hi: u32) -> BTreeSet<(i32, u32)> {
     let mut found = BTreeSet::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return found;
-    };
-    for e in dir.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+    for pid in procfs::pids() {
+        let Some((real, effective)) = procfs::status(pid).and_then(|st| procfs::uids_in(&st))
+        else {
             continue;
         };
-        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-            continue;
-        };
-        if let Some(line) = status.lines().find(|l| l.starts_with("Uid:")) {
-            for f in line.split_whitespace().skip(1).take(2) {
-                if let Ok(uid) = f.parse::<u32>() {
-                    if (lo..hi).contains(&uid) {
-                        found.insert((pid, uid));
-                    }
-                }
+        for uid in [real, effective] {
+            if (lo..hi).contains(&uid) {
+                found.insert((pid, uid));
             }
         }
     }
@@ -195,7 +186,7 @@ pub fn wait_host_process(uid: u32, cmdline: &[u8], limit: Duration) -> i32 {
         let seen: Vec<(i32, Vec<u8>)> = host_pids_with_uid_in(uid, uid + 1)
             .into_iter()
             .map(|(pid, _)| {
-                let c = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let c = procfs::cmdline(pid).unwrap_or_default();
                 (pid, c)
             })
             .collect();
@@ -231,14 +222,7 @@ pub fn wait_no_process_with_uid_in(lo: u32, hi: u32, limit: Duration) -> BTreeSe
 
 /// Resident set size of a host process, in bytes.
 pub fn rss_bytes(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-        .unwrap_or(0)
+    procfs::vm_rss_kib(pid).map_or(0, |kb| kb * 1024)
 }
 
 /// Python prelude: `sc(nr, *args)` calls a raw syscall through ctypes and returns

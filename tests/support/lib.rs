@@ -7,6 +7,9 @@
 //! before the tests run.
 
 pub mod packages;
+pub mod procfs;
+
+pub use procfs::{processes_with_cmdline, processes_with_uid};
 
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
@@ -267,13 +270,7 @@ impl TestServer {
 
     /// Resident memory of the server in KiB (VmRSS).
     pub fn rss_kib(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid)).expect("proc status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS")
+        procfs::vm_rss_kib(self.pid).expect("VmRSS of the server")
     }
 
     /// Create a session with `body` and return its id.
@@ -539,50 +536,4 @@ impl Drop for S3Server {
             let _ = c.wait();
         }
     }
-}
-
-/// Host pids whose real uid satisfies `wanted`, zombies included or not.
-pub fn processes_with_uid(wanted: impl Fn(u32) -> bool, zombies: bool) -> Vec<i32> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
-            continue;
-        };
-        if !zombies
-            && status
-                .lines()
-                .any(|l| l.starts_with("State:") && l.contains("Z (zombie)"))
-        {
-            continue;
-        }
-        let uid = status
-            .lines()
-            .find(|l| l.starts_with("Uid:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|u| u.parse::<u32>().ok());
-        if uid.is_some_and(&wanted) {
-            pids.push(pid);
-        }
-    }
-    pids
-}
-
-/// Host pids whose command line contains `marker` (a unique argument a test
-/// gave a process inside a sandbox).
-pub fn processes_with_cmdline(marker: &str) -> Vec<i32> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        if let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) {
-            if String::from_utf8_lossy(&cmd).contains(marker) {
-                pids.push(pid);
-            }
-        }
-    }
-    pids
 }
