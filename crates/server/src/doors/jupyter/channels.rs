@@ -30,7 +30,8 @@ const MAX_FRAME: usize = 16 * 1024 * 1024;
 /// Open the kernel's channels. Needs the token like every route (`Authorization`, or
 /// `?token=` since browsers cannot set headers on a WebSocket).
 #[utoipa::path(get, path = "/api/kernels/{id}/channels", params(("id" = String, Path)),
-    responses((status = 101, description = "WebSocket: Jupyter's JSON messages"), (status = 404)),
+    responses((status = 101, description = "WebSocket: Jupyter's JSON messages"),
+        (status = 400, description = "not a WebSocket upgrade request"), (status = 404)),
     security(("token" = [])), tag = "jupyter")]
 pub async fn channels(
     State(app): State<AppState>,
