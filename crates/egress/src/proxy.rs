@@ -34,6 +34,9 @@ use crate::resolve::{Resolver, SystemResolver};
 
 /// Largest request head the proxy reads.
 const MAX_HEAD: usize = 64 << 10;
+/// Each direction's buffer of a tunnel: fewer, larger reads and writes than tokio's 8 KiB
+/// default for large downloads.
+const TUNNEL_BUFFER: usize = 64 << 10;
 /// Most descriptors taken from the channel in one read.
 const FDS_PER_READ: usize = 16;
 
@@ -539,7 +542,9 @@ impl SessionEgress {
             let mut client = TokioIo::new(upgraded);
             let mut upstream = Counted::new(upstream, session.clone());
             tokio::select! {
-                _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
+                _ = tokio::io::copy_bidirectional_with_sizes(
+                    &mut client, &mut upstream, TUNNEL_BUFFER, TUNNEL_BUFFER,
+                ) => {}
                 _ = closed.wait_for(|c| *c) => {}
             }
             drop(guard);
