@@ -165,3 +165,28 @@ print('built')
         t.elapsed()
     );
 }
+
+/// Values that come from inside a sandbox are hostile input: a file whose modification
+/// time is far in the future or before 1970 is listed, never a panic or a 500.
+#[test]
+fn extreme_file_times_are_listed_not_a_panic() {
+    let s = server();
+    let v = s.session();
+    let r = v.exec(
+        "import os\nfor name, t in [('future', 2**40), ('far', 2**62 // 10**9), ('past', -2**31), ('zero', 0)]:\n    open(name, 'w').write(name)\n    os.utime(name, (t, t))\nprint('ok')",
+    );
+    assert_eq!(r["status"], "ok", "{r}");
+    let (status, listing) = v.list_files("");
+    assert_eq!(status, 200, "{listing}");
+    let entries = listing["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 4, "{listing}");
+    for e in entries {
+        let m = e["modified"].as_str().unwrap();
+        assert!(m.ends_with('Z') && m.len() == 20, "{m}");
+    }
+    let future = entries.iter().find(|e| e["name"] == "future").unwrap();
+    assert_eq!(future["modified"], "9999-12-31T23:59:59Z");
+    let past = entries.iter().find(|e| e["name"] == "past").unwrap();
+    assert_eq!(past["modified"], "1970-01-01T00:00:00Z");
+    healthz_fast(s);
+}

@@ -432,7 +432,11 @@ pub async fn async_run_by_params(
         };
         let body = json!({ "res": res, "type": "pythoncode" });
         if let Err(e) = post_callback(&app, &url, &body).await {
-            tracing::warn!(callback = %url, error = %e, "runner callback failed");
+            tracing::warn!(
+                callback = %crate::services::url_import::redacted(&url),
+                error = %e,
+                "runner callback failed"
+            );
         }
     });
     Ok((

@@ -1429,6 +1429,44 @@ fn workspace_is_empty(path: &std::path::Path) -> bool {
 }
 
 /// RFC 3339 UTC timestamp with second precision.
+///
+/// Times come from inside sandboxes too (a file's mtime is whatever its code set), so any
+/// `SystemTime` is accepted: before 1970 shows as the epoch, after 9999 as its last second.
 pub fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
+    // humantime panics outside 1970..=9999.
+    const LAST: Duration = Duration::from_secs(253_402_300_799);
+    let since = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
+    humantime::format_rfc3339_seconds(SystemTime::UNIX_EPOCH + since.min(LAST)).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_time_formats_without_a_panic() {
+        let epoch = SystemTime::UNIX_EPOCH;
+        assert_eq!(rfc3339(epoch), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            rfc3339(epoch - Duration::from_secs(10)),
+            "1970-01-01T00:00:00Z"
+        );
+        assert_eq!(
+            rfc3339(epoch + Duration::from_secs(1 << 40)),
+            "9999-12-31T23:59:59Z"
+        );
+        for secs in [
+            0u64,
+            1,
+            1 << 31,
+            1 << 33,
+            253_402_300_799,
+            253_402_300_800,
+            u32::MAX as u64 * 100,
+        ] {
+            let _ = rfc3339(epoch + Duration::from_secs(secs));
+        }
+    }
 }

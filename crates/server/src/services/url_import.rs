@@ -272,6 +272,21 @@ impl ImportPolicy {
 
 /// A reqwest error's text without the URL (which may carry credentials, such
 /// as a presigned URL's signature).
+/// A URL as logs may show it: scheme, host, port and path; never userinfo, query or
+/// fragment (credentials and presigned signatures live there).
+pub fn redacted(url: &Url) -> String {
+    let mut out = format!("{}://{}", url.scheme(), url.host_str().unwrap_or(""));
+    if let Some(port) = url.port() {
+        out.push_str(&format!(":{port}"));
+    }
+    out.push_str(url.path());
+    if url.query().is_some() {
+        out.push_str("?…");
+    }
+    out
+}
+
+/// The text of a reqwest error, without the URL it carries.
 pub fn without_url(e: &reqwest::Error) -> String {
     let mut s = e.to_string();
     if let Some(u) = e.url() {
@@ -283,6 +298,17 @@ pub fn without_url(e: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redacted_urls_keep_no_credentials_or_signatures() {
+        let u = Url::parse("https://user:secret@example.com:8443/cb/x?X-Amz-Signature=abc#frag")
+            .unwrap();
+        let r = redacted(&u);
+        assert_eq!(r, "https://example.com:8443/cb/x?…");
+        for leak in ["user", "secret", "Signature", "abc", "frag"] {
+            assert!(!r.contains(leak), "{r}");
+        }
+    }
 
     #[test]
     fn non_public_addresses_are_recognized() {
