@@ -233,6 +233,8 @@ pub fn build(app: Arc<App>) -> Router {
         .route("/health/alive", get(runner::alive))
         // the document tools (OCR, barcodes, conversion, data analysis)
         .merge(crate::doors::tools::routes())
+        // the MCP door (Streamable HTTP)
+        .merge(crate::doors::mcp::routes(app.clone()))
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .fallback(|| async { ApiError::not_found() });
     crate::middleware::apply(routes, app)

@@ -7,6 +7,7 @@
 //!   jupyter server's gateway client);
 //! - [`gateway`]: the Jupyter-kernel gateway service Pyxis replaces (stateful, per
 //!   `user_uuid`);
+//! - [`mcp`]: the Model Context Protocol (Streamable HTTP at `/mcp`), for LLM agents;
 //! - [`runner`]: the function runner (one-shot);
 //! - [`tools`]: the function runner's document tools (OCR, barcodes, conversion, data).
 //! - [`pool`]: the Docker-pool interpreter (stateless, files in and out).
@@ -17,6 +18,7 @@
 
 pub mod gateway;
 pub mod jupyter;
+pub mod mcp;
 pub mod pool;
 pub mod runner;
 pub mod tools;
