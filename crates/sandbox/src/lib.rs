@@ -68,7 +68,10 @@ pub use probe::{probe, HostReport, ProbeItem};
 pub use process::{spawn, EnterError, Handover, Spawned};
 pub use rootfs::RootfsError;
 pub use seccomp::SeccompError;
-pub use spec::{EgressListener, Rlimits, SandboxSpec, SpecError};
+pub use spec::{
+    EgressListener, Rlimits, SandboxSpec, SpecError, FIRST_CGROUP_FD, KERNEL_FD, REPORT_FD,
+    WORKSPACE_FD,
+};
 pub use workspace::{Workspace, WorkspaceError};
 
 use std::io;

@@ -96,7 +96,35 @@ const HOST_NAME_MAX: usize = 64;
 /// Paths the sandbox's root gets from `spawn` itself; a bind or alias there would hide or break them.
 const RESERVED: [&str; 5] = ["/", "/proc", "/dev", "/tmp", "/workspace"];
 
+/// The descriptor of the kernel's socket in the sandbox. With [`REPORT_FD`],
+/// [`WORKSPACE_FD`] and [`FIRST_CGROUP_FD`], the one place the layout of a spawn's
+/// descriptors is written down: callers number a spec with
+/// [`SandboxSpec::number_descriptors`] and hand the descriptors in the same order.
+pub const KERNEL_FD: i32 = 3;
+/// The setup report pipe, which `spawn` makes itself.
+pub const REPORT_FD: i32 = 4;
+/// The workspace directory (`O_PATH`).
+pub const WORKSPACE_FD: i32 = 5;
+/// The first `cgroup.procs` file; the others follow, then the egress channel.
+pub const FIRST_CGROUP_FD: i32 = 6;
+
 impl SandboxSpec {
+    /// Number the spec's descriptors as the sandbox gets them: the kernel's socket at
+    /// [`KERNEL_FD`], the report pipe at [`REPORT_FD`], the workspace at [`WORKSPACE_FD`],
+    /// `cgroups` procs files from [`FIRST_CGROUP_FD`], then the egress channel if the spec
+    /// has a listener. The caller hands `spawn` the kernel socket, the workspace, the procs
+    /// files and the channel, in that order.
+    pub fn number_descriptors(&mut self, cgroups: usize) {
+        self.kernel_fd = KERNEL_FD;
+        self.report_fd = REPORT_FD;
+        self.workspace_fd = WORKSPACE_FD;
+        self.cgroup_fds = (FIRST_CGROUP_FD..).take(cgroups).collect();
+        let next = FIRST_CGROUP_FD + cgroups as i32;
+        if let Some(egress) = self.egress.as_mut() {
+            egress.channel_fd = next;
+        }
+    }
+
     /// Parses and validates a spec from JSON.
     pub fn from_json(json: &[u8]) -> Result<SandboxSpec> {
         let spec: SandboxSpec = serde_json::from_slice(json)?;

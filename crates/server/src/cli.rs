@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, Settings};
@@ -149,20 +150,29 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
                     .with_context(|| format!("binding the metrics address {addr}"))?;
                 tracing::info!(%addr, "metrics listening");
                 tokio::spawn(async move {
-                    let _ = axum::serve(listener, router::metrics_only()).await;
+                    let _ = axum::serve(listener.tap_io(no_delay), router::metrics_only()).await;
                 });
             }
             let listener = tokio::net::TcpListener::bind(cfg.listen)
                 .await
                 .with_context(|| format!("binding {}", cfg.listen))?;
             tracing::info!(addr = %listener.local_addr()?, "listening");
-            axum::serve(listener, router::build(app))
+            axum::serve(listener.tap_io(no_delay), router::build(app))
                 .with_graceful_shutdown(shutdown_signal())
                 .await?;
             tracing::info!("shutting down: releasing every session");
             sessions.shutdown().await;
             Ok(())
         })
+}
+
+/// Small writes go out at once: a stream's events (SSE, WebSocket frames) are separate
+/// writes after the headers, and with Nagle's algorithm each would wait for the client's
+/// delayed ACK of the previous one (about 40 ms on Linux).
+fn no_delay(tcp: &mut tokio::net::TcpStream) {
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::warn!(error = %e, "could not set TCP_NODELAY");
+    }
 }
 
 async fn shutdown_signal() {

@@ -36,10 +36,6 @@ import time
 from . import framing, hugepages
 
 CONTROL_FD = 3
-KERNEL_FD = 3
-REPORT_FD = 4
-WORKSPACE_FD = 5
-FIRST_CGROUP_FD = 6
 MAX_CGROUP_FDS = 8
 INIT_PROGRAM = "pyxis-sandbox-init"
 REAP_INTERVAL = 1.0
@@ -173,19 +169,19 @@ def reap() -> None:
             return
 
 
-def _kernel(ctrl: socket.socket) -> None:
+def _kernel(ctrl: socket.socket, kernel_fd: int) -> None:
     """In the sandboxed kernel process, where `pyxis_sandbox_spawn` returned 0: finish the
     fork as `os.fork` would have, then run the kernel. Never returns."""
     code = 1
     try:
-        ctrl.detach()  # fd 3 is the kernel's socket now
+        ctrl.detach()  # its number may be the kernel's socket now
         ctypes.pythonapi.PyOS_AfterFork_Child()
         # The zygote's wakeup fd is closed here, and its number may be reused. No Python
         # signal handler is installed at this point (the sandbox library reset them).
         signal.set_wakeup_fd(-1)
         from . import kernel  # pylint: disable=import-outside-toplevel
 
-        kernel.main(KERNEL_FD)
+        kernel.main(kernel_fd)
         code = 0
     finally:
         os._exit(code)
@@ -241,7 +237,8 @@ class Zygote:
             self.send({"type": "spawn_failed", "id": ident, "error": "spec is not a valid object"})
             return
         egress = spec.get("egress")
-        if egress is not None and not isinstance(egress, dict):
+        kernel_fd = spec.get("kernel_fd")
+        if not isinstance(kernel_fd, int) or (egress is not None and not isinstance(egress, dict)):
             self.send({"type": "spawn_failed", "id": ident, "error": "spec is not a valid object"})
             return
         wanted = 2 + len(cgroups) + (egress is not None)
@@ -251,16 +248,9 @@ class Zygote:
             )
             return
         fds, self.fds = self.fds[:wanted], self.fds[wanted:]
-        numbered = dict(
-            spec,
-            kernel_fd=KERNEL_FD,
-            report_fd=REPORT_FD,
-            workspace_fd=WORKSPACE_FD,
-            cgroup_fds=[FIRST_CGROUP_FD + i for i in range(len(cgroups))],
-        )
-        if egress is not None:
-            numbered["egress"] = dict(egress, channel_fd=FIRST_CGROUP_FD + len(cgroups))
-        spec_json = json.dumps(numbered).encode()
+        # The spec's descriptor numbers are the sandbox library's (the server numbered it
+        # with `SandboxSpec::number_descriptors`); the descriptors go in the same order.
+        spec_json = json.dumps(spec).encode()
         error = ""
         ctypes.pythonapi.PyOS_BeforeFork()
         try:
@@ -268,7 +258,7 @@ class Zygote:
         except (RuntimeError, ctypes.ArgumentError) as exc:
             child, error = -1, str(exc)
         if child == 0:
-            _kernel(self.ctrl)
+            _kernel(self.ctrl, kernel_fd)
         ctypes.pythonapi.PyOS_AfterFork_Parent()
         for fd in fds:
             os.close(fd)

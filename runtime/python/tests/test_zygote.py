@@ -210,7 +210,7 @@ def test_zygote_hands_the_egress_channel_to_the_init(tmp_path):
         assert zygote.reader.read()["type"] == "ready"
         ours, theirs = socket.socketpair()
         server_end, init_end = socket.socketpair()
-        spec = dict(make_spec(tmp_path), egress={"channel_fd": 99, "port": 3128})
+        spec = dict(make_spec(tmp_path), egress={"channel_fd": 6, "port": 3128})
         frame = framing.encode({"type": "spawn", "id": "e1", "spec": spec})
         ws = workspace_fd(tmp_path)
         socket.send_fds(zygote.sock, [frame], [theirs.fileno(), ws, init_end.fileno()])

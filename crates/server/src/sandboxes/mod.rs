@@ -391,15 +391,16 @@ impl Shared {
                 std::fs::OpenOptions::new().write(true).open(procs)?,
             ));
         }
-        let spec = SandboxSpec {
+        let cgroups = fds.len() - 2;
+        let mut spec = SandboxSpec {
             uid: sb.uid,
             gid: sb.uid,
             hostname: "pyxis".into(),
-            // The numbers the zygote gives the descriptors in the child.
-            cgroup_fds: (6..).take(fds.len() - 2).collect(),
+            // Numbered below, by the sandbox crate, which owns the layout.
+            cgroup_fds: Vec::new(),
             root_mountpoint: self.root_mountpoint.clone(),
             ro_binds: self.ro_binds.clone(),
-            workspace_fd: 5,
+            workspace_fd: 0,
             workspace_aliases: WORKSPACE_ALIASES.iter().map(PathBuf::from).collect(),
             tmp_bytes: self.cfg.tmp_bytes,
             rlimits: Rlimits {
@@ -407,11 +408,12 @@ impl Shared {
                 nofile: 1024,
                 nproc: self.cfg.pids,
             },
-            kernel_fd: 3,
-            report_fd: 4,
+            kernel_fd: 0,
+            report_fd: 0,
             loopback: true,
             egress: None,
         };
+        spec.number_descriptors(cgroups);
         let spec = serde_json::to_value(&spec)
             .map_err(|e| SandboxError::Internal(format!("spec: {e}")))?;
         let t0 = std::time::Instant::now();

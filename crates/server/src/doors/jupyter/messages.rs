@@ -16,11 +16,12 @@ pub fn message(
     parent: &Value,
     content: Value,
 ) -> String {
+    let msg_id = crate::ids::new_id();
     json!({
         "channel": channel,
-        "msg_id": crate::ids::new_id(),
+        "msg_id": msg_id,
         "msg_type": msg_type,
-        "header": header(msg_type, session),
+        "header": header_with_id(&msg_id, msg_type, session),
         "parent_header": parent,
         "metadata": {},
         "content": content,
@@ -31,8 +32,12 @@ pub fn message(
 
 /// A header for a message the kernel sends.
 pub fn header(msg_type: &str, session: &str) -> Value {
+    header_with_id(&crate::ids::new_id(), msg_type, session)
+}
+
+fn header_with_id(msg_id: &str, msg_type: &str, session: &str) -> Value {
     json!({
-        "msg_id": crate::ids::new_id(),
+        "msg_id": msg_id,
         "msg_type": msg_type,
         "session": session,
         "username": "pyxis",
@@ -138,6 +143,7 @@ mod tests {
         assert_eq!(m["header"]["session"], "s1");
         assert_eq!(m["header"]["version"], PROTOCOL_VERSION);
         assert_eq!(m["parent_header"]["msg_id"], "p1");
+        assert_eq!(m["msg_id"], m["header"]["msg_id"]);
         assert_eq!(m["buffers"], json!([]));
         assert!(m["header"]["date"].as_str().unwrap().ends_with('Z'));
     }
