@@ -85,12 +85,18 @@ fn sse_delivers_each_line_as_it_is_printed_then_the_reply() {
     // Each line arrives well before the next one is printed.
     for w in lines.windows(2) {
         let gap = w[1].at - w[0].at;
-        assert!(gap > Duration::from_millis(500), "lines arrived {gap:?} apart");
+        assert!(
+            gap > Duration::from_millis(500),
+            "lines arrived {gap:?} apart"
+        );
     }
     let reply = &events.last().unwrap().data;
     assert_eq!(reply["status"], "ok");
     assert_eq!(reply["execution_count"], 1);
-    assert!(reply.get("stdout").is_none(), "the reply carries no outputs again");
+    assert!(
+        reply.get("stdout").is_none(),
+        "the reply carries no outputs again"
+    );
     // Sequence numbers count up from 1.
     let ids: Vec<u64> = events.iter().map(|e| e.id.parse().unwrap()).collect();
     assert_eq!(ids, (1..=events.len() as u64).collect::<Vec<_>>());
@@ -105,7 +111,10 @@ fn sse_of_an_error_a_one_shot_and_a_bad_request() {
         &format!("/v1/sessions/{}/execute", session.id),
         &json!({"code": "print('a')\n1/0"}),
     ));
-    let error = events.iter().find(|e| e.event == "error").expect("error event");
+    let error = events
+        .iter()
+        .find(|e| e.event == "error")
+        .expect("error event");
     assert_eq!(error.data["ename"], "ZeroDivisionError");
     let reply = &events.last().unwrap().data;
     assert_eq!(reply["status"], "error");
@@ -142,7 +151,10 @@ fn outputs_keep_print_table_print_in_order() {
         .collect();
     assert_eq!(kinds, ["stream", "display_data", "stream"], "{v}");
     assert_eq!(outputs[0]["text"], "before\n");
-    assert!(outputs[1]["data"]["text/html"].as_str().unwrap().contains("<table"));
+    assert!(outputs[1]["data"]["text/html"]
+        .as_str()
+        .unwrap()
+        .contains("<table"));
     assert_eq!(outputs[2]["text"], "after\n");
     // The grouped fields hold the same content.
     assert_eq!(v["stdout"], "before\nafter\n");
@@ -276,7 +288,8 @@ fn figures_random_state_and_formatter_errors_behave_as_in_jupyter() {
             .filter(|r| r["data"]["image/png"].is_string())
             .count()
     };
-    let v = session.exec("import matplotlib.pyplot as plt\nfig, ax = plt.subplots()\nax.plot([1, 2])\nfig");
+    let v = session
+        .exec("import matplotlib.pyplot as plt\nfig, ax = plt.subplots()\nax.plot([1, 2])\nfig");
     assert_eq!(v["status"], "ok", "{v}");
     // As with ipykernel's inline backend: the value's PNG, and the open figure's at the end.
     let value_png = v["results"]
@@ -285,7 +298,8 @@ fn figures_random_state_and_formatter_errors_behave_as_in_jupyter() {
         .iter()
         .any(|r| r["kind"] == "execute_result" && r["data"]["image/png"].is_string());
     assert!(value_png, "a figure as the last value is a PNG: {v}");
-    let v = session.exec("fig2, ax2 = plt.subplots()\nax2.bar([1], [2])\ndisplay(fig2)\nplt.close(fig2)");
+    let v = session
+        .exec("fig2, ax2 = plt.subplots()\nax2.bar([1], [2])\ndisplay(fig2)\nplt.close(fig2)");
     assert_eq!(png(&v), 1, "display(fig) is one PNG: {v}");
     // A formatter that raises: the cell's own code ran fine.
     let v = session.exec(

@@ -248,8 +248,6 @@ pub fn metrics_only() -> Router {
 
 /// `POST /api/v1/execute`: the gateway with `?user_uuid=`, else the Docker-pool
 /// interpreter.
-async fn execute_dispatch(
-    State(app): State<AppState>,
 #[utoipa::path(post, path = "/api/v1/execute",
     params(("user_uuid" = Option<String>, Query,
         description = "given: the gateway runs `code` in this user's session; absent: the \
@@ -264,6 +262,8 @@ async fn execute_dispatch(
         (status = 503, body = inline(ExecuteError),
             description = "no capacity, or the gateway's code timed out or was killed"),
     ), security(("token" = [])), tags = ["pool", "gateway"])]
+async fn execute_dispatch(
+    State(app): State<AppState>,
     uri: axum::http::Uri,
     q: gateway::ExecQuery,
     body: Result<Json<serde_json::Value>, JsonRejection>,
@@ -278,7 +278,6 @@ async fn execute_dispatch(
         )),
     };
     Ok(gateway::detailed(r).await)
-}
 }
 
 /// What `POST /api/v1/execute` answers: the pool's reply or the gateway's. `anyOf`, not
@@ -351,3 +350,4 @@ fn collect<A: utoipa::ToSchema, B: utoipa::ToSchema>(
     }
     A::schemas(schemas);
     B::schemas(schemas);
+}

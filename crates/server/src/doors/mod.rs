@@ -19,10 +19,10 @@
 pub mod gateway;
 pub mod jupyter;
 pub mod mcp;
+pub mod playground;
 pub mod pool;
 pub mod runner;
 pub mod tools;
-pub mod playground;
 pub mod v1;
 
 use std::sync::Arc;
