@@ -353,6 +353,29 @@ pub enum OutputItem {
     },
 }
 
+impl OutputItem {
+    /// Bytes the item holds (its text, MIME data and metadata), as the output cap counts them.
+    pub fn size(&self) -> u64 {
+        match self {
+            OutputItem::Stream { name, text } => (name.len() + text.len()) as u64,
+            OutputItem::DisplayData {
+                data,
+                metadata,
+                transient,
+            } => map_size(data) + map_size(metadata) + map_size(transient),
+            OutputItem::ExecuteResult { data, metadata, .. } => map_size(data) + map_size(metadata),
+            OutputItem::Error {
+                ename,
+                evalue,
+                traceback,
+            } => {
+                (ename.len() + evalue.len()) as u64
+                    + traceback.iter().map(|l| l.len() as u64 + 8).sum::<u64>()
+            }
+        }
+    }
+}
+
 /// One rich result (display data or the last value), for folds that keep them apart.
 #[derive(Debug, Clone, Serialize)]
 pub struct RichResult {
@@ -630,6 +653,23 @@ mod tests {
         .unwrap();
         assert_eq!(out.stdout, "");
         assert_eq!(out.results[0].data["text/plain"], "2");
+    }
+
+    #[test]
+    fn output_sizes_count_their_content() {
+        let mut data = JsonMap::new();
+        data.insert("text/plain".into(), "abcd".into());
+        let item = OutputItem::DisplayData {
+            data: data.clone(),
+            metadata: JsonMap::new(),
+            transient: JsonMap::new(),
+        };
+        assert_eq!(item.size(), map_size(&data));
+        let text = OutputItem::Stream {
+            name: "stdout".into(),
+            text: "x".repeat(100),
+        };
+        assert_eq!(text.size(), 106);
     }
 
     #[test]

@@ -128,16 +128,7 @@ struct History {
 
 impl History {
     fn push(&mut self, rec: CellRecord, max_bytes: u64) {
-        let size = rec.code.len() as u64
-            + rec
-                .outputs
-                .iter()
-                .map(|o| {
-                    serde_json::to_value(o)
-                        .map(|v| crate::services::events::json_size(&v))
-                        .unwrap_or(0)
-                })
-                .sum::<u64>();
+        let size = rec.code.len() as u64 + rec.outputs.iter().map(OutputItem::size).sum::<u64>();
         if size > max_bytes {
             // Too large to keep whole: keep the code, drop the outputs.
             let rec = CellRecord {
