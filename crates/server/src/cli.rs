@@ -128,6 +128,7 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
     let zygote = zygote::Zygote::start(zygote::ZygoteCommand {
         runtime: rt,
         sandbox_lib: cfg.sandbox_lib.clone(),
+        ready_timeout: cfg.zygote_ready_timeout,
     })?;
     let cfg = Arc::new(cfg);
     let launcher = Arc::new(SandboxFactory::new(cfg.clone(), zygote)?);

@@ -50,6 +50,10 @@ pub struct Settings {
     /// Seconds an interrupted cell gets to stop before its kernel is killed.
     #[arg(long, env = "PYXIS_INTERRUPT_GRACE_S")]
     pub interrupt_grace_s: Option<f64>,
+    /// Seconds the Python zygote may take to import the preloaded libraries and
+    /// report ready at start (slow or emulated hosts need more).
+    #[arg(long, env = "PYXIS_ZYGOTE_READY_TIMEOUT_S")]
+    pub zygote_ready_timeout_s: Option<f64>,
     /// Bytes of output (text and rich data) kept per execution.
     #[arg(long, env = "PYXIS_MAX_OUTPUT_BYTES")]
     pub max_output_bytes: Option<u64>,
@@ -153,6 +157,7 @@ pub struct Config {
     pub exec_timeout: Duration,
     pub max_exec_timeout: Duration,
     pub interrupt_grace: Duration,
+    pub zygote_ready_timeout: Duration,
     pub max_output_bytes: u64,
     pub max_queue: usize,
     pub memory_bytes: u64,
@@ -204,6 +209,7 @@ impl Settings {
             exec_timeout_s,
             max_exec_timeout_s,
             interrupt_grace_s,
+            zygote_ready_timeout_s,
             max_output_bytes,
             max_queue,
             memory_mb,
@@ -303,6 +309,10 @@ impl Config {
             exec_timeout: secs("exec_timeout_s", s.exec_timeout_s.unwrap_or(60.0))?,
             max_exec_timeout: secs("max_exec_timeout_s", s.max_exec_timeout_s.unwrap_or(600.0))?,
             interrupt_grace: secs("interrupt_grace_s", s.interrupt_grace_s.unwrap_or(2.0))?,
+            zygote_ready_timeout: secs(
+                "zygote_ready_timeout_s",
+                s.zygote_ready_timeout_s.unwrap_or(180.0),
+            )?,
             max_output_bytes: s.max_output_bytes.unwrap_or(4 * MIB),
             max_queue: s.max_queue.unwrap_or(8),
             memory_bytes: s.memory_mb.unwrap_or(1024) * MIB,
@@ -417,5 +427,23 @@ mod tests {
         }
         let cfg = Config::load(Settings::default(), None).unwrap();
         assert_eq!(cfg.sandbox_cpu_weight, 800);
+    }
+
+    #[test]
+    fn the_zygote_ready_timeout_is_a_positive_setting_of_180_s_by_default() {
+        let cfg = Config::load(Settings::default(), None).unwrap();
+        assert_eq!(cfg.zygote_ready_timeout, Duration::from_secs(180));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pyxis.toml");
+        std::fs::write(&file, "zygote_ready_timeout_s = 900\n").unwrap();
+        let cfg = Config::load(Settings::default(), Some(&file)).unwrap();
+        assert_eq!(cfg.zygote_ready_timeout, Duration::from_secs(900));
+        for bad in [0.0, -5.0, f64::NAN, f64::INFINITY] {
+            let args = Settings {
+                zygote_ready_timeout_s: Some(bad),
+                ..Default::default()
+            };
+            assert!(Config::load(args, None).is_err(), "{bad}");
+        }
     }
 }

@@ -26,8 +26,6 @@ use crate::runtime::Runtime;
 
 /// Largest control frame accepted from the zygote.
 const MAX_CONTROL_FRAME: usize = 1 << 20;
-/// How long the first import of the scientific stack may take.
-const READY_TIMEOUT: Duration = Duration::from_secs(180);
 /// How long one spawn may take before the zygote is considered stuck.
 const SPAWN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -70,6 +68,9 @@ pub struct ZygoteCommand {
     pub runtime: Runtime,
     /// libpyxis_sandbox.so.
     pub sandbox_lib: std::path::PathBuf,
+    /// How long the first import of the scientific stack may take
+    /// (`PYXIS_ZYGOTE_READY_TIMEOUT_S`).
+    pub ready_timeout: Duration,
 }
 
 impl Zygote {
@@ -235,13 +236,22 @@ fn start_process(cmd: &ZygoteCommand) -> anyhow::Result<(Running, ZygoteInfo)> {
     }
     let child = command.spawn()?;
     drop(theirs);
-    ours.set_read_timeout(Some(READY_TIMEOUT))?;
+    ours.set_read_timeout(Some(cmd.ready_timeout))?;
     let mut z = Running {
         child,
         sock: ours,
         dec: FrameDecoder::new(MAX_CONTROL_FRAME),
     };
-    match read_event(&mut z)? {
+    let first = read_event(&mut z).map_err(|e| {
+        match e.downcast_ref::<std::io::Error>().map(std::io::Error::kind) {
+            Some(std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => anyhow::anyhow!(
+                "it did not report ready within {:?} (PYXIS_ZYGOTE_READY_TIMEOUT_S)",
+                cmd.ready_timeout
+            ),
+            _ => e,
+        }
+    })?;
+    match first {
         ZygoteEvent::Ready {
             pid,
             python,
