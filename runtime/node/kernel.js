@@ -1,0 +1,632 @@
+'use strict';
+// The Pyxis JavaScript/TypeScript kernel: runs cells in one Node.js process inside the
+// sandbox and speaks the framed protocol of crates/protocol on an inherited socket
+// (fd 3 unless PYXIS_KERNEL_FD says otherwise), exactly as the Python driver does.
+//
+//   node [--max-old-space-size=N] kernel.js [javascript|typescript]
+//
+// It sends `ready` first, then serves requests in order until EOF or `shutdown`. How a
+// cell keeps its declarations and runs top-level `await`: lib/rewrite.js. Interrupt is
+// SIGINT: a cell's synchronous part runs under vm's `breakOnSigint` (a busy loop ends
+// with KeyboardInterrupt); a cell that waits (await, timers) ends at once with
+// KeyboardInterrupt. A busy loop in code that an await resumed cannot be broken from
+// JavaScript: the server's grace period then kills the kernel, and the reply says
+// state_lost.
+
+const net = require('net');
+const path = require('path');
+const util = require('util');
+const vm = require('vm');
+const Module = require('module');
+const { Writable } = require('stream');
+const { StringDecoder } = require('string_decoder');
+const { pathToFileURL } = require('url');
+
+const { FrameBuffer, FrameError, encode } = require('./lib/framing');
+const { Output, cut, nbytes, EVENT_OVERHEAD } = require('./lib/output');
+const { rewrite, completeness } = require('./lib/rewrite');
+const display = require('./lib/display');
+
+const DEFAULT_MAX_OUTPUT = 1024 * 1024;
+// Bound of an answer that is not a cell's output (completions, inspection).
+const REPLY_LIMIT = 1024 * 1024;
+// Bounds of an error event: the message, one traceback line, the whole traceback.
+const ERROR_VALUE_CAP = 64 * 1024;
+const TRACEBACK_LINE_CAP = 8 * 1024;
+const TRACEBACK_TOTAL_CAP = 256 * 1024;
+// Sources (and TypeScript source maps) of this many recent cells are kept, for the
+// excerpts and positions of errors raised by functions they defined.
+const KEPT_CELLS = 200;
+const MODULES = process.env.PYXIS_NODE_MODULES || path.join(__dirname, 'node_modules');
+const INTERRUPTED = 'ERR_SCRIPT_EXECUTION_INTERRUPTED';
+const OWN_FRAMES = [__dirname + path.sep, 'node:internal', 'node:vm', '(node:', 'pyxis-guard'];
+const CELL_POS = /<cell (\d+)>:(\d+):(\d+)/g;
+
+const runtimeRequire = Module.createRequire(path.join(MODULES, '..', 'kernel.js'));
+
+class KeyboardInterrupt extends Error {
+  constructor(message = '') {
+    super(message);
+    this.name = 'KeyboardInterrupt';
+  }
+}
+
+function safe(fn, fallback) {
+  try {
+    return fn();
+  } catch {
+    return fallback;
+  }
+}
+
+/** Code points → UTF-16 index of `text`. */
+function utf16Index(text, codePoints) {
+  let i = 0;
+  for (let n = 0; n < codePoints && i < text.length; n += 1) {
+    const c = text.charCodeAt(i);
+    i += c >= 0xd800 && c <= 0xdbff && i + 1 < text.length ? 2 : 1;
+  }
+  return i;
+}
+
+function codePoints(text) {
+  let n = 0;
+  for (const _ of text) n += 1; // eslint-disable-line no-unused-vars
+  return n;
+}
+
+/** Node's module resolution for a cell: the working directory first, then the runtime's packages. */
+function resolveFromCell(spec) {
+  return runtimeRequire.resolve(spec, { paths: [process.cwd(), path.join(MODULES, '..')] });
+}
+
+function userRequire(spec) {
+  if (typeof spec !== 'string') return runtimeRequire(spec);
+  if (spec.startsWith('node:') || Module.isBuiltin(spec)) return runtimeRequire(spec);
+  return runtimeRequire(resolveFromCell(spec));
+}
+userRequire.resolve = (spec, options) => (options ? runtimeRequire.resolve(spec, options) : resolveFromCell(spec));
+userRequire.cache = runtimeRequire.cache;
+userRequire.main = undefined;
+
+/** `import()` of a cell: relative to the working directory, bare names from its node_modules or the runtime's. */
+async function userImport(spec) {
+  spec = String(spec);
+  if (/^(node|data|file):/.test(spec) || Module.isBuiltin(spec)) return import(spec);
+  if (spec.startsWith('.') || spec.startsWith('/')) return import(pathToFileURL(path.resolve(process.cwd(), spec)).href);
+  const name = spec.startsWith('@') ? spec.split('/').slice(0, 2).join('/') : spec.split('/')[0];
+  const local = path.join(process.cwd(), 'node_modules', name);
+  if (safe(() => require('fs').statSync(local).isDirectory(), false)) {
+    return import(pathToFileURL(Module.createRequire(path.join(process.cwd(), 'x.js')).resolve(spec)).href);
+  }
+  try {
+    // From this file's directory, with ESM's own rules (the package's "import" exports).
+    return await import(spec);
+  } catch (err) {
+    if (safe(() => err.code, null) !== 'ERR_MODULE_NOT_FOUND') throw err;
+    // The runtime's packages elsewhere (PYXIS_NODE_MODULES), by require's rules.
+    return import(pathToFileURL(resolveFromCell(spec)).href);
+  }
+}
+
+class Kernel {
+  constructor(sock, language) {
+    this.sock = sock;
+    this.typescript = language === 'typescript';
+    this.out = new Output((data) => this.sock.write(data));
+    this.frames = new FrameBuffer();
+    this.queue = [];
+    this.busy = false;
+    this.count = 0;
+    this.cells = new Map(); // file name → { source, map }
+    this.onInterrupt = null;
+    this.stopping = false;
+    this.guard = new vm.Script('globalThis.__pyxis.thunk()', { filename: 'pyxis-guard' });
+    this.hidden = { t: undefined, thunk: null, import: userImport };
+  }
+
+  // ---- setup
+
+  install() {
+    const g = globalThis;
+    Object.defineProperty(g, '__pyxis', { value: this.hidden, enumerable: false, configurable: false, writable: false });
+    const mod = new Module(path.join(process.cwd(), '<cell>'), null);
+    mod.filename = mod.id;
+    mod.paths = Module._nodeModulePaths(process.cwd()).concat([MODULES]); // eslint-disable-line no-underscore-dangle
+    mod.loaded = true;
+    mod.require = userRequire;
+    const globals = {
+      require: userRequire,
+      module: mod,
+      exports: mod.exports,
+      __filename: mod.filename,
+      __dirname: process.cwd(),
+      display: display.makeDisplay((bundle, metadata) => this.display(bundle, metadata)),
+    };
+    for (const [name, value] of Object.entries(globals)) {
+      Object.defineProperty(g, name, { value, enumerable: false, configurable: true, writable: true });
+    }
+    this.installStreams();
+    process.on('SIGINT', () => {
+      if (this.onInterrupt) this.onInterrupt();
+    });
+    process.on('uncaughtException', (err) => this.background('Uncaught', err));
+    process.on('unhandledRejection', (err) => this.background('Unhandled promise rejection:', err));
+    // Warnings (deprecations of the user's packages) go to the cell's stderr.
+    process.removeAllListeners('warning');
+    process.on('warning', (w) => this.out.write('stderr', `${safe(() => `${w.name}: ${w.message}`, 'Warning')}\n`));
+  }
+
+  installStreams() {
+    const out = this.out;
+    for (const [name, fd] of [['stdout', 1], ['stderr', 2]]) {
+      const decoder = new StringDecoder('utf8');
+      const toText = (chunk, encoding) => {
+        if (typeof chunk === 'string') {
+          return encoding && encoding !== 'utf8' && encoding !== 'utf-8' && Buffer.isEncoding(encoding)
+            ? Buffer.from(chunk, encoding).toString('utf8')
+            : chunk;
+        }
+        if (chunk instanceof Uint8Array) return decoder.write(Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength));
+        return String(chunk);
+      };
+      const stream = new Writable({
+        decodeStrings: false,
+        write(chunk, encoding, callback) {
+          out.write(name, toText(chunk, encoding));
+          callback();
+        },
+      });
+      stream.write = (chunk, encoding, callback) => {
+        if (typeof encoding === 'function') {
+          callback = encoding;
+          encoding = undefined;
+        }
+        out.write(name, toText(chunk, encoding));
+        if (typeof callback === 'function') process.nextTick(callback);
+        return true;
+      };
+      Object.assign(stream, { fd, isTTY: false, columns: 80 });
+      Object.defineProperty(process, name, { value: stream, configurable: true, enumerable: true, writable: true });
+    }
+    // The global console was made for the original streams: one over ours replaces it.
+    const console2 = new console.Console({ stdout: process.stdout, stderr: process.stderr, colorMode: false });
+    for (const key of Object.keys(console2)) {
+      if (typeof console2[key] === 'function') console[key] = console2[key].bind(console2);
+    }
+  }
+
+  // ---- transport
+
+  start() {
+    this.sock.on('data', (chunk) => {
+      this.frames.feed(chunk);
+      for (;;) {
+        let msg;
+        try {
+          msg = this.frames.next();
+        } catch (err) {
+          if (err instanceof FrameError) this.exit(0);
+          throw err;
+        }
+        if (msg === null) break;
+        this.queue.push(msg);
+      }
+      this.pump();
+    });
+    this.sock.on('end', () => this.exit(0));
+    this.sock.on('error', () => this.exit(0));
+    this.out.reply({ type: 'ready' });
+  }
+
+  exit(code) {
+    if (this.stopping) return;
+    this.stopping = true;
+    this.out.send();
+    this.sock.end(() => process.exit(code));
+    setTimeout(() => process.exit(code), 200).unref();
+  }
+
+  async pump() {
+    if (this.busy) return;
+    this.busy = true;
+    try {
+      while (this.queue.length && !this.stopping) {
+        const msg = this.queue.shift();
+        await this.handle(msg); // eslint-disable-line no-await-in-loop
+      }
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  async handle(msg) {
+    const id = typeof msg.id === 'string' ? msg.id : String(msg.id ?? '');
+    switch (msg.type) {
+      case 'execute_request':
+        await this.execute(msg, id);
+        break;
+      case 'complete_request':
+        this.out.reply(this.complete(msg, id));
+        break;
+      case 'inspect_request':
+        this.out.reply(this.inspect(msg, id));
+        break;
+      case 'is_complete_request': {
+        const code = typeof msg.code === 'string' ? msg.code : '';
+        const status = this.typescript ? 'unknown' : completeness(code);
+        this.out.reply({ type: 'is_complete_reply', id, status, indent: status === 'incomplete' ? '  ' : '' });
+        break;
+      }
+      case 'comm_info_request':
+        this.out.reply({ type: 'comm_info_reply', id, comms: {} });
+        break;
+      case 'comm_open':
+        this.out.reply({ type: 'comm_close', id, comm_id: String(msg.comm_id ?? '').slice(0, 256), data: {} });
+        break;
+      case 'configure': {
+        let status = 'ok';
+        try {
+          for (const [k, v] of Object.entries(msg.env || {})) process.env[String(k)] = String(v);
+        } catch (err) {
+          status = `error: ${safe(() => err.message, 'bad env')}`;
+        }
+        this.out.reply({ type: 'configure_reply', id, status });
+        break;
+      }
+      case 'shutdown':
+        this.exit(0);
+        break;
+      default:
+        // comm_msg, comm_close, a stray input_reply, an unknown type: ignored.
+        break;
+    }
+  }
+
+  // ---- cells
+
+  async execute(msg, id) {
+    const out = this.out;
+    const code = typeof msg.code === 'string' ? msg.code : String(msg.code ?? '');
+    const silent = Boolean(msg.silent);
+    const store = msg.store_history === undefined || msg.store_history === null ? !silent : Boolean(msg.store_history);
+    const limit = Number.isFinite(msg.max_output_bytes) && msg.max_output_bytes > 0 ? msg.max_output_bytes : DEFAULT_MAX_OUTPUT;
+    out.startCell(id, limit);
+    if (store) this.count += 1;
+    const n = this.count;
+    let status = 'ok';
+    try {
+      await this.run(code, store ? n : 0, n, silent);
+    } catch (err) {
+      status = 'error';
+      this.error(err);
+    }
+    const reply = { type: 'execute_reply', id, status, execution_count: n, truncated: false, user_expressions: {} };
+    const expressions = msg.user_expressions;
+    if (status === 'ok' && expressions && typeof expressions === 'object' && Object.keys(expressions).length) {
+      reply.user_expressions = this.userExpressions(expressions);
+    }
+    reply.truncated = out.truncated;
+    out.finishCell(reply);
+  }
+
+  async run(code, cellNo, count, silent) {
+    const filename = cellNo ? `<cell ${cellNo}>` : '<cell 0>';
+    let source = code;
+    let map = null;
+    if (this.typescript) {
+      // eslint-disable-next-line global-require
+      const ts = require('./lib/typescript');
+      try {
+        ({ code: source, map } = ts.transpile(code, `cell${cellNo}`));
+      } catch (err) {
+        if (err instanceof ts.TranspileError) throw this.syntaxError(err.message, filename, code, err.line, err.column);
+        throw err;
+      }
+    }
+    this.remember(filename, code, map);
+    let plan;
+    try {
+      plan = rewrite(source);
+    } catch (err) {
+      if (err instanceof SyntaxError && err.loc) {
+        let { line, column } = err.loc;
+        column += 1;
+        if (map) ({ line, column } = require('./lib/typescript').original(map, line, column) || { line, column }); // eslint-disable-line global-require
+        throw this.syntaxError(err.message.replace(/ \(\d+:\d+\)$/, ''), filename, code, line, column);
+      }
+      throw err;
+    }
+    const options = { filename, lineOffset: plan.lineOffset };
+    if (vm.constants && vm.constants.USE_MAIN_CONTEXT_DEFAULT_LOADER) {
+      options.importModuleDynamically = vm.constants.USE_MAIN_CONTEXT_DEFAULT_LOADER;
+    }
+    const script = new vm.Script(plan.code, options);
+    let value = this.interruptible(() => script.runInThisContext({ breakOnSigint: true, displayErrors: false }));
+    if (plan.async) {
+      this.out.flushStream();
+      this.out.send();
+      value = await this.awaitCell(value);
+    }
+    if (plan.hasResult && value !== undefined && !silent) this.result(count, value);
+  }
+
+  /** Runs `fn` (which runs user code) under breakOnSigint's rules: SIGINT → KeyboardInterrupt. */
+  interruptible(fn) {
+    try {
+      return fn();
+    } catch (err) {
+      if (safe(() => err.code, null) === INTERRUPTED) throw new KeyboardInterrupt();
+      throw err;
+    }
+  }
+
+  /** A function of the user's (inspect hooks, getters) called by the kernel, interruptible. */
+  guarded(fn) {
+    this.hidden.thunk = fn;
+    try {
+      return this.interruptible(() => this.guard.runInThisContext({ breakOnSigint: true }));
+    } finally {
+      this.hidden.thunk = null;
+    }
+  }
+
+  awaitCell(promise) {
+    return new Promise((resolve, reject) => {
+      this.onInterrupt = () => reject(new KeyboardInterrupt());
+      Promise.resolve(promise).then(resolve, reject);
+    }).finally(() => {
+      this.onInterrupt = null;
+    });
+  }
+
+  remember(filename, source, map) {
+    this.cells.set(filename, { source, map });
+    if (this.cells.size > KEPT_CELLS) this.cells.delete(this.cells.keys().next().value);
+  }
+
+  result(count, value) {
+    const out = this.out;
+    if (out.full()) return;
+    let text;
+    try {
+      text = this.guarded(() => display.inspect(value));
+    } catch (err) {
+      if (err instanceof KeyboardInterrupt) throw err;
+      text = `[inspect failed: ${safe(() => String(err.message), 'error')}]`;
+    }
+    text = cut(text, Math.max(out.room() - EVENT_OVERHEAD - 128, 0));
+    out.event({ type: 'execute_result', execution_count: count, data: { 'text/plain': text }, metadata: {} }, nbytes(text));
+  }
+
+  display(bundle, metadata) {
+    const out = this.out;
+    if (out.full()) return;
+    let size = 0;
+    for (const [mime, value] of Object.entries(bundle)) {
+      size += mime.length + (typeof value === 'string' ? value.length : safe(() => JSON.stringify(value).length, 0));
+    }
+    let meta = {};
+    if (metadata && typeof metadata === 'object' && !Array.isArray(metadata)) {
+      meta = safe(() => JSON.parse(JSON.stringify(metadata)), {});
+    }
+    out.event({ type: 'display_data', data: bundle, metadata: meta, transient: {} }, size);
+  }
+
+  // ---- errors
+
+  syntaxError(message, filename, source, line, column) {
+    const err = new SyntaxError(message);
+    err.pyxisTraceback = [...this.excerpt(filename, source, line, column), `SyntaxError: ${message}`];
+    return err;
+  }
+
+  excerpt(filename, source, line, column) {
+    const text = (source || '').split('\n')[line - 1];
+    if (text === undefined) return [];
+    return [`${filename}:${line}`, text, `${' '.repeat(Math.max(column - 1, 0))}^`, ''];
+  }
+
+  /** A stack line with positions in TypeScript cells mapped back to the cell. */
+  mapPositions(line) {
+    return line.replace(CELL_POS, (all, n, l, c) => {
+      const cell = this.cells.get(`<cell ${n}>`);
+      if (!cell || !cell.map) return all;
+      // eslint-disable-next-line global-require
+      const pos = require('./lib/typescript').original(cell.map, Number(l), Number(c));
+      return pos ? `<cell ${n}>:${pos.line}:${pos.column}` : all;
+    });
+  }
+
+  describe(err, withExcerpt = true) {
+    if (err instanceof KeyboardInterrupt) {
+      return { ename: 'KeyboardInterrupt', evalue: 'interrupted', traceback: ['KeyboardInterrupt: interrupted'] };
+    }
+    const isError = safe(() => err instanceof Error || (err !== null && typeof err === 'object' && typeof err.stack === 'string'), false);
+    if (!isError) {
+      const shown = safe(() => display.inspect(err), String(typeof err));
+      return { ename: 'Uncaught', evalue: shown, traceback: [`Uncaught ${shown}`] };
+    }
+    const ename = String(safe(() => err.name || err.constructor.name, 'Error') || 'Error');
+    const evalue = String(safe(() => err.message, '') ?? '');
+    if (Array.isArray(err.pyxisTraceback)) return { ename, evalue, traceback: err.pyxisTraceback };
+    const stack = String(safe(() => err.stack, '') || `${ename}: ${evalue}`);
+    const lines = stack.split('\n');
+    const frames = [];
+    const head = [];
+    let inFrames = false;
+    for (const line of lines) {
+      if (/^\s+at /.test(line)) {
+        inFrames = true;
+        if (!OWN_FRAMES.some((own) => line.includes(own))) frames.push(this.mapPositions(line));
+      } else if (!inFrames) {
+        head.push(line);
+      }
+    }
+    let excerpt = [];
+    for (const frame of withExcerpt ? frames : []) {
+      const m = /<cell (\d+)>:(\d+):(\d+)/.exec(frame);
+      if (m) {
+        const cell = this.cells.get(`<cell ${m[1]}>`);
+        if (cell) excerpt = this.excerpt(`<cell ${m[1]}>`, cell.source, Number(m[2]), Number(m[3]));
+        break;
+      }
+    }
+    return { ename, evalue, traceback: [...excerpt, ...head, ...frames] };
+  }
+
+  error(err) {
+    const { ename, evalue: value, traceback } = this.describe(err);
+    let evalue = value;
+    let truncated = false;
+    if (evalue.length > ERROR_VALUE_CAP) {
+      evalue = `${evalue.slice(0, ERROR_VALUE_CAP)}… [truncated]`;
+      truncated = true;
+    }
+    const lines = [];
+    let total = 0;
+    for (let line of traceback) {
+      if (line.length > TRACEBACK_LINE_CAP) {
+        line = `${line.slice(0, TRACEBACK_LINE_CAP)}… [truncated]`;
+        truncated = true;
+      }
+      total += line.length;
+      if (total > TRACEBACK_TOTAL_CAP) {
+        truncated = true;
+        break;
+      }
+      lines.push(line);
+    }
+    if (truncated) this.out.truncated = true;
+    const msg = { type: 'error', ename: ename.slice(0, 256), evalue, traceback: lines };
+    if (!this.out.event(msg, total + evalue.length)) {
+      this.out.forceEvent({ type: 'error', ename: ename.slice(0, 256), evalue: evalue.slice(0, 1024), traceback: [] });
+    }
+  }
+
+  /** An exception or rejection no cell awaits (a timer's callback): reported on stderr. */
+  background(what, err) {
+    const { traceback } = this.describe(err, false);
+    this.out.write('stderr', `${what} ${cut(traceback.join('\n'), 64 * 1024)}\n`);
+  }
+
+  userExpressions(expressions) {
+    const results = {};
+    for (const [name, expr] of Object.entries(expressions)) {
+      try {
+        const value = this.interruptible(() => vm.runInThisContext(String(expr), { filename: '<expression>', breakOnSigint: true }));
+        const text = cut(this.guarded(() => display.inspect(value)), 64 * 1024);
+        results[String(name)] = { status: 'ok', data: { 'text/plain': text }, metadata: {} };
+      } catch (err) {
+        const d = this.describe(err);
+        results[String(name)] = { status: 'error', ename: d.ename, evalue: cut(d.evalue, 1024), traceback: [] };
+      }
+    }
+    const size = encode(results).length + EVENT_OVERHEAD * Object.keys(results).length;
+    if (this.out.used + size > this.out.limit) {
+      this.out.truncated = true;
+      return {};
+    }
+    this.out.used += size;
+    return results;
+  }
+
+  // ---- completion and inspection
+
+  /** The object an access path (`a.b.c`) names, without calling getters; undefined if none. */
+  lookup(parts) {
+    let obj = globalThis;
+    for (const part of parts) {
+      if (obj === null || obj === undefined) return undefined;
+      let desc;
+      for (let o = Object(obj); o && !desc; o = Object.getPrototypeOf(o)) desc = Object.getOwnPropertyDescriptor(o, part);
+      if (!desc || !('value' in desc)) return undefined;
+      obj = desc.value;
+    }
+    return obj;
+  }
+
+  complete(msg, id) {
+    const code = typeof msg.code === 'string' ? msg.code : '';
+    let cursor = Number.isInteger(msg.cursor_pos) ? msg.cursor_pos : codePoints(code);
+    cursor = Math.min(Math.max(cursor, 0), codePoints(code));
+    const before = code.slice(0, utf16Index(code, cursor));
+    const m = /((?:[A-Za-z_$][\w$]*\s*\.\s*)*)([A-Za-z_$][\w$]*)?$/.exec(before);
+    const chain = m && m[1] ? m[1].split('.').map((s) => s.trim()).filter(Boolean) : [];
+    const prefix = (m && m[2]) || '';
+    const names = new Set();
+    const base = chain.length ? this.lookup(chain) : globalThis;
+    if (base !== undefined && base !== null) {
+      for (let o = Object(base), depth = 0; o && depth < 20; o = Object.getPrototypeOf(o), depth += 1) {
+        for (const k of safe(() => Object.getOwnPropertyNames(o), [])) names.add(k);
+      }
+    }
+    if (!chain.length) {
+      for (const k of ['await', 'async', 'function', 'const', 'let', 'class', 'return', 'import', 'typeof', 'instanceof']) names.add(k);
+    }
+    let budget = REPLY_LIMIT;
+    const matches = [];
+    for (const k of [...names].filter((k) => k.startsWith(prefix) && /^[A-Za-z_$][\w$]*$/.test(k)).sort()) {
+      budget -= 2 * k.length + 64;
+      if (budget < 0) break;
+      matches.push(k);
+    }
+    return {
+      type: 'complete_reply',
+      id,
+      matches,
+      cursor_start: cursor - codePoints(prefix),
+      cursor_end: cursor,
+      metadata: {},
+    };
+  }
+
+  inspect(msg, id) {
+    const code = typeof msg.code === 'string' ? msg.code : '';
+    let cursor = Number.isInteger(msg.cursor_pos) ? msg.cursor_pos : codePoints(code);
+    cursor = utf16Index(code, Math.min(Math.max(cursor, 0), codePoints(code)));
+    const left = /[\w$.]*$/.exec(code.slice(0, cursor))[0];
+    const right = /^[\w$]*/.exec(code.slice(cursor))[0];
+    const token = (left + right).replace(/^\.+|\.+$/g, '');
+    const parts = token.split('.').filter(Boolean);
+    const value = parts.length ? this.lookup(parts) : undefined;
+    if (value === undefined) return { type: 'inspect_reply', id, found: false, data: {}, metadata: {} };
+    let text = `${token}: ${typeof value}\n${safe(() => this.guarded(() => display.inspect(value)), '')}`;
+    if (typeof value === 'function' && msg.detail_level === 1) {
+      text += `\n\n${safe(() => Function.prototype.toString.call(value), '')}`;
+    }
+    text = cut(text, REPLY_LIMIT / 2);
+    return { type: 'inspect_reply', id, found: true, data: { 'text/plain': text }, metadata: {} };
+  }
+}
+
+function setupProcess() {
+  delete process.env.PYXIS_SANDBOX_LIB;
+  const workspace = process.env.PYXIS_WORKSPACE || '/workspace';
+  try {
+    process.chdir(workspace);
+    process.env.HOME = workspace;
+  } catch {
+    // Outside a sandbox (the kernel's own tests): stay where started.
+  }
+  process.title = 'pyxis-node-kernel';
+}
+
+function main() {
+  const arg = (process.argv[2] || process.env.PYXIS_KERNEL_LANGUAGE || 'javascript').toLowerCase();
+  const language = arg === 'ts' || arg === 'typescript' ? 'typescript' : 'javascript';
+  const fd = Number(process.env.PYXIS_KERNEL_FD || 3);
+  delete process.env.PYXIS_KERNEL_FD;
+  setupProcess();
+  const sock = new net.Socket({ fd, readable: true, writable: true });
+  sock.setNoDelay?.(true);
+  const kernel = new Kernel(sock, language);
+  kernel.install();
+  kernel.start();
+  // The kernel lives as long as its socket; nothing else keeps the loop alive.
+  util.inspect.defaultOptions.colors = false;
+}
+
+if (require.main === module) main();
+
+module.exports = { Kernel, KeyboardInterrupt };
