@@ -312,6 +312,12 @@ pub enum ZygoteRequest {
         /// The sandbox spec as JSON.
         spec: serde_json::Value,
     },
+    /// Fork a sibling zygote that shares this one's preloaded pages. The frame carries the
+    /// sibling's control socket as one fd (`SCM_RIGHTS`); the sibling says `Ready` on it.
+    Clone {
+        /// Request id, echoed in the answer.
+        id: String,
+    },
 }
 
 /// Zygote → supervisor.
@@ -334,6 +340,13 @@ pub enum ZygoteEvent {
         /// Request id.
         id: String,
         /// Host pid of the sandbox's init process.
+        pid: i32,
+    },
+    /// A sibling zygote was forked (see [`ZygoteRequest::Clone`]).
+    Cloned {
+        /// Request id.
+        id: String,
+        /// Host pid of the sibling.
         pid: i32,
     },
     /// The sandbox could not be built.

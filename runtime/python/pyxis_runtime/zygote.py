@@ -187,6 +187,49 @@ def _kernel(ctrl: socket.socket, kernel_fd: int) -> None:
         os._exit(code)
 
 
+def final_reap() -> None:
+    """Reaps what is still dying once the server closed the control socket (it kills every
+    sandbox first), so no init is left to the host's pid 1."""
+    deadline = time.monotonic() + FINAL_REAP_S
+    while time.monotonic() < deadline:
+        reap()
+        try:
+            os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            break
+        time.sleep(0.01)
+
+
+def _sibling(parent: "Zygote", ctrl_fd: int) -> None:
+    """In a fork of the zygote made by a `clone` request: drop the parent's control socket,
+    wakeup pipe and pidfd, then serve `ctrl_fd` as a zygote of its own. Never returns.
+
+    The sibling shares every preloaded page with the zygote it was forked from (no second
+    import, no second copy of the heap). It is not bound to its parent's life: it stops when
+    the server closes its socket, as the first zygote does, so a dead parent is replaced
+    without taking its siblings (and their sessions) along."""
+    code = 1
+    try:
+        for fd in parent.fds:
+            os.close(fd)
+        parent.fds.clear()
+        parent.ctrl.close()
+        os.close(parent.wakeup)
+        os.close(parent.wakeup_w)
+        os.close(parent.pidfd)
+        # Not inherited across fork: the sibling's sandbox inits are reaped by the sibling.
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        ctrl = socket.socket(fileno=ctrl_fd)
+        ctrl.setblocking(True)
+        zygote = Zygote(ctrl, parent.lib)
+        zygote.send({"type": "ready", "pid": os.getpid(), "python": platform.python_version()})
+        zygote.run()
+        final_reap()
+        code = 0
+    finally:
+        os._exit(code)
+
+
 class Zygote:
     """The control loop."""
 
@@ -199,8 +242,8 @@ class Zygote:
         # Every sandbox's init and kernel are our children. A dead kernel must be reaped at
         # once: its init, pid 1 of the namespace, cannot finish exiting before that. So a
         # child's exit wakes the loop (the handler only makes Python write the wakeup fd).
-        self.wakeup, wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        signal.set_wakeup_fd(wakeup_w, warn_on_full_buffer=False)
+        self.wakeup, self.wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self.wakeup_w, warn_on_full_buffer=False)
         signal.signal(signal.SIGCHLD, lambda _signum, _frame: None)
         self.buffer = framing.FrameBuffer()
         self.fds: list[int] = []
@@ -268,11 +311,31 @@ class Zygote:
         else:
             self.send({"type": "spawned", "id": ident, "pid": child})
 
+    def clone(self, msg: dict) -> None:
+        """Forks a sibling zygote onto the control socket that came with the request."""
+        ident = str(msg.get("id", ""))
+        if not self.fds:
+            self.send({"type": "spawn_failed", "id": ident, "error": "1 descriptor expected"})
+            return
+        sibling_fd = self.fds.pop(0)
+        try:
+            child = os.fork()
+        except OSError as exc:
+            os.close(sibling_fd)
+            self.send({"type": "spawn_failed", "id": ident, "error": f"fork: {exc}"})
+            return
+        if child == 0:
+            _sibling(self, sibling_fd)
+        os.close(sibling_fd)
+        self.send({"type": "cloned", "id": ident, "pid": child})
+
     def handle(self, msg: dict) -> None:
         """One control request."""
         kind = msg.get("type")
         if kind == "spawn":
             self.spawn(msg)
+        elif kind == "clone":
+            self.clone(msg)
         else:
             self.send({"type": "error", "error": f"unknown request type {kind!r}"})
 
@@ -376,16 +439,7 @@ def main() -> None:
         },
     )
     Zygote(ctrl, lib).run()
-    # The server kills every sandbox before it closes the socket: reap what is still dying,
-    # so no init is left to the host's pid 1.
-    deadline = time.monotonic() + FINAL_REAP_S
-    while time.monotonic() < deadline:
-        reap()
-        try:
-            os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        except ChildProcessError:
-            break
-        time.sleep(0.01)
+    final_reap()
 
 
 if __name__ == "__main__":

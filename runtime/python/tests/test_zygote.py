@@ -269,3 +269,79 @@ def test_zygote_hands_the_egress_channel_to_the_init(tmp_path):
         server_end.close()
     finally:
         zygote.close()
+
+
+def ppid_of(pid: int) -> int:
+    """The parent pid of a process (from /proc)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def gone(pid: int, within: float) -> bool:
+    """Whether the process is gone (or a zombie) within `within` seconds."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_a_cloned_zygote_serves_on_its_own_socket_and_outlives_its_parent(tmp_path):
+    """`clone` forks a sibling onto the socket that came with it; the sibling says ready,
+    forks kernels that are its own children, keeps serving when the zygote it was forked
+    from is killed, and ends when its socket closes."""
+    zygote = Zygote(tmp_path)
+    try:
+        assert zygote.reader.read()["type"] == "ready"
+        # without its socket, a clone is refused
+        zygote.sock.sendall(framing.encode({"type": "clone", "id": "c0"}))
+        answer = zygote.reader.read()
+        assert answer == {"type": "spawn_failed", "id": "c0", "error": "1 descriptor expected"}
+
+        ours, theirs = socket.socketpair()
+        socket.send_fds(
+            zygote.sock, [framing.encode({"type": "clone", "id": "c1"})], [theirs.fileno()]
+        )
+        theirs.close()
+        answer = zygote.reader.read()
+        assert answer["type"] == "cloned" and answer["id"] == "c1", answer
+        sibling = answer["pid"]
+        assert ppid_of(sibling) == zygote.proc.pid
+        ours.settimeout(60)
+        control = framing.FrameReader(ours)
+        ready = control.read()
+        assert ready["type"] == "ready" and ready["pid"] == sibling, ready
+
+        # the parent dies; the sibling goes on
+        zygote.proc.kill()
+        zygote.proc.wait()
+        k_ours, k_theirs = socket.socketpair()
+        spec = make_spec(tmp_path)
+        ws = workspace_fd(tmp_path)
+        socket.send_fds(
+            ours,
+            [framing.encode({"type": "spawn", "id": "k1", "spec": spec})],
+            [k_theirs.fileno(), ws],
+        )
+        k_theirs.close()
+        os.close(ws)
+        answer = control.read()
+        assert answer["type"] == "spawned", answer
+        k_ours.settimeout(60)
+        kernel = framing.FrameReader(k_ours)
+        assert kernel.read() == {"type": "ready"}
+        events = run_cell(k_ours, kernel, "e1", "import os\nprint(os.getppid() == 0)")
+        assert reply(events)["status"] == "ok", events
+        framing.send(k_ours, {"type": "shutdown"})
+        assert kernel.read() is None
+        k_ours.close()
+
+        ours.close()
+        assert gone(sibling, 10), "the sibling did not end when its socket closed"
+    finally:
+        zygote.close()
