@@ -13,6 +13,9 @@ use std::process::{Command, Stdio};
 use anyhow::{bail, Context};
 use sha2::{Digest, Sha256};
 
+mod node;
+pub use node::{node_version, LANGUAGES as NODE_LANGUAGES, NODE};
+
 /// The pinned library list.
 pub const REQUIREMENTS: &str = include_str!("../../../runtime/python/requirements.txt");
 
@@ -115,7 +118,8 @@ impl Runtime {
         if !self.is_installed() {
             self.install()?;
         }
-        self.write_driver()
+        self.write_driver()?;
+        self.ensure_node()
     }
 
     fn install(&self) -> anyhow::Result<()> {
