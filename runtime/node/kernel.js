@@ -132,7 +132,7 @@ class Kernel {
     Object.defineProperty(g, '__pyxis', { value: this.hidden, enumerable: false, configurable: false, writable: false });
     const mod = new Module(path.join(process.cwd(), '<cell>'), null);
     mod.filename = mod.id;
-    mod.paths = Module._nodeModulePaths(process.cwd()).concat([MODULES]); // eslint-disable-line no-underscore-dangle
+    mod.paths = Module._nodeModulePaths(process.cwd()).concat([MODULES]);
     mod.loaded = true;
     mod.require = userRequire;
     const globals = {
@@ -233,7 +233,7 @@ class Kernel {
     try {
       while (this.queue.length && !this.stopping) {
         const msg = this.queue.shift();
-        await this.handle(msg); // eslint-disable-line no-await-in-loop
+        await this.handle(msg);
       }
     } finally {
       this.busy = false;
@@ -315,7 +315,6 @@ class Kernel {
     let source = code;
     let map = null;
     if (this.typescript) {
-      // eslint-disable-next-line global-require
       const ts = require('./lib/typescript');
       try {
         ({ code: source, map } = ts.transpile(code, `cell${cellNo}`));
@@ -332,7 +331,7 @@ class Kernel {
       if (err instanceof SyntaxError && err.loc) {
         let { line, column } = err.loc;
         column += 1;
-        if (map) ({ line, column } = require('./lib/typescript').original(map, line, column) || { line, column }); // eslint-disable-line global-require
+        if (map) ({ line, column } = require('./lib/typescript').original(map, line, column) || { line, column });
         throw this.syntaxError(err.message.replace(/ \(\d+:\d+\)$/, ''), filename, code, line, column);
       }
       throw err;
@@ -395,7 +394,9 @@ class Kernel {
       if (err instanceof KeyboardInterrupt) throw err;
       text = `[inspect failed: ${safe(() => String(err.message), 'error')}]`;
     }
-    text = cut(text, Math.max(out.room() - EVENT_OVERHEAD - 128, 0));
+    const kept = cut(text, Math.max(out.room() - EVENT_OVERHEAD - 128, 0));
+    if (kept.length < text.length) out.truncated = true;
+    text = kept;
     out.event({ type: 'execute_result', execution_count: count, data: { 'text/plain': text }, metadata: {} }, nbytes(text));
   }
 
@@ -432,7 +433,6 @@ class Kernel {
     return line.replace(CELL_POS, (all, n, l, c) => {
       const cell = this.cells.get(`<cell ${n}>`);
       if (!cell || !cell.map) return all;
-      // eslint-disable-next-line global-require
       const pos = require('./lib/typescript').original(cell.map, Number(l), Number(c));
       return pos ? `<cell ${n}>:${pos.line}:${pos.column}` : all;
     });

@@ -22,9 +22,7 @@
 const path = require('path');
 
 const MODULES = process.env.PYXIS_NODE_MODULES || path.join(__dirname, '..', 'node_modules');
-// eslint-disable-next-line import/no-dynamic-require
 const acorn = require(path.join(MODULES, 'acorn'));
-// eslint-disable-next-line import/no-dynamic-require
 const walk = require(path.join(MODULES, 'acorn-walk'));
 
 const PARSE_OPTIONS = {
@@ -128,14 +126,16 @@ function rewrite(source) {
   const ast = parse(source);
   const body = ast.body;
   const edits = [];
-  const insert = (pos, text) => edits.push({ start: pos, end: pos, text });
-  const replace = (start, end, text) => edits.push({ start, end, text });
+  // `order` places edits at one position: what closes the statement before (0), then
+  // the `return (` of the last one (1), then what opens a statement (2).
+  const insert = (pos, text, order = 2) => edits.push({ start: pos, end: pos, text, order });
+  const replace = (start, end, text) => edits.push({ start, end, text, order: 2 });
   for (const node of dynamicImports(ast)) replace(node.start, node.start + 'import'.length, '__pyxis.import');
 
   const isAsync = body.some((st) => st.type === 'ImportDeclaration' || usesAwait(st));
   let last = null;
   for (let i = body.length - 1; i >= 0 && !last; i -= 1) if (body[i].type !== 'EmptyStatement') last = body[i];
-  const hasResult = Boolean(last && last.type === 'ExpressionStatement' && !last.directive);
+  const hasResult = Boolean(last && last.type === 'ExpressionStatement');
   const hoisted = [];
   const functions = [];
 
@@ -167,7 +167,7 @@ function rewrite(source) {
         if (!d.init && st.kind !== 'var') insert(d.id.end, ' = undefined');
       }
       replace(st.start, kindEnd, 'void (');
-      insert(st.declarations[st.declarations.length - 1].end, ')');
+      insert(st.declarations[st.declarations.length - 1].end, ')', 0);
     } else if (st.type === 'ClassDeclaration' && st.id) {
       const name = st.id.name;
       if (isAsync) {
@@ -176,7 +176,7 @@ function rewrite(source) {
       } else {
         insert(st.start, `var ${name} = `);
       }
-      insert(st.end, ';');
+      insert(st.end, ';', 0);
     } else if (st.type === 'FunctionDeclaration' && st.id) {
       if (isAsync) {
         hoisted.push(st.id.name);
@@ -194,13 +194,13 @@ function rewrite(source) {
     // `return (` goes right after the statement before (or at the end of the first line
     // of the wrapper), not before the expression: its columns stay the cell's.
     const i = body.indexOf(last);
-    if (i > 0) insert(body[i - 1].end, '; return (');
+    if (i > 0) insert(body[i - 1].end, '; return (', 1);
     else returnOpen = ' return (';
-    insert(last.expression.end, ')');
+    insert(last.expression.end, ')', 0);
   }
 
-  // Apply the edits from the end; at one position, an insertion goes before a replacement.
-  edits.sort((a, b) => b.start - a.start || b.end - b.start - (a.end - a.start));
+  // Apply the edits from the end; at one position, the last in the text first.
+  edits.sort((a, b) => b.start - a.start || b.order - a.order);
   let out = source;
   for (const e of edits) out = out.slice(0, e.start) + e.text + out.slice(e.end);
 

@@ -13,7 +13,6 @@ let ts = null;
 /** The compiler, loaded at the first TypeScript cell (it is big: ~0.2 s). */
 function compiler() {
   if (ts === null) {
-    // eslint-disable-next-line import/no-dynamic-require
     ts = require(path.join(MODULES, 'typescript'));
   }
   return ts;

@@ -53,7 +53,6 @@ class KernelClient {
       if (this.closed) throw new Error(`kernel closed its socket; stderr: ${this.stderr}`);
       const left = deadline - Date.now();
       if (left <= 0) throw new Error(`no event in ${ms} ms; stderr: ${this.stderr}`);
-      // eslint-disable-next-line no-await-in-loop
       await new Promise((resolve) => {
         const t = setTimeout(resolve, left);
         this.waiters.push(() => {
@@ -83,7 +82,6 @@ class KernelClient {
   async collect(id, ms = 20000) {
     const events = [];
     for (;;) {
-      // eslint-disable-next-line no-await-in-loop
       const ev = await this.next((e) => e.id === id, ms);
       if (ev.type === 'execute_reply') {
         const text = (name) => events.filter((e) => e.type === 'stream' && e.name === name).map((e) => e.text).join('');
