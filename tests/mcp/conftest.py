@@ -1,7 +1,9 @@
 """Fixtures: a real `pyxis serve` on a random loopback port, and MCP clients on it.
 
-The client is the official MCP Python SDK (`mcp` on PyPI, pinned in requirements.txt) over
-Streamable HTTP, unmodified: the token goes in the `Authorization` header of its HTTP client.
+The client is the official MCP Python SDK (`mcp` on PyPI, pinned in requirements.txt),
+unmodified: over Streamable HTTP (the token in the `Authorization` header of its HTTP
+client), negotiating either the handshake revision (`initialize`, 2025-11-25) or the
+stateless one (`server/discover`, 2026-07-28); and over stdio, launching `pyxis mcp`.
 
 Settings (environment):
   PYXIS_BIN          the pyxis binary (default: target/debug/pyxis of this checkout)
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import http.server
 import os
 import random
 import secrets
@@ -19,17 +22,23 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import httpx2
 import pytest
-from mcp import ClientSession
+from mcp import ClientSession, StdioServerParameters
+from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
 REPO = Path(__file__).resolve().parents[2]
 PR_SET_PDEATHSIG = 1
+# Few enough that the flood test reaches the cap quickly.
+MAX_SESSIONS = 12
+# Small enough that the oversized-argument test stays quick.
+MAX_BODY_BYTES = 4 * 1024 * 1024
 
 
 def _free_port() -> int:
@@ -47,20 +56,62 @@ def _die_with_parent() -> None:
 class Pyxis:
     """A running `pyxis serve`: its base URL and token."""
 
-    def __init__(self, base: str, token: str) -> None:
+    def __init__(self, base: str, token: str, binary: str) -> None:
         self.base = base
         self.token = token
         self.url = base + "/mcp"
+        self.binary = binary
 
     @contextlib.asynccontextmanager
-    async def client(self, headers: dict[str, str] | None = None):
-        """An initialized MCP `ClientSession` over Streamable HTTP."""
+    async def client(self, headers: dict[str, str] | None = None, modern: bool = False):
+        """A ready MCP `ClientSession` over Streamable HTTP: `initialize`d (2025-11-25), or
+        with `modern`, `discover`ed (2026-07-28, no MCP session, stateless requests)."""
         hdrs = {"Authorization": f"Bearer {self.token}"} if headers is None else headers
-        async with create_mcp_http_client(headers=hdrs) as http:
-            async with streamable_http_client(self.url, http_client=http) as (read, write):
+        async with create_mcp_http_client(headers=hdrs) as http_client:
+            async with streamable_http_client(self.url, http_client=http_client) as (read, write):
                 async with ClientSession(read, write) as session:
-                    await session.initialize()
+                    if modern:
+                        await session.discover()
+                    else:
+                        await session.initialize()
                     yield session
+
+    @contextlib.asynccontextmanager
+    async def stdio(self):
+        """An initialized MCP `ClientSession` over stdio: the SDK launches `pyxis mcp`."""
+        params = StdioServerParameters(
+            command=self.binary,
+            args=["mcp", "--url", self.url, "--token", self.token],
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYXIS_LOG": "warn"},
+        )
+        async with stdio_client(params) as (read, write):
+            async with ClientSession(read, write) as session:
+                await session.initialize()
+                yield session
+
+
+class _Files(http.server.SimpleHTTPRequestHandler):
+    """Serves the test's own files (for import_url), quietly."""
+
+    def log_message(self, format, *args):  # pylint: disable=redefined-builtin
+        pass
+
+
+@pytest.fixture(scope="session")
+def file_server():
+    """A loopback HTTP server of a temporary directory: (base URL, directory)."""
+    with tempfile.TemporaryDirectory(prefix="pyxis-mcp-files-") as root:
+
+        def handler(*args, **kwargs):
+            return _Files(*args, directory=root, **kwargs)
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{server.server_address[1]}", Path(root)
+        finally:
+            server.shutdown()
 
 
 @pytest.fixture(scope="session")
@@ -79,6 +130,10 @@ def pyxis():
             # Away from the Rust black-box tests' and the Jupyter tests' uid ranges.
             "PYXIS_UID_BASE": str(960_000 + random.randrange(30) * 1000),
             "PYXIS_POOL_MIN_IDLE": "2",
+            "PYXIS_MAX_SESSIONS": str(MAX_SESSIONS),
+            "PYXIS_MAX_BODY_BYTES": str(MAX_BODY_BYTES),
+            # import_url is tested against the test's own loopback file server.
+            "PYXIS_IMPORT_ALLOW": "127.0.0.1",
         }
         log = Path(data) / "pyxis.log"
         with open(log, "wb") as out:
@@ -104,7 +159,7 @@ def pyxis():
                 if time.monotonic() > deadline:
                     pytest.fail(f"pyxis not ready:\n{log.read_text()[-4000:]}")
                 time.sleep(0.1)
-            yield Pyxis(f"http://127.0.0.1:{port}", token)
+            yield Pyxis(f"http://127.0.0.1:{port}", token, binary)
         finally:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)

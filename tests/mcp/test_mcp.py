@@ -9,6 +9,7 @@ import json
 import httpx2
 import jsonschema
 import pytest
+from helpers import PNG_MAGIC, new_session, run, text_of
 from mcp.shared.exceptions import MCPError
 
 TOOLS = {
@@ -21,23 +22,10 @@ TOOLS = {
     "list_files",
     "interrupt",
     "restart",
+    "import_url",
 }
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def run(coro):
-    """Run one async test body."""
-    return asyncio.run(coro)
-
-
-def text_of(result) -> str:
-    return "\n".join(c.text for c in result.content if c.type == "text")
-
-
-async def new_session(client) -> str:
-    r = await client.call_tool("create_session", {})
-    assert not r.is_error, text_of(r)
-    return r.structured_content["id"]
+# Tools that reach beyond the server (the open world).
+OPEN_WORLD = {"import_url"}
 
 
 def test_initialize_and_list_tools(pyxis):
@@ -45,7 +33,10 @@ def test_initialize_and_list_tools(pyxis):
         async with pyxis.client() as client:
             init = client.initialize_result
             assert init.server_info.name == "pyxis"
+            assert init.server_info.version and init.server_info.title
             assert init.capabilities.tools is not None
+            assert init.capabilities.resources is not None
+            assert "create_session" in init.instructions and "session_id" in init.instructions
             tools = {t.name: t for t in (await client.list_tools()).tools}
             assert TOOLS <= set(tools), sorted(tools)
             for name in TOOLS:
@@ -55,7 +46,7 @@ def test_initialize_and_list_tools(pyxis):
                 assert t.annotations.read_only_hint is not None, name
                 assert t.annotations.destructive_hint is not None, name
                 assert t.annotations.idempotent_hint is not None, name
-                assert t.annotations.open_world_hint is False, name
+                assert t.annotations.open_world_hint is (name in OPEN_WORLD), name
                 for schema in (t.input_schema, t.output_schema):
                     assert schema is not None and schema.get("type") == "object", name
                     jsonschema.Draft202012Validator.check_schema(schema)

@@ -9,6 +9,8 @@
 //! carries an `Origin` must come from the server's own origin or from loopback.
 
 mod origin;
+mod resources;
+mod stdio;
 mod tools;
 
 use std::sync::Arc;
@@ -19,6 +21,7 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 
 use crate::app::{App, AppState};
 
+pub use stdio::{main as stdio_main, McpArgs};
 pub use tools::PyxisMcp;
 
 /// The `/mcp` route: rmcp's Streamable HTTP service, with the `Origin` check.

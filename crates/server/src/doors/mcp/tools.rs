@@ -14,24 +14,23 @@ use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::schema_for_output;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
-    CallToolResult, ContentBlock, Implementation, ProgressNotificationParam, ResourceContents,
-    ServerCapabilities, ServerConfig,
+    CallToolResult, ContentBlock, Implementation, ListResourceTemplatesResult, ListResourcesResult,
+    PaginatedRequestParams, ProgressNotificationParam, ReadResourceRequestParams,
+    ReadResourceResponse, ResourceContents, ServerCapabilities, ServerConfig,
 };
 use rmcp::service::RequestContext;
 use rmcp::{tool, tool_handler, tool_router, ErrorData as McpError, RoleServer, ServerHandler};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::resources;
 use crate::app::App;
 use crate::services::events::Accumulator;
+use crate::services::files::ImportItem;
 use crate::services::{
-    session_options, timeout_from, CellOutcome, CellRequest, CellStatus, NewSession, ServiceError,
-    Session,
+    session_options, timeout_from, CellEvent, CellOutcome, CellRequest, CellStatus, NewSession,
+    ServiceError, Session,
 };
-
-/// Largest file `download_file` returns (it travels base64-encoded inside one JSON-RPC
-/// message).
-const MAX_DOWNLOAD_BYTES: u64 = 16 * 1024 * 1024;
 
 /// At most this much of the output so far goes into one progress notification (its tail).
 const PROGRESS_TAIL_BYTES: usize = 4096;
@@ -107,6 +106,19 @@ pub struct DownloadFileArgs {
     pub session_id: String,
     /// Path relative to the workspace.
     pub path: String,
+}
+
+/// `import_url` arguments.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImportUrlArgs {
+    /// The session whose workspace receives the file.
+    pub session_id: String,
+    /// An `http` or `https` URL on the public internet (hosts that resolve to loopback,
+    /// private or metadata addresses are refused unless the operator allows them).
+    pub url: String,
+    /// Where to write it, relative to the workspace (default: the URL's last segment).
+    pub path: Option<String>,
 }
 
 /// `list_files` arguments.
@@ -390,6 +402,34 @@ fn tail(s: &str, max: usize) -> &str {
     &s[i..]
 }
 
+/// How often, and how many times, a cancelled cell is interrupted before the services'
+/// own time limit is left to end it (an interrupt that lands before the kernel watches for
+/// it is lost, so one is not enough).
+const CANCEL_INTERRUPT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+const CANCEL_INTERRUPT_TRIES: u32 = 40;
+
+/// Interrupt `session`'s running cell until its events end (the cancelled request's cell).
+async fn interrupt_until_done(
+    app: Arc<App>,
+    session: Arc<Session>,
+    mut events: tokio::sync::mpsc::UnboundedReceiver<CellEvent>,
+) {
+    for _ in 0..CANCEL_INTERRUPT_TRIES {
+        app.sessions.interrupt(&session);
+        let end = tokio::time::timeout(CANCEL_INTERRUPT_EVERY, async {
+            while let Some(ev) = events.recv().await {
+                if matches!(ev, CellEvent::Reply(_)) {
+                    return;
+                }
+            }
+        });
+        if end.await.is_ok() {
+            return;
+        }
+    }
+    tracing::warn!(session = %session.id, "a cancelled cell did not stop when interrupted");
+}
+
 fn kind_name(k: crate::services::workspace_fs::EntryKind) -> &'static str {
     use crate::services::workspace_fs::EntryKind;
     match k {
@@ -514,7 +554,9 @@ impl PyxisMcp {
     ) -> Result<CallToolResult, McpError> {
         let sessions = &self.app.sessions;
         let cfg = &self.app.config;
-        let (session, handle) = match &args.session_id {
+        // The session the cell runs in: the named one, or the one-shot's own sandbox.
+        let mut target: Option<Arc<Session>> = None;
+        let handle = match &args.session_id {
             Some(id) => {
                 let session = match self.session(id) {
                     Ok(s) => s,
@@ -529,7 +571,10 @@ impl PyxisMcp {
                     Err(e) => return Ok(failed(e)),
                 };
                 match sessions.execute(&session, CellRequest::new(args.code, timeout)) {
-                    Ok(h) => (Some(session), h),
+                    Ok(h) => {
+                        target = Some(session);
+                        h
+                    }
                     Err(e) => return Ok(failed(e)),
                 }
             }
@@ -544,8 +589,14 @@ impl PyxisMcp {
                 };
                 let timeout = opts.timeout;
                 let cell = CellRequest::new(args.code, timeout);
-                match sessions.one_shot(opts, cell, |_| async { Ok(()) }).await {
-                    Ok(h) => (None, h),
+                let prepared = sessions
+                    .one_shot(opts, cell, |s| {
+                        target = Some(s);
+                        async { Ok(()) }
+                    })
+                    .await;
+                match prepared {
+                    Ok(h) => h,
                     Err(e) => return Ok(failed(e)),
                 }
             }
@@ -555,15 +606,16 @@ impl PyxisMcp {
         let mut acc = Accumulator::default();
         let mut printed = String::new();
         let mut step = 0u32;
+        // Whether this cell has started (a queued one must not interrupt the cell before it).
+        let mut started = false;
         let outcome = loop {
             tokio::select! {
                 ev = events.recv() => {
                     let Some(ev) = ev else {
                         break None;
                     };
-                    if let (Some(token), crate::services::CellEvent::Stream { text, .. }) =
-                        (&progress, &ev)
-                    {
+                    started |= matches!(ev, CellEvent::ExecuteInput { .. });
+                    if let (Some(token), CellEvent::Stream { text, .. }) = (&progress, &ev) {
                         printed.push_str(text);
                         if printed.len() > 4 * PROGRESS_TAIL_BYTES {
                             let keep = tail(&printed, PROGRESS_TAIL_BYTES).to_string();
@@ -580,11 +632,15 @@ impl PyxisMcp {
                     }
                 }
                 () = ctx.ct.cancelled() => {
-                    // notifications/cancelled: interrupt the cell (a one-shot's sandbox is
-                    // destroyed when its cell ends, bounded by its time limit).
-                    if let Some(s) = &session {
-                        sessions.interrupt(s);
+                    // notifications/cancelled (2025 revisions), or the client closed the
+                    // request's stream (2026-07-28, served statelessly). A queued cell is
+                    // dropped with its receiver (the services never run it); a running one
+                    // is interrupted until it ends.
+                    if let (true, Some(s)) = (started, target) {
+                        tokio::spawn(interrupt_until_done(self.app.clone(), s, events));
                     }
+                    // The specification has no answer to a cancelled request (the client
+                    // ignores one); this error is what rmcp drops.
                     return Err(McpError::internal_error("the request was cancelled", None));
                 }
             }
@@ -661,17 +717,14 @@ impl PyxisMcp {
         let bytes = match self
             .app
             .files
-            .read_all(&session, &args.path, MAX_DOWNLOAD_BYTES)
+            .read_all(&session, &args.path, resources::MAX_READ_BYTES)
             .await
         {
             Ok(b) => b,
             Err(e) => return Ok(failed(e)),
         };
-        let mime = mime_guess::from_path(&args.path)
-            .first()
-            .map(|m| m.essence_str().to_string())
-            .unwrap_or_else(|| "application/octet-stream".into());
-        let uri = format!("pyxis://sessions/{}/files/{}", session.id, args.path);
+        let mime = resources::mime_of(&args.path);
+        let uri = resources::file_uri(&session.id, &args.path);
         let size = bytes.len() as u64;
         let b64 = || base64::engine::general_purpose::STANDARD.encode(&bytes);
         let textual = mime.starts_with("text/")
@@ -704,6 +757,40 @@ impl PyxisMcp {
                 .map_err(|e| McpError::internal_error(e.to_string(), None))?,
         );
         Ok(r)
+    }
+
+    #[tool(
+        title = "Import a file from a URL",
+        description = "Fetch an http(s) URL into a session's workspace (the sandbox itself has \
+                       no network). Hosts that resolve to loopback, private or metadata \
+                       addresses are refused; redirects are checked the same way; size and \
+                       time are limited. path defaults to the URL's last segment.",
+        output_schema = schema_for_output::<UploadOut>(),
+        annotations(read_only_hint = false, destructive_hint = true, idempotent_hint = true,
+                    open_world_hint = true)
+    )]
+    async fn import_url(
+        &self,
+        Parameters(args): Parameters<ImportUrlArgs>,
+    ) -> Result<CallToolResult, McpError> {
+        let session = match self.session(&args.session_id) {
+            Ok(s) => s,
+            Err(r) => return Ok(r),
+        };
+        let item = ImportItem {
+            url: args.url,
+            path: args.path,
+        };
+        match self.app.files.import(&session, vec![item]).await {
+            Ok(mut written) => match written.pop() {
+                Some(w) => structured(&UploadOut {
+                    path: w.path,
+                    size: w.size,
+                }),
+                None => Err(McpError::internal_error("nothing was imported", None)),
+            },
+            Err(e) => Ok(failed(e)),
+        }
     }
 
     #[tool(
@@ -790,18 +877,59 @@ impl PyxisMcp {
     }
 }
 
+/// What the server tells a client at `initialize` (and `server/discover`).
+const INSTRUCTIONS: &str = "Pyxis runs Python in sandboxes (no network, a private /workspace). \
+create_session gives a session id; pass it as session_id to run_code, upload_file, \
+download_file, list_files, import_url, interrupt and restart, and close it with \
+close_session when done. Variables, imports and files persist in a session between \
+run_code calls; run_code without session_id runs one-shot in a fresh sandbox. Plots come \
+back as PNG images, DataFrames as HTML, errors with their traceback and isError. \
+Cancelling a run_code request interrupts its cell. Workspace files are also resources: \
+pyxis://sessions/{session_id}/files/{path}.";
+
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for PyxisMcp {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
-            .with_server_info(Implementation::new("pyxis", env!("CARGO_PKG_VERSION")))
-            .with_instructions(
-                "Pyxis runs Python in sandboxes. create_session gives a session id; pass it \
-                 as session_id to run_code, upload_file, download_file, list_files, \
-                 interrupt and restart, and close it with close_session. run_code without \
-                 session_id runs one-shot."
-                    .to_string(),
-            )
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_resources()
+                .build(),
+        )
+        .with_server_info(
+            Implementation::new("pyxis", env!("CARGO_PKG_VERSION"))
+                .with_title("Pyxis code interpreter")
+                .with_description(
+                    "Stateful, sandboxed Python: sessions, plots as images, workspace files",
+                ),
+        )
+        .with_instructions(INSTRUCTIONS.to_string())
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, McpError> {
+        resources::list(&self.app).await
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, McpError> {
+        Ok(resources::templates())
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, McpError> {
+        resources::read(&self.app, &request.uri)
+            .await
+            .map(Into::into)
     }
 }
 
