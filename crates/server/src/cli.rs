@@ -40,6 +40,8 @@ enum Cmd {
     Setup,
     /// Report what this host supports and how to fix what it lacks.
     Doctor,
+    /// MCP over stdio (for clients that launch a command), bridged to a running server.
+    Mcp(crate::doors::mcp::McpArgs),
 }
 
 /// The `pyxis` command line.
@@ -57,6 +59,7 @@ pub fn main() -> anyhow::Result<()> {
         Cmd::Serve => serve(cfg),
         Cmd::Setup => runtime::Runtime::new(&cfg.runtime_dir).ensure(),
         Cmd::Doctor => crate::doctor::run(&cfg),
+        Cmd::Mcp(args) => crate::doors::mcp::stdio_main(&cfg, args),
     }
 }
 
