@@ -6,6 +6,9 @@
 //! seccomp) and answers `ok` or `err <message>`. After `go`, the kernel (C) is pid 2 of its
 //! namespace: init then reaps every orphan (double-forked daemons end up here) and exits
 //! when the kernel exits, which ends the pid namespace and kills whatever is left in it.
+//! With [`SandboxSpec::outlive_kernel`] it does not watch the kernel: other processes joined
+//! the sandbox (`pyxis-sandbox-exec`), and init lives until the server kills the sandbox's
+//! cgroup, or its parent (the zygote) dies, its parent-death signal.
 //!
 //! The kernel is the zygote's child, not init's: init watches it through a pidfd, and the
 //! supervisor signals it directly.
@@ -78,11 +81,14 @@ fn run() -> Result<i32, EnterError> {
         _ => return Ok(1),
     }
     drop(std::mem::ManuallyDrop::into_inner(channel));
-    // C is pid 2. If it is gone already, so is the reason to exist.
-    let Ok(kernel) = sys::pidfd_open(Pid::from_raw(2)) else {
-        return Ok(0);
+    // C is pid 2. If it is gone already, so is the reason to exist, unless the sandbox is
+    // to outlive its first kernel.
+    let kernel = match sys::pidfd_open(Pid::from_raw(2)) {
+        _ if spec.outlive_kernel => None,
+        Ok(kernel) => Some(kernel),
+        Err(_) => return Ok(0),
     };
-    match supervise(kernel.as_fd(), &sigchld, &mut egress) {
+    match supervise(kernel.as_ref().map(AsFd::as_fd), &sigchld, &mut egress) {
         Ok(never) => match never {},
         Err(_) => Ok(1),
     }
@@ -164,17 +170,18 @@ fn listen_egress(spec: crate::EgressListener) -> Result<Egress, EnterError> {
 /// Most connections taken per wakeup, so that reaping is never starved.
 const ACCEPT_BATCH: usize = 64;
 
-/// Reaps orphans until the kernel (`kernel`, a pidfd) exits; passes egress connections on.
+/// Reaps orphans until the kernel (`kernel`, a pidfd; never without one) exits; passes
+/// egress connections on.
 fn supervise(
-    kernel: std::os::fd::BorrowedFd<'_>,
+    kernel: Option<std::os::fd::BorrowedFd<'_>>,
     sigchld: &SignalFd,
     egress: &mut Option<Egress>,
 ) -> nix::Result<Infallible> {
     loop {
-        let mut fds = vec![
-            PollFd::new(kernel, PollFlags::POLLIN),
-            PollFd::new(sigchld.as_fd(), PollFlags::POLLIN),
-        ];
+        let mut fds = vec![PollFd::new(sigchld.as_fd(), PollFlags::POLLIN)];
+        if let Some(kernel) = kernel {
+            fds.push(PollFd::new(kernel, PollFlags::POLLIN));
+        }
         if let Some(egress) = egress.as_ref() {
             fds.push(PollFd::new(egress.listener.as_fd(), PollFlags::POLLIN));
         }
@@ -184,8 +191,9 @@ fn supervise(
             Err(err) => return Err(err),
         }
         let ready = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
-        let (kernel_gone, child_exited) = (ready(&fds[0]), ready(&fds[1]));
-        let connections = fds.get(2).is_some_and(ready);
+        let child_exited = ready(&fds[0]);
+        let kernel_gone = kernel.is_some() && ready(&fds[1]);
+        let connections = egress.is_some() && fds.last().is_some_and(ready);
         drop(fds);
         if kernel_gone {
             sys::exit_now(0);

@@ -15,7 +15,11 @@
 //! - a distinct unprivileged uid, no capabilities, `no_new_privs`, rlimits, `PDEATHSIG`, no
 //!   inherited fds, and a seccomp filter installed last;
 //! - an init (pid 1, the small `pyxis-sandbox-init` program) that reaps orphans and ends the
-//!   namespace when the kernel (pid 2, a fork of the caller) exits.
+//!   namespace when the kernel (pid 2, a fork of the caller) exits, or, with
+//!   [`SandboxSpec::outlive_kernel`], lives on until the sandbox is killed;
+//! - a join path, the `pyxis-sandbox-exec` program ([`ExecSpec`]), which starts one more
+//!   process inside a live sandbox (its namespaces, cgroups, uid, the same privilege drop and
+//!   seccomp filter as the kernel): commands, and kernels of other languages.
 //!
 //! The Python zygote calls the same code through a C ABI (`pyxis_sandbox_prepare`,
 //! `pyxis_sandbox_spawn`), built as `libpyxis_sandbox.so`. The init is the
@@ -43,6 +47,7 @@
 mod cgroup;
 mod credentials;
 mod error;
+mod exec;
 mod ffi;
 mod init;
 mod message;
@@ -61,6 +66,10 @@ pub use cgroup::{
 };
 pub use credentials::CredentialsError;
 pub use error::SandboxError;
+pub use exec::{
+    ExecSpec, ExecStatus, EXEC_FIRST_EXTRA_FD, EXEC_INIT_FD, EXEC_SPEC_FD, EXEC_STATUS_FD,
+    MAX_TARGET_FD,
+};
 pub use ffi::{pyxis_sandbox_prepare, pyxis_sandbox_spawn};
 pub use message::SetupMessage;
 pub use netns::NetSysctlError;
@@ -110,6 +119,12 @@ pub fn prepare(init_program: &Path) -> Result<(), SandboxError> {
 /// The init program's descriptor, once [`prepare`] opened it.
 fn init_program() -> Option<RawFd> {
     INIT_PROGRAM.get().map(AsRawFd::as_raw_fd)
+}
+
+/// `main` of the `pyxis-sandbox-exec` program: starts one process inside an existing
+/// sandbox (see [`ExecSpec`]). It only works as the server starts it.
+pub fn exec_main() -> ! {
+    exec::main()
 }
 
 /// `main` of the `pyxis-sandbox-init` program: the sandbox's init (see [`spawn`]). It only

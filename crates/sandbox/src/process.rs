@@ -385,7 +385,7 @@ fn kernel_child(
 }
 
 /// Signals whose handlers a caller (the Python zygote) may have installed.
-const RESET_SIGNALS: [Signal; 4] = [
+pub(crate) const RESET_SIGNALS: [Signal; 4] = [
     Signal::SIGINT,
     Signal::SIGTERM,
     Signal::SIGCHLD,

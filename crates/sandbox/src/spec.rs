@@ -71,6 +71,12 @@ pub struct SandboxSpec {
     pub report_fd: i32,
     /// Bring `lo` up in the new network namespace.
     pub loopback: bool,
+    /// Keep the init (and so the sandbox's namespaces) when the kernel exits: other
+    /// processes joined the sandbox (contexts, commands, see [`crate::ExecSpec`]), and the
+    /// server ends the sandbox itself, with a cgroup kill. The init still dies with the
+    /// zygote (its parent-death signal), and with it every process of the sandbox.
+    #[serde(default)]
+    pub outlive_kernel: bool,
     /// The egress listener the init runs, if any (see [`EgressListener`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress: Option<EgressListener>,
@@ -247,6 +253,7 @@ mod tests {
             kernel_fd: 3,
             report_fd: 4,
             loopback: true,
+            outlive_kernel: false,
             egress: None,
         }
     }

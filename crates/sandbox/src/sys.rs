@@ -451,6 +451,12 @@ pub fn file_from_raw(fd: RawFd) -> std::fs::File {
     unsafe { std::fs::File::from_raw_fd(fd) }
 }
 
+/// Wraps `fd`, a descriptor a syscall just returned to this process, as an [`OwnedFd`].
+pub fn owned_from_raw(fd: RawFd) -> OwnedFd {
+    // SAFETY: the callers pass a descriptor fresh from a syscall, owned by nothing else.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
 /// `pidfd_open(pid, 0)`.
 pub fn pidfd_open(pid: Pid) -> io::Result<OwnedFd> {
     // SAFETY: integer arguments only.

@@ -463,6 +463,7 @@ fn spawn_builds_an_isolated_sandbox() {
         kernel_fd: 3,
         report_fd: 4,
         loopback: true,
+        outlive_kernel: false,
         egress: None,
     };
 
@@ -639,6 +640,7 @@ fn spawn_reports_setup_failures() {
         kernel_fd: 3,
         report_fd: 4,
         loopback: false,
+        outlive_kernel: false,
         egress: None,
     };
     let (_parent_sock, child_sock) = UnixStream::pair().expect("socketpair");
