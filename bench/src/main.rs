@@ -6,6 +6,7 @@
 
 mod client;
 mod jupyter;
+mod mcp;
 mod procmem;
 mod server;
 mod stats;
@@ -30,6 +31,7 @@ const ALL: &[&str] = &[
     "oneshot",
     "density",
     "analysis",
+    "mcp",
 ];
 
 /// Load benchmark of a Pyxis server (loopback only).
@@ -54,7 +56,7 @@ struct Args {
     /// stateful:jupyter, create:cold, create:warm).
     #[arg(
         long,
-        default_value = "roundtrip,stream,stateful,create,oneshot,density,analysis"
+        default_value = "roundtrip,stream,stateful,create,oneshot,density,analysis,mcp"
     )]
     workloads: String,
 
@@ -247,6 +249,7 @@ fn order(r: &Row) -> usize {
         ("oneshot", None),
         ("density", None),
         ("analysis", None),
+        ("mcp", None),
     ];
     ORDER
         .iter()
@@ -399,6 +402,7 @@ async fn run(args: Args) -> Result<bool> {
             Some("≥ 70% of v1's cells/s, 100% correct"),
         ),
         ("oneshot", None, main_cfg, Some("p50 ≤ 30 ms")),
+        ("mcp", None, main_cfg, Some("run_code p50 ≤ 2 ms")),
         ("analysis", None, main_cfg, None),
         ("create", Some("warm"), main_cfg, Some("create p50 ≤ 2 ms")),
         ("create", Some("cold"), cold_cfg, Some("create p50 ≤ 25 ms")),
@@ -445,6 +449,7 @@ async fn run(args: Args) -> Result<bool> {
                 ("oneshot", _) => workloads::oneshot(&ctx).await,
                 ("density", _) => workloads::density(&ctx).await,
                 ("analysis", _) => workloads::analysis(&ctx, &args.python).await,
+                ("mcp", _) => mcp::run(&ctx).await,
                 _ => unreachable!("unknown step {workload}"),
             }
         }
