@@ -24,7 +24,7 @@ const { pathToFileURL } = require('url');
 
 const { FrameBuffer, FrameError, encode } = require('./lib/framing');
 const { Output, cut, nbytes, EVENT_OVERHEAD } = require('./lib/output');
-const { rewrite, completeness } = require('./lib/rewrite');
+const { rewrite, plain, completeness } = require('./lib/rewrite');
 const display = require('./lib/display');
 
 const DEFAULT_MAX_OUTPUT = 1024 * 1024;
@@ -41,6 +41,10 @@ const MODULES = process.env.PYXIS_NODE_MODULES || path.join(__dirname, 'node_mod
 const INTERRUPTED = 'ERR_SCRIPT_EXECUTION_INTERRUPTED';
 const OWN_FRAMES = [__dirname + path.sep, 'node:internal', 'node:vm', '(node:', 'pyxis-guard'];
 const CELL_POS = /<cell (\d+)>:(\d+):(\d+)/g;
+// A TypeScript cell without any of these characters or words is JavaScript as it stands
+// (`x + 1`, `f(2)`): it skips the compiler, which costs milliseconds per cell.
+const TS_SYNTAX =
+  /[:<!?@]|\b(as|satisfies|interface|type|enum|namespace|declare|abstract|implements|private|public|protected|readonly|override|module|keyof|infer|is|unique|asserts|accessor)\b/;
 
 const runtimeRequire = Module.createRequire(path.join(MODULES, '..', 'kernel.js'));
 
@@ -314,7 +318,7 @@ class Kernel {
     const filename = cellNo ? `<cell ${cellNo}>` : '<cell 0>';
     let source = code;
     let map = null;
-    if (this.typescript) {
+    if (this.typescript && TS_SYNTAX.test(code)) {
       const ts = require('./lib/typescript');
       try {
         ({ code: source, map } = ts.transpile(code, `cell${cellNo}`));
@@ -324,9 +328,22 @@ class Kernel {
       }
     }
     this.remember(filename, code, map);
-    let plan;
+    let plan = null;
+    let script = null;
+    const options = { filename };
+    if (vm.constants && vm.constants.USE_MAIN_CONTEXT_DEFAULT_LOADER) {
+      options.importModuleDynamically = vm.constants.USE_MAIN_CONTEXT_DEFAULT_LOADER;
+    }
+    if (plain(source)) {
+      try {
+        script = new vm.Script(source, options);
+        plan = { async: false, hasResult: true };
+      } catch {
+        // The parser says where the syntax error is.
+      }
+    }
     try {
-      plan = rewrite(source);
+      if (!plan) plan = rewrite(source);
     } catch (err) {
       if (err instanceof SyntaxError && err.loc) {
         let { line, column } = err.loc;
@@ -336,11 +353,7 @@ class Kernel {
       }
       throw err;
     }
-    const options = { filename, lineOffset: plan.lineOffset };
-    if (vm.constants && vm.constants.USE_MAIN_CONTEXT_DEFAULT_LOADER) {
-      options.importModuleDynamically = vm.constants.USE_MAIN_CONTEXT_DEFAULT_LOADER;
-    }
-    const script = new vm.Script(plan.code, options);
+    if (!script) script = new vm.Script(plan.code, { ...options, lineOffset: plan.lineOffset });
     let value = this.interruptible(() => script.runInThisContext({ breakOnSigint: true, displayErrors: false }));
     if (plan.async) {
       this.out.flushStream();

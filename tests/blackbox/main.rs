@@ -9,5 +9,6 @@ mod egress;
 mod execution;
 mod files;
 mod isolation;
+mod javascript;
 mod lifecycle;
 mod streaming;

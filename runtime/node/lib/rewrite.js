@@ -22,8 +22,26 @@
 const path = require('path');
 
 const MODULES = process.env.PYXIS_NODE_MODULES || path.join(__dirname, '..', 'node_modules');
-const acorn = require(path.join(MODULES, 'acorn'));
-const walk = require(path.join(MODULES, 'acorn-walk'));
+// The parser is loaded at the first cell that needs it: a cell without the words below
+// runs as it is (a kernel that starts for `1 + 1` does not pay ~20 ms for acorn).
+let acorn = null;
+let walk = null;
+function parser() {
+  if (acorn === null) {
+    acorn = require(path.join(MODULES, 'acorn'));
+    walk = require(path.join(MODULES, 'acorn-walk'));
+  }
+  return acorn;
+}
+// Words of the constructs the rewrite changes; a cell without any runs unchanged (its
+// function declarations and `var`s are already global, and its value is the script's
+// completion value).
+const NEEDS_REWRITE = /\b(let|const|class|await|import|export)\b/;
+
+/** Whether the cell can run unchanged (the fast path: no parse). */
+function plain(code) {
+  return !NEEDS_REWRITE.test(code);
+}
 
 const PARSE_OPTIONS = {
   ecmaVersion: 'latest',
@@ -36,7 +54,7 @@ const PARSE_OPTIONS = {
 
 /** Parses a cell; throws acorn's SyntaxError (with `pos` and `loc`). */
 function parse(code) {
-  return acorn.parse(code, { ...PARSE_OPTIONS, locations: true });
+  return parser().parse(code, { ...PARSE_OPTIONS, locations: true });
 }
 
 /** Names bound by a declaration pattern (`a`, `{b, c: [d]}`, `...e`). */
@@ -220,7 +238,7 @@ function rewrite(source) {
 /** complete / incomplete / invalid, as Jupyter's is_complete_request asks. */
 function completeness(code) {
   try {
-    acorn.parse(code, PARSE_OPTIONS);
+    parser().parse(code, PARSE_OPTIONS);
     return 'complete';
   } catch (err) {
     if (typeof err.pos === 'number' && err.pos >= code.trimEnd().length) return 'incomplete';
@@ -228,4 +246,4 @@ function completeness(code) {
   }
 }
 
-module.exports = { rewrite, parse, completeness, patternNames };
+module.exports = { rewrite, plain, parse, completeness, patternNames };
