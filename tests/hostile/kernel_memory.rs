@@ -65,8 +65,8 @@ r, w = os.pipe()
 procs = [subprocess.Popen([sys.executable, '/tmp/holder.py', str(i)], stdout=w, stderr=subprocess.DEVNULL,
                           start_new_session=True) for i in range(HOLDERS)]
 os.close(w)
-# Within the cell's timeout (30 s on the attack server).
-reports, buf, deadline = [], b'', time.time() + 25
+# Within the cell's timeout (30 s on the attack server, both times the host's time scale).
+reports, buf, deadline = [], b'', time.time() + 25 * SCALE
 while len(reports) < HOLDERS and time.time() < deadline:
     chunk = os.read(r, 65536)
     if not chunk:
@@ -100,7 +100,10 @@ fn host_memory_taken(holder: &str, holders: u32) -> (u64, Vec<Value>) {
     v.ok("import json, os, subprocess, sys, time\nprint(1)");
     let before = mem_available_while(Duration::from_secs(2));
     let (reports, after) = attack(s, &v, |v| {
-        let code = format!("HOLDER = {holder:?}\nHOLDERS = {holders}\n{START_HOLDERS}");
+        let code = format!(
+            "HOLDER = {holder:?}\nHOLDERS = {holders}\nSCALE = {}\n{START_HOLDERS}",
+            pyxis_tests::time_scale()
+        );
         let out = v.exec(&code);
         let stdout = out["stdout"].as_str().unwrap_or_default().to_owned();
         if stdout.trim().is_empty() {
@@ -284,8 +287,8 @@ def state(kind, n):
 results = {}
 for kind in ('pipes', 'unix', 'memfd', 'tmpfs', 'mqueue'):
     procs = [subprocess.Popen([sys.executable, '/tmp/worker.py', kind, str(n)]) for n in range(WORKERS)]
-    # Five kinds within the cell's timeout (30 s on the attack server).
-    deadline = time.time() + 4
+    # Five kinds within the cell's timeout (30 s on the attack server, both scaled).
+    deadline = time.time() + 4 * SCALE
     while time.time() < deadline and any(p.poll() is None and not state(kind, n)[1] for n, p in enumerate(procs)):
         time.sleep(0.05)
     # What is held at once: by the workers still alive (a killed one freed its pipes,
@@ -312,8 +315,9 @@ fn pipes_unix_sockets_memfd_tmpfs_and_mqueues_count_against_the_session() {
     let s = server();
     let v = session_with_limits(s, json!({ "memory_mb": LIMIT_MIB }));
     let code = format!(
-        "LIMIT = {}\nWORKERS = 8\nWORKER = {CHARGED_WORKER:?}\n{RUN_WORKERS}",
-        LIMIT_MIB * MIB
+        "LIMIT = {}\nWORKERS = 8\nSCALE = {}\nWORKER = {CHARGED_WORKER:?}\n{RUN_WORKERS}",
+        LIMIT_MIB * MIB,
+        pyxis_tests::time_scale()
     );
     let held = attack(s, &v, |v| crate::util::json_of(v, &code));
     eprintln!("held at once, in MiB: {held}");

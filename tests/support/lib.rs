@@ -55,6 +55,52 @@ pub fn pyxis_bin() -> PathBuf {
     target.join(profile).join("pyxis")
 }
 
+/// How many times slower than this project's usual host the tests' host is:
+/// `PYXIS_TEST_TIME_SCALE` (a number ≥ 1, default 1). The cgroup v2 guest under software
+/// emulation sets it (scripts/vm/run-v2). Every wait and time limit of this harness is
+/// multiplied by it — the server's readiness, the client's timeout, a session's creation, the
+/// zygote's start (`PYXIS_ZYGOTE_READY_TIMEOUT_S`) and the cell timeout a test gives a server
+/// (`PYXIS_EXEC_TIMEOUT_S`) — and tests pass their own time bounds through [`scaled`].
+/// A value that is not a number ≥ 1 is refused with a panic that names it.
+pub fn time_scale() -> f64 {
+    static SCALE: OnceLock<f64> = OnceLock::new();
+    *SCALE.get_or_init(|| parse_time_scale(std::env::var("PYXIS_TEST_TIME_SCALE").ok().as_deref()))
+}
+
+fn parse_time_scale(v: Option<&str>) -> f64 {
+    match v.map(str::trim) {
+        None | Some("") => 1.0,
+        Some(text) => match text.parse::<f64>() {
+            Ok(k) if k.is_finite() && (1.0..=100.0).contains(&k) => k,
+            _ => panic!("PYXIS_TEST_TIME_SCALE={text:?}: expected a number from 1 to 100"),
+        },
+    }
+}
+
+/// `d` stretched by [`time_scale`]: a time bound that holds on this project's usual host,
+/// as it holds on a slower one.
+pub fn scaled(d: Duration) -> Duration {
+    d.mul_f64(time_scale())
+}
+
+/// Server settings that are time limits the tests wait within (seconds): scaled with the
+/// host, unlike limits whose effect a test measures.
+const SCALED_SETTINGS: &[&str] = &["PYXIS_EXEC_TIMEOUT_S", "PYXIS_ZYGOTE_READY_TIMEOUT_S"];
+
+/// The zygote's ready timeout of the server (`PYXIS_ZYGOTE_READY_TIMEOUT_S`'s default).
+const ZYGOTE_READY_TIMEOUT_S: f64 = 180.0;
+
+/// `value` of the setting `key`, scaled when it is one of [`SCALED_SETTINGS`].
+fn scaled_setting(key: &str, value: &str) -> String {
+    if !SCALED_SETTINGS.contains(&key) {
+        return value.to_string();
+    }
+    match value.parse::<f64>() {
+        Ok(secs) => format!("{}", secs * time_scale()),
+        Err(_) => value.to_string(),
+    }
+}
+
 fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
     l.local_addr().expect("local addr").port()
@@ -119,16 +165,23 @@ impl TestServer {
             .env("PYXIS_UID_BASE", uid_base.to_string())
             .env("PYXIS_POOL_MIN_IDLE", "1")
             .env("PYXIS_TEST_SECRET", "s3cr3t-host-environment-value")
+            .env(
+                "PYXIS_ZYGOTE_READY_TIMEOUT_S",
+                scaled_setting(
+                    "PYXIS_ZYGOTE_READY_TIMEOUT_S",
+                    &ZYGOTE_READY_TIMEOUT_S.to_string(),
+                ),
+            )
             .stdin(Stdio::null());
         if std::env::var_os("PYXIS_TEST_QUIET").is_some() {
             cmd.stdout(Stdio::null()).stderr(Stdio::null());
         }
         for (k, v) in settings {
-            cmd.env(k, v);
+            cmd.env(k, scaled_setting(k, v));
         }
         let child = spawn_detached(cmd);
         let pid = child.id() as i32;
-        let server = TestServer {
+        let mut server = TestServer {
             base: format!("http://127.0.0.1:{port}"),
             token,
             data_dir,
@@ -137,11 +190,11 @@ impl TestServer {
             child: Some(child),
             _dir: None,
             client: Client::builder()
-                .timeout(Duration::from_secs(120))
+                .timeout(scaled(Duration::from_secs(120)))
                 .build()
                 .expect("client"),
         };
-        server.wait_ready(Duration::from_secs(300));
+        server.wait_ready(scaled(Duration::from_secs(300)));
         server
     }
 
@@ -151,7 +204,9 @@ impl TestServer {
         SHARED.get_or_init(|| TestServer::start(&[("PYXIS_POOL_MIN_IDLE", "2")]))
     }
 
-    fn wait_ready(&self, limit: Duration) {
+    /// Waits until `/healthz` answers; a server that exits first fails at once (with its
+    /// exit status) rather than after `limit`.
+    fn wait_ready(&mut self, limit: Duration) {
         let start = Instant::now();
         loop {
             if let Ok(r) = self.client.get(format!("{}/healthz", self.base)).send() {
@@ -159,7 +214,14 @@ impl TestServer {
                     return;
                 }
             }
-            assert!(start.elapsed() < limit, "server did not become healthy");
+            if let Some(Ok(Some(exit))) = self.child.as_mut().map(Child::try_wait) {
+                self.child = None;
+                panic!("the server exited before it became healthy ({exit}); its log is above");
+            }
+            assert!(
+                start.elapsed() < limit,
+                "server did not become healthy within {limit:?}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -239,7 +301,7 @@ impl TestServer {
     ) -> (u16, String) {
         use std::io::{Read, Write};
         let mut conn = std::net::TcpStream::connect(self.addr()).expect("connect");
-        conn.set_read_timeout(Some(Duration::from_secs(60)))
+        conn.set_read_timeout(Some(scaled(Duration::from_secs(60))))
             .expect("timeout");
         let head = format!(
             "{method} {target} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n{headers}\r\n",
@@ -298,7 +360,7 @@ impl Drop for TestServer {
             unsafe {
                 libc::kill(c.id() as i32, libc::SIGTERM);
             }
-            let deadline = Instant::now() + Duration::from_secs(20);
+            let deadline = Instant::now() + scaled(Duration::from_secs(20));
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = c.try_wait() {
                     return;
@@ -451,14 +513,14 @@ impl S3Server {
             child: Some(child),
             client: Client::builder()
                 .no_proxy()
-                .timeout(Duration::from_secs(60))
+                .timeout(scaled(Duration::from_secs(60)))
                 .build()
                 .expect("client"),
         };
         let start = Instant::now();
         while s.client.get(&s.endpoint).send().is_err() {
             assert!(
-                start.elapsed() < Duration::from_secs(60),
+                start.elapsed() < scaled(Duration::from_secs(60)),
                 "moto did not start"
             );
             std::thread::sleep(Duration::from_millis(100));
@@ -535,5 +597,39 @@ impl Drop for S3Server {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_time_scale_is_one_unless_set_and_refuses_nonsense() {
+        assert_eq!(parse_time_scale(None), 1.0);
+        assert_eq!(parse_time_scale(Some("")), 1.0);
+        assert_eq!(parse_time_scale(Some(" 4 ")), 4.0);
+        assert_eq!(parse_time_scale(Some("2.5")), 2.5);
+        for bad in ["0", "0.5", "-3", "nan", "inf", "1e9", "fast"] {
+            let r = std::panic::catch_unwind(|| parse_time_scale(Some(bad)));
+            assert!(r.is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn only_the_waited_for_settings_scale() {
+        // time_scale() is 1 in the unit tests unless the environment says otherwise.
+        let k = time_scale();
+        assert_eq!(
+            scaled_setting("PYXIS_EXEC_TIMEOUT_S", "30"),
+            format!("{}", 30.0 * k)
+        );
+        assert_eq!(scaled_setting("PYXIS_INTERRUPT_GRACE_S", "2"), "2");
+        assert_eq!(scaled_setting("PYXIS_MEMORY_MB", "384"), "384");
+        assert_eq!(scaled_setting("PYXIS_EXEC_TIMEOUT_S", "soon"), "soon");
+        assert_eq!(
+            scaled(Duration::from_secs(2)),
+            Duration::from_secs(2).mul_f64(k)
+        );
     }
 }
