@@ -47,10 +47,16 @@ vm_runtime_package_files() {
   vm_runtime_package_pairs | cut -d' ' -f2
 }
 
-# "package path" lines of that table (entries may span lines after rustfmt).
+# "package path" lines of that table (entries may span lines after rustfmt), and Debian's
+# nodejs, which `pyxis serve` also wants at start for JavaScript cells
+# (crates/server/src/runtime/node.rs; npm only installs their packages, which the shared
+# runtime already holds).
 vm_runtime_package_pairs() {
   sed -n '/^const DEBIAN_PACKAGES/,/^];/p' "$REPO/crates/server/src/runtime.rs" |
     tr -d ' \n' | grep -o '("[^"]*","[^"]*",\?)' | sed 's/^("\([^"]*\)","\([^"]*\)",\?)$/\1 \2/'
+  if grep -q '^pub const NODE: &str = "/usr/bin/node";' "$REPO/crates/server/src/runtime/node.rs" 2>/dev/null; then
+    echo "nodejs /usr/bin/node"
+  fi
 }
 
 # Everything the guest root is made of: packages of the image itself plus the runtime's.
