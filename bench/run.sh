@@ -42,6 +42,8 @@ key_fields = {
     "oneshot": ["p50_ms", "p95_ms"],
     "density": ["uss_mib_per_session", "pss_mib_per_session", "server_rss_mib"],
     "analysis": ["session_median_ms", "local_median_ms", "ratio"],
+    "data": ["create_p50_ms", "late_imports_p50_ms", "uss_mib_per_session", "p50_ms", "p95_ms",
+             "words_found"],
 }
 rows = {}
 order = []

@@ -5,6 +5,7 @@
 //! then a table with the budgets of DESIGN.md ("Performance budget").
 
 mod client;
+mod data;
 mod jupyter;
 mod mcp;
 mod procmem;
@@ -31,6 +32,7 @@ const ALL: &[&str] = &[
     "oneshot",
     "density",
     "analysis",
+    "data",
     "mcp",
 ];
 
@@ -56,7 +58,7 @@ struct Args {
     /// stateful:jupyter, create:cold, create:warm).
     #[arg(
         long,
-        default_value = "roundtrip,stream,stateful,create,oneshot,density,analysis,mcp"
+        default_value = "roundtrip,stream,stateful,create,oneshot,density,analysis,mcp,data"
     )]
     workloads: String,
 
@@ -249,6 +251,10 @@ fn order(r: &Row) -> usize {
         ("oneshot", None),
         ("density", None),
         ("analysis", None),
+        ("data", Some("create")),
+        ("data", Some("idle")),
+        ("data", Some("docx2pdf")),
+        ("data", Some("ocr")),
         ("mcp", None),
     ];
     ORDER
@@ -407,6 +413,11 @@ async fn run(args: Args) -> Result<bool> {
         ("create", Some("warm"), main_cfg, Some("create p50 ≤ 2 ms")),
         ("create", Some("cold"), cold_cfg, Some("create p50 ≤ 25 ms")),
         ("density", None, cold_cfg, Some("USS ≤ 15 MiB/session")),
+        // Issue 17 (bench/src/data.rs); budgets of DESIGN.md where it has one.
+        ("data", Some("create"), cold_cfg, Some("create p50 ≤ 8 ms")),
+        ("data", Some("idle"), cold_cfg, Some("USS ≤ 5 MiB/session")),
+        ("data", Some("docx2pdf"), main_cfg, None),
+        ("data", Some("ocr"), main_cfg, None),
     ];
 
     for w in &selected {
@@ -449,6 +460,7 @@ async fn run(args: Args) -> Result<bool> {
                 ("oneshot", _) => workloads::oneshot(&ctx).await,
                 ("density", _) => workloads::density(&ctx).await,
                 ("analysis", _) => workloads::analysis(&ctx, &args.python).await,
+                ("data", Some(v)) => data::run(&ctx, v).await,
                 ("mcp", _) => mcp::run(&ctx).await,
                 _ => unreachable!("unknown step {workload}"),
             }
