@@ -5,6 +5,7 @@ mod escape;
 mod exhaustion;
 mod files_api;
 mod host_counters;
+mod javascript;
 mod kernel_memory;
 mod network;
 mod protocol;
