@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 
 import httpx2
 import pytest
 from helpers import PNG_MAGIC, new_session, run, text_of
+from mcp import ClientSession, StdioServerParameters
+from mcp.client.stdio import stdio_client
 from mcp.shared.exceptions import MCPError
 
 
@@ -114,3 +117,27 @@ def test_stdio_wrong_token_is_a_clean_error(pyxis):
     with pytest.raises(BaseException) as info:
         run(body())
     assert "401" in repr(info.value) or "token" in repr(info.value).lower(), repr(info.value)
+
+
+def test_stdio_defaults_to_the_configured_server(pyxis):
+    """Without --url and --token, `pyxis mcp` reaches this host's server as configured
+    (PYXIS_LISTEN, PYXIS_TOKEN: the same settings `pyxis serve` reads)."""
+    port = pyxis.base.rsplit(":", 1)[1]
+    params = StdioServerParameters(
+        command=pyxis.binary,
+        args=["mcp"],
+        env={
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "PYXIS_LISTEN": f"0.0.0.0:{port}",
+            "PYXIS_TOKEN": pyxis.token,
+        },
+    )
+
+    async def body():
+        async with stdio_client(params) as (read, write):
+            async with ClientSession(read, write) as client:
+                await client.initialize()
+                r = await client.call_tool("run_code", {"code": "print('via defaults')"})
+                assert "via defaults" in text_of(r), text_of(r)
+
+    run(body())
