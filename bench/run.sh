@@ -44,6 +44,9 @@ key_fields = {
     "analysis": ["session_median_ms", "local_median_ms", "ratio"],
     "data": ["create_p50_ms", "late_imports_p50_ms", "uss_mib_per_session", "p50_ms", "p95_ms",
              "words_found"],
+    "burst": ["p50_ms", "p95_ms", "max_ms", "first_round_p50_ms", "first_round_p95_ms"],
+    "spawn100": ["wall_s", "each_p50_ms", "each_p95_ms"],
+    "density1000": ["mem_available_fall_mib_per_session", "cell_p50_ms", "cell_p95_ms", "create_s"],
 }
 rows = {}
 order = []
@@ -58,7 +61,8 @@ for path in sorted(glob.glob(f"{outdir}/run-*.jsonl")):
 
 canon = ["roundtrip", "stream", "stateful (steady)", "stateful (churn)",
          "stateful (jupyter)", "create (cold)",
-         "create (warm)", "oneshot", "density", "analysis"]
+         "create (warm)", "oneshot", "density", "analysis", "burst (25)", "burst (50)",
+         "spawn100", "density1000"]
 order.sort(key=lambda n: canon.index(n) if n in canon else len(canon))
 medians = []
 table = [("row", "median of runs", "budget", "pass runs")]

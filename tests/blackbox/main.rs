@@ -2,8 +2,11 @@
 //! real sandboxes and the real Python runtime, and asserts what a client sees.
 
 mod api;
+mod bursts;
 mod cgroups;
+mod commands;
 mod compat;
+mod contexts;
 mod datastack;
 mod egress;
 mod execution;
@@ -12,3 +15,4 @@ mod isolation;
 mod javascript;
 mod lifecycle;
 mod streaming;
+mod tenants;

@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, Settings};
@@ -40,8 +39,34 @@ enum Cmd {
     Setup,
     /// Report what this host supports and how to fix what it lacks.
     Doctor,
+    /// API keys of the keys file (`PYXIS_KEYS_FILE`).
+    #[command(subcommand)]
+    Key(KeyCmd),
     /// MCP over stdio (for clients that launch a command), bridged to a running server.
     Mcp(crate::doors::mcp::McpArgs),
+}
+
+#[derive(Subcommand)]
+enum KeyCmd {
+    /// Make a new key: print its secret (once) and the entry to add to the keys file.
+    New {
+        /// The key's name (the tenant its sessions belong to; shown in metrics).
+        #[arg(long)]
+        name: String,
+    },
+}
+
+/// `pyxis key new`: the secret goes to stdout alone on its first line, so a script can
+/// take it; the keys-file entry (the hash, never the secret) follows.
+fn key_new(name: &str) -> anyhow::Result<()> {
+    let (secret, entry) = crate::tenants::new_key(name)?;
+    println!("{secret}");
+    eprintln!(
+        "pyxis: the secret above is shown once and stored nowhere; give it to the client.\n\
+         pyxis: add this entry to the keys file (it is reloaded on change and on SIGHUP):"
+    );
+    println!("\n{entry}");
+    Ok(())
 }
 
 /// The `pyxis` command line.
@@ -59,6 +84,7 @@ pub fn main() -> anyhow::Result<()> {
         Cmd::Serve => serve(cfg),
         Cmd::Setup => runtime::Runtime::new(&cfg.runtime_dir).ensure(),
         Cmd::Doctor => crate::doctor::run(&cfg),
+        Cmd::Key(KeyCmd::New { name }) => key_new(&name),
         Cmd::Mcp(args) => crate::doors::mcp::stdio_main(&cfg, args),
     }
 }
@@ -115,7 +141,20 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
                 cfg.data_dir.display()
             )
         })?;
-    let token = load_token(&cfg)?;
+    // With a keys file, the token is only what is configured: none is generated, and the
+    // doors that compare with `App::token` get a random one nobody knows.
+    let (token, tenants) = match &cfg.keys_file {
+        Some(path) => {
+            let tenants = crate::tenants::Tenants::with_keys_file(cfg.token.clone(), path.clone())
+                .with_context(|| format!("loading the keys file {}", path.display()))?;
+            let token = cfg.token.clone().unwrap_or_else(crate::ids::new_token);
+            (token, tenants)
+        }
+        None => {
+            let token = load_token(&cfg)?;
+            (token.clone(), crate::tenants::Tenants::single(token))
+        }
+    };
     tracing::info!(config = %serde_json::to_string(&cfg)?, "effective configuration (token masked)");
     let rt = runtime::Runtime::new(&cfg.runtime_dir);
     rt.ensure().context("installing the Python runtime")?;
@@ -128,24 +167,30 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         );
     }
     // The zygote's thread is started from here, before the async runtime.
-    let zygote = zygote::Zygote::start(zygote::ZygoteCommand {
-        runtime: rt,
-        sandbox_lib: cfg.sandbox_lib.clone(),
-        ready_timeout: cfg.zygote_ready_timeout,
-    })?;
+    let zygote = zygote::Zygote::start_many(
+        zygote::ZygoteCommand {
+            runtime: rt,
+            sandbox_lib: cfg.sandbox_lib.clone(),
+            ready_timeout: cfg.zygote_ready_timeout,
+        },
+        cfg.zygotes,
+    )?;
     let cfg = Arc::new(cfg);
-    let launcher = Arc::new(SandboxFactory::new(cfg.clone(), zygote)?);
+    let proxy = crate::services::egress::build_proxy(&cfg)?;
+    let launcher = Arc::new(SandboxFactory::new(cfg.clone(), zygote)?.with_egress(proxy));
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
         .block_on(async move {
             let sessions = Sessions::new(cfg.clone(), launcher);
             sessions.start_background();
-            let app = app::App::new(
+            tenants.watch();
+            let app = app::App::with_tenants(
                 cfg.clone(),
                 sessions.clone(),
                 Files::new(cfg.clone()),
                 token,
+                tenants,
             );
             crate::metrics::handle();
             if let Some(addr) = cfg.metrics_listen {
@@ -153,30 +198,29 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
                     .await
                     .with_context(|| format!("binding the metrics address {addr}"))?;
                 tracing::info!(%addr, "metrics listening");
-                tokio::spawn(async move {
-                    let _ = axum::serve(listener.tap_io(no_delay), router::metrics_only()).await;
-                });
+                let limits = crate::conns::ConnLimits::from_config(&cfg);
+                tokio::spawn(crate::conns::serve(
+                    listener,
+                    router::metrics_only(),
+                    limits,
+                    std::future::pending(),
+                ));
             }
             let listener = tokio::net::TcpListener::bind(cfg.listen)
                 .await
                 .with_context(|| format!("binding {}", cfg.listen))?;
             tracing::info!(addr = %listener.local_addr()?, "listening");
-            axum::serve(listener.tap_io(no_delay), router::build(app))
-                .with_graceful_shutdown(shutdown_signal())
-                .await?;
+            crate::conns::serve(
+                listener,
+                router::build(app),
+                crate::conns::ConnLimits::from_config(&cfg),
+                shutdown_signal(),
+            )
+            .await;
             tracing::info!("shutting down: releasing every session");
             sessions.shutdown().await;
             Ok(())
         })
-}
-
-/// Small writes go out at once: a stream's events (SSE, WebSocket frames) are separate
-/// writes after the headers, and with Nagle's algorithm each would wait for the client's
-/// delayed ACK of the previous one (about 40 ms on Linux).
-fn no_delay(tcp: &mut tokio::net::TcpStream) {
-    if let Err(e) = tcp.set_nodelay(true) {
-        tracing::warn!(error = %e, "could not set TCP_NODELAY");
-    }
 }
 
 async fn shutdown_signal() {

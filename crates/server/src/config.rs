@@ -35,6 +35,18 @@ pub struct Settings {
     /// Idle sandboxes kept ready for new sessions.
     #[arg(long, env = "PYXIS_POOL_MIN_IDLE")]
     pub pool_min_idle: Option<usize>,
+    /// Most idle sandboxes the pool grows to when creates come faster than it refills.
+    #[arg(long, env = "PYXIS_POOL_MAX_IDLE")]
+    pub pool_max_idle: Option<usize>,
+    /// Memory the idle sandboxes of the pool may hold together, in MiB.
+    #[arg(long, env = "PYXIS_POOL_MAX_MB")]
+    pub pool_max_mb: Option<u64>,
+    /// Seconds without a create after which a grown pool shrinks back towards its minimum.
+    #[arg(long, env = "PYXIS_POOL_SHRINK_S")]
+    pub pool_shrink_s: Option<f64>,
+    /// Python zygotes forking sandboxes in parallel (default: one per core).
+    #[arg(long, env = "PYXIS_ZYGOTES")]
+    pub zygotes: Option<usize>,
     /// Most live sessions at once; beyond it creation answers 503.
     #[arg(long, env = "PYXIS_MAX_SESSIONS")]
     pub max_sessions: Option<usize>,
@@ -135,9 +147,75 @@ pub struct Settings {
     /// KiB; the oldest cells are dropped first.
     #[arg(long, env = "PYXIS_HISTORY_MAX_KB")]
     pub history_max_kb: Option<u64>,
+    /// Seconds a connection has to send a request's head (from accept, and from the end of
+    /// the previous response on a keep-alive connection).
+    #[arg(long, env = "PYXIS_HEADER_TIMEOUT_S")]
+    pub header_timeout_s: Option<f64>,
+    /// Seconds a request may stall (its body not sent, its response not read) before its
+    /// connection is closed. Long cells, SSE and WebSocket streams are not stalls.
+    #[arg(long, env = "PYXIS_CONN_IDLE_TIMEOUT_S")]
+    pub conn_idle_timeout_s: Option<f64>,
+    /// Most open connections; past it new ones are answered 503 and closed.
+    #[arg(long, env = "PYXIS_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Most open connections from one client address (0: no per-client cap; use 0 behind
+    /// a reverse proxy).
+    #[arg(long, env = "PYXIS_MAX_CONNECTIONS_PER_PEER")]
+    pub max_connections_per_peer: Option<usize>,
+    /// Keys file (TOML or JSON): API keys by name, each with a hash of its secret and its
+    /// own limits. Reloaded when it changes and on SIGHUP.
+    #[arg(long, env = "PYXIS_KEYS_FILE")]
+    pub keys_file: Option<PathBuf>,
     /// Serve `/metrics` on this address instead of the API's (then without a token).
     #[arg(long, env = "PYXIS_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// The E2B door's domain: requests to `{port}-{sandboxId}.{domain}` are E2B sandbox
+    /// calls (the SDKs' `E2B_DOMAIN`). Unset: only the `E2b-Sandbox-*` headers address them.
+    #[arg(long, env = "PYXIS_E2B_DOMAIN")]
+    pub e2b_domain: Option<String>,
+    /// Longest timeout an E2B sandbox may be given, in seconds (default 3600).
+    #[arg(long, env = "PYXIS_E2B_MAX_TIMEOUT_S")]
+    pub e2b_max_timeout_s: Option<u64>,
+    /// The most network a client may ask for a session: `none`, `allow` (host names,
+    /// `*.wildcards`, networks of its allow-list) or `public` (any public address).
+    /// Default `allow`.
+    #[arg(long, env = "PYXIS_EGRESS_MAX")]
+    pub egress_max: Option<String>,
+    /// A session's network when it asks for none: `none` (default), `public`, or
+    /// `allow:pypi.org,*.pythonhosted.org,…`. At most `egress_max`.
+    #[arg(long, env = "PYXIS_EGRESS_DEFAULT")]
+    pub egress_default: Option<String>,
+    /// Networks, addresses and `host:port`s the egress proxy may connect to although they
+    /// are loopback, private or link-local (a session's policy must still name them). The
+    /// server's own listen addresses are refused whatever this says.
+    #[arg(long, env = "PYXIS_EGRESS_ALLOW")]
+    pub egress_allow: Option<String>,
+    /// Bytes one session may move through the egress proxy, in MiB (default 2048).
+    #[arg(long, env = "PYXIS_EGRESS_MAX_MB")]
+    pub egress_max_mb: Option<u64>,
+    /// Connections one session may hold open through the egress proxy (default 64).
+    #[arg(long, env = "PYXIS_EGRESS_MAX_CONNECTIONS")]
+    pub egress_max_connections: Option<usize>,
+    /// New egress connections per second one session may open, with bursts of five
+    /// times as many (default 20).
+    #[arg(long, env = "PYXIS_EGRESS_RATE")]
+    pub egress_rate: Option<u32>,
+    /// The PEP 503 simple index that sandboxes install from (through the server's
+    /// mirror and wheel cache); default https://pypi.org/simple/. The session's policy
+    /// must reach its host.
+    #[arg(long, env = "PYXIS_PACKAGE_INDEX")]
+    pub package_index: Option<String>,
+    /// Largest package file the mirror downloads, in MiB (default 1024).
+    #[arg(long, env = "PYXIS_PACKAGE_MAX_MB")]
+    pub package_max_mb: Option<u64>,
+    /// Time limit of one package install, in seconds (default 300).
+    #[arg(long, env = "PYXIS_INSTALL_TIMEOUT_S")]
+    pub install_timeout_s: Option<f64>,
+    /// Install on import: `import=requirement` pairs (or bare names), comma-separated;
+    /// a `ModuleNotFoundError` for one of them installs it and imports again. Off when
+    /// empty (default).
+    #[arg(long, env = "PYXIS_AUTO_INSTALL")]
+    pub auto_install: Option<String>,
 }
 
 /// The validated configuration. Each field is the setting of the same name in
@@ -152,6 +230,10 @@ pub struct Config {
     pub token: Option<String>,
     pub sandbox_lib: PathBuf,
     pub pool_min_idle: usize,
+    pub pool_max_idle: usize,
+    pub pool_max_bytes: u64,
+    pub pool_shrink_after: Duration,
+    pub zygotes: usize,
     pub max_sessions: usize,
     pub idle_timeout: Duration,
     pub exec_timeout: Duration,
@@ -182,7 +264,15 @@ pub struct Config {
     pub compat_store_ttl: Duration,
     pub compat_store_max_bytes: u64,
     pub history_max_bytes: u64,
+    pub header_timeout: Duration,
+    pub conn_idle_timeout: Duration,
+    pub max_connections: usize,
+    pub max_connections_per_peer: usize,
+    pub keys_file: Option<PathBuf>,
     pub metrics_listen: Option<SocketAddr>,
+    pub e2b_domain: Option<String>,
+    pub e2b_max_timeout: Duration,
+    pub egress: crate::services::egress::EgressSettings,
 }
 
 const MIB: u64 = 1024 * 1024;
@@ -204,6 +294,10 @@ impl Settings {
             token,
             sandbox_lib,
             pool_min_idle,
+            pool_max_idle,
+            pool_max_mb,
+            pool_shrink_s,
+            zygotes,
             max_sessions,
             idle_timeout_s,
             exec_timeout_s,
@@ -234,7 +328,24 @@ impl Settings {
             compat_store_ttl_s,
             compat_store_max_mb,
             history_max_kb,
-            metrics_listen
+            header_timeout_s,
+            conn_idle_timeout_s,
+            max_connections,
+            max_connections_per_peer,
+            keys_file,
+            metrics_listen,
+            e2b_domain,
+            e2b_max_timeout_s,
+            egress_max,
+            egress_default,
+            egress_allow,
+            egress_max_mb,
+            egress_max_connections,
+            egress_rate,
+            package_index,
+            package_max_mb,
+            install_timeout_s,
+            auto_install
         )
     }
 }
@@ -295,6 +406,39 @@ impl Config {
         if max_sessions == 0 {
             bail!("max_sessions must be at least 1");
         }
+        let egress =
+            crate::services::egress::EgressSettings::parse(crate::services::egress::EgressInput {
+                max: s.egress_max,
+                default: s.egress_default,
+                allow: s.egress_allow,
+                max_mb: s.egress_max_mb,
+                max_connections: s.egress_max_connections,
+                rate: s.egress_rate,
+                package_index: s.package_index,
+                package_max_mb: s.package_max_mb,
+                install_timeout_s: s.install_timeout_s,
+                auto_install: s.auto_install,
+            })?;
+        let pool_min_idle = s.pool_min_idle.unwrap_or(2);
+        // A pool turned off (minimum 0) does not grow unless a maximum is set.
+        let pool_max_idle = s
+            .pool_max_idle
+            .unwrap_or(if pool_min_idle == 0 { 0 } else { pool_min_idle.max(32) });
+        if pool_max_idle < pool_min_idle {
+            bail!(
+                "pool_max_idle ({pool_max_idle}) must be at least pool_min_idle ({pool_min_idle})"
+            );
+        }
+        let zygotes = match s.zygotes {
+            Some(n) if (1..=crate::sandboxes::zygote::MAX_ZYGOTES).contains(&n) => n,
+            Some(n) => bail!(
+                "zygotes must be between 1 and {} (got {n})",
+                crate::sandboxes::zygote::MAX_ZYGOTES
+            ),
+            None => std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(crate::sandboxes::zygote::MAX_ZYGOTES),
+        };
         let cfg = Config {
             listen: s
                 .listen
@@ -303,7 +447,11 @@ impl Config {
             runtime_dir: s.runtime_dir.unwrap_or_else(|| DEFAULT_RUNTIME_DIR.into()),
             token: s.token.filter(|t| !t.is_empty()),
             sandbox_lib,
-            pool_min_idle: s.pool_min_idle.unwrap_or(2),
+            pool_min_idle,
+            pool_max_idle,
+            pool_max_bytes: s.pool_max_mb.unwrap_or(512) * MIB,
+            pool_shrink_after: secs("pool_shrink_s", s.pool_shrink_s.unwrap_or(60.0))?,
+            zygotes,
             max_sessions,
             idle_timeout: Duration::from_secs(s.idle_timeout_s.unwrap_or(1800).max(1)),
             exec_timeout: secs("exec_timeout_s", s.exec_timeout_s.unwrap_or(60.0))?,
@@ -356,7 +504,18 @@ impl Config {
             compat_store_ttl: Duration::from_secs(s.compat_store_ttl_s.unwrap_or(86_400).max(1)),
             compat_store_max_bytes: s.compat_store_max_mb.unwrap_or(1024) * MIB,
             history_max_bytes: s.history_max_kb.unwrap_or(1024) * 1024,
+            header_timeout: secs("header_timeout_s", s.header_timeout_s.unwrap_or(10.0))?,
+            conn_idle_timeout: secs("conn_idle_timeout_s", s.conn_idle_timeout_s.unwrap_or(60.0))?,
+            max_connections: s.max_connections.unwrap_or(4096).max(1),
+            max_connections_per_peer: s.max_connections_per_peer.unwrap_or(1024),
+            keys_file: s.keys_file,
             metrics_listen: s.metrics_listen,
+            e2b_domain: s
+                .e2b_domain
+                .map(|d| d.trim().trim_matches('.').to_ascii_lowercase())
+                .filter(|d| !d.is_empty()),
+            e2b_max_timeout: Duration::from_secs(s.e2b_max_timeout_s.unwrap_or(3600).max(1)),
+            egress,
         };
         if cfg.memory_bytes < 64 * MIB {
             bail!("memory_mb must be at least 64");

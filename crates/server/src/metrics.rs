@@ -34,6 +34,7 @@ pub fn handle() -> &'static PrometheusHandle {
 
 /// The text exposition of every metric.
 pub fn render() -> String {
+    crate::services::egress::record_server_metrics();
     handle().render()
 }
 
@@ -124,5 +125,64 @@ pub struct StreamGuard(&'static str);
 impl Drop for StreamGuard {
     fn drop(&mut self) {
         gauge!("pyxis_streams_open", "kind" => self.0).decrement(1.0);
+    }
+}
+
+/// A connection was accepted (under the caps).
+pub fn connection_opened() {
+    gauge!("pyxis_connections_open").increment(1.0);
+    counter!("pyxis_connections_total").increment(1);
+}
+
+/// An accepted connection closed.
+pub fn connection_closed() {
+    gauge!("pyxis_connections_open").decrement(1.0);
+}
+
+/// A connection past a cap (`max_connections`, `max_connections_per_peer`) was answered
+/// 503 and closed.
+pub fn connection_refused(reason: &'static str) {
+    counter!("pyxis_connections_refused_total", "reason" => reason).increment(1);
+}
+
+/// A connection was closed by a timeout (`header_timeout`, `keepalive_timeout`,
+/// `body_stalled`, `response_not_read`).
+pub fn connection_shed(reason: &'static str) {
+    counter!("pyxis_connections_shed_total", "reason" => reason).increment(1);
+}
+
+/// A tenant's live sessions (and running one-shots).
+pub fn tenant_sessions_live(tenant: &str, n: usize) {
+    gauge!("pyxis_tenant_sessions_live", "tenant" => tenant.to_string()).set(n as f64);
+}
+
+/// A tenant's cell was admitted.
+pub fn tenant_cell(tenant: &str) {
+    counter!("pyxis_tenant_cells_total", "tenant" => tenant.to_string()).increment(1);
+}
+
+/// A tenant's request was refused by one of its limits (`sessions`, `cells_per_minute`,
+/// `memory`).
+pub fn tenant_limited(tenant: &str, limit: &'static str) {
+    counter!("pyxis_tenant_limited_total", "tenant" => tenant.to_string(), "limit" => limit)
+        .increment(1);
+}
+
+/// The keys file was reloaded (or refused).
+pub fn keys_reloaded(ok: bool) {
+    let outcome = if ok { "ok" } else { "refused" };
+    counter!("pyxis_keys_reloads_total", "outcome" => outcome).increment(1);
+}
+
+/// Zygote `index` spawned a kernel.
+pub fn zygote_spawned(index: usize) {
+    counter!("pyxis_zygote_spawns_total", "zygote" => index.to_string()).increment(1);
+}
+
+/// Zygote `index` is serving (`true`) or was lost and is being replaced (`false`).
+pub fn zygote_alive(index: usize, alive: bool) {
+    gauge!("pyxis_zygote_up", "zygote" => index.to_string()).set(f64::from(u8::from(alive)));
+    if !alive {
+        counter!("pyxis_zygote_restarts_total", "zygote" => index.to_string()).increment(1);
     }
 }

@@ -89,3 +89,57 @@ def collapse(min_resident: float = MIN_RESIDENT) -> dict:
         "ms": round((time.perf_counter() - t0) * 1e3, 1),
         "error": error,
     }
+
+
+def anon_huge_kib(rollup: str = "/proc/self/smaps_rollup") -> int:
+    """The process's anonymous memory mapped with huge pages, in KiB (0 if unknown)."""
+    try:
+        with open(rollup, encoding="ascii") as f:
+            for line in f:
+                if line.startswith("AnonHugePages:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+class Recollapse:
+    """Restores the zygote's huge pages while it is idle.
+
+    After a fork the zygote's huge pages are shared with the child, and the zygote's own
+    next write into one of them splits its mapping back into 4 KiB entries (the copy-on-write
+    fallback above): after a few dozen spawns about half of the preloaded heap is mapped
+    with small pages again, and every later fork and exit copies and drops those entries.
+    Once the zygote has been idle for `idle_s` after at least `after_spawns` spawns, and
+    less than `keep` of what it had is still huge, it collapses again. The kernels forked
+    before keep the old pages; the new ones share the new.
+    """
+
+    def __init__(self, idle_s: float = 2.0, after_spawns: int = 32, keep: float = 0.75) -> None:
+        self.idle_s = idle_s
+        self.after_spawns = after_spawns
+        self.keep = keep
+        self.baseline_kib = anon_huge_kib()
+        self.spawns = 0
+        self.last = time.monotonic()
+
+    def spawned(self) -> None:
+        """One more spawn (the zygote wrote into its heap)."""
+        self.spawns += 1
+        self.last = time.monotonic()
+
+    def due(self) -> bool:
+        """Whether the zygote is idle and its huge pages decayed enough to collapse again."""
+        if self.spawns < self.after_spawns or self.baseline_kib == 0:
+            return False
+        if time.monotonic() - self.last < self.idle_s:
+            return False
+        return anon_huge_kib() < self.keep * self.baseline_kib
+
+    def run(self) -> dict:
+        """Collapses again; what `collapse` did."""
+        result = collapse()
+        self.spawns = 0
+        self.last = time.monotonic()
+        self.baseline_kib = max(self.baseline_kib, anon_huge_kib())
+        return result

@@ -215,7 +215,8 @@ def _sibling(parent: "Zygote", ctrl_fd: int) -> None:
         parent.fds.clear()
         parent.ctrl.close()
         os.close(parent.wakeup)
-        os.close(parent.wakeup_w)
+        # The parent's wakeup pipe's write end (the sibling makes its own).
+        os.close(signal.set_wakeup_fd(-1))
         os.close(parent.pidfd)
         # Not inherited across fork: the sibling's sandbox inits are reaped by the sibling.
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
@@ -242,11 +243,12 @@ class Zygote:
         # Every sandbox's init and kernel are our children. A dead kernel must be reaped at
         # once: its init, pid 1 of the namespace, cannot finish exiting before that. So a
         # child's exit wakes the loop (the handler only makes Python write the wakeup fd).
-        self.wakeup, self.wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        signal.set_wakeup_fd(self.wakeup_w, warn_on_full_buffer=False)
+        self.wakeup, wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wakeup_w, warn_on_full_buffer=False)
         signal.signal(signal.SIGCHLD, lambda _signum, _frame: None)
         self.buffer = framing.FrameBuffer()
         self.fds: list[int] = []
+        self.huge = hugepages.Recollapse()
 
     def send(self, msg: dict) -> None:
         """One control frame; exits if the server is gone."""
@@ -303,6 +305,7 @@ class Zygote:
         if child == 0:
             _kernel(self.ctrl, kernel_fd)
         ctypes.pythonapi.PyOS_AfterFork_Parent()
+        self.huge.spawned()
         for fd in fds:
             os.close(fd)
         reap()
@@ -339,6 +342,30 @@ class Zygote:
         else:
             self.send({"type": "error", "error": f"unknown request type {kind!r}"})
 
+    def idle(self) -> None:
+        """Between requests: collapse the huge pages again once they have decayed."""
+        if self.huge.due():
+            huge = self.huge.run()
+            log(f"huge pages collapsed again: {huge['collapsed_mib']} MiB in {huge['ms']} ms")
+
+    def serve_frames(self) -> bool:
+        """Handles every complete frame received; False when the stream is broken."""
+        while True:
+            try:
+                msg = self.buffer.next_frame()
+            except framing.FrameError as exc:
+                log(f"closing: {exc}")
+                return False
+            if msg is None:
+                break
+            self.handle(msg)
+        # fds that arrived with nothing to claim them would leak.
+        if self.fds and not self.buffer.pending():
+            for fd in self.fds:
+                os.close(fd)
+            self.fds.clear()
+        return True
+
     def run(self) -> None:
         """Loops until the server closes the socket."""
         while True:
@@ -353,24 +380,12 @@ class Zygote:
                 except BlockingIOError:
                     pass
             reap()
+            if not ready:
+                self.idle()
             if self.ctrl not in ready:
                 continue
-            if not self.receive():
+            if not self.receive() or not self.serve_frames():
                 return
-            while True:
-                try:
-                    msg = self.buffer.next_frame()
-                except framing.FrameError as exc:
-                    log(f"closing: {exc}")
-                    return
-                if msg is None:
-                    break
-                self.handle(msg)
-            # fds that arrived with nothing to claim them would leak.
-            if self.fds and not self.buffer.pending():
-                for fd in self.fds:
-                    os.close(fd)
-                self.fds.clear()
 
 
 # prctl(2) option: orphaned descendants are reparented to us, not to the host's init.

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -113,3 +114,29 @@ def test_a_fork_after_the_collapse_still_copies_on_write():
     assert result["child_obj"] == "child"
     assert result["parent"] == [0, 1]
     assert result["parent_obj"] == "101010"
+
+
+def test_recollapse_waits_for_spawns_idleness_and_decay(monkeypatch):
+    """The zygote collapses again only after enough spawns, once idle, and only when less
+    than `keep` of its huge pages are left."""
+    # pylint: disable=import-outside-toplevel
+    from pyxis_runtime import hugepages
+
+    huge = {"kib": 64 << 10}
+    calls = []
+    monkeypatch.setattr(hugepages, "anon_huge_kib", lambda: huge["kib"])
+    monkeypatch.setattr(hugepages, "collapse", lambda: calls.append(1) or {"collapsed_mib": 1})
+    again = hugepages.Recollapse(idle_s=0.05, after_spawns=3, keep=0.75)
+    assert not again.due()
+    for _ in range(3):
+        again.spawned()
+    huge["kib"] = 40 << 10
+    assert not again.due(), "not idle yet"
+    time.sleep(0.06)
+    assert again.due()
+    huge["kib"] = 60 << 10
+    assert not again.due(), "not decayed enough"
+    huge["kib"] = 30 << 10
+    again.run()
+    assert calls == [1]
+    assert not again.due(), "the spawn count starts again"

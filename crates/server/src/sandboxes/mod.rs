@@ -9,6 +9,7 @@
 
 #[cfg(test)]
 pub mod fake;
+pub mod joined;
 pub mod kernel;
 pub mod zygote;
 
@@ -25,6 +26,8 @@ use pyxis_sandbox::{
 use futures_util::future::BoxFuture;
 
 use crate::config::Config;
+use crate::services::egress::{Proxy, SessionEgress, EGRESS_PORT};
+use joined::{ExecRequest, Joined};
 use kernel::{KernelConn, KernelError};
 use zygote::{SpawnError, Zygote, ZygoteInfo};
 
@@ -50,6 +53,10 @@ pub trait Launcher: Send + Sync {
     fn wait_all_released(&self, limit: std::time::Duration) -> BoxFuture<'_, bool>;
     /// Kill and remove every sandbox of this instance (at shutdown).
     fn cleanup_all(&self) -> BoxFuture<'_, ()>;
+    /// The egress proxy the sandboxes reach, if there is one.
+    fn egress_proxy(&self) -> Option<Proxy> {
+        None
+    }
 }
 
 /// One sandbox, as the services use it.
@@ -76,6 +83,35 @@ pub trait SandboxHandle: Send + Sync {
     fn set_limits(&self, limits: &ResourceLimits) -> Result<(), SandboxError>;
     /// The handle as `Any`, for the launcher that made it.
     fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync>;
+    /// The sandbox's side of the egress proxy (policy, limits), if it has one.
+    fn egress(&self) -> Option<Arc<SessionEgress>> {
+        None
+    }
+    /// Start one more process inside the sandbox (the join path, see [`joined`]): a
+    /// command, or the kernel of another context.
+    fn exec(self: Arc<Self>, req: ExecRequest) -> BoxFuture<'static, Result<Joined, SandboxError>> {
+        let _ = req;
+        Box::pin(async {
+            Err(SandboxError::Exec(
+                "this sandbox cannot start processes".into(),
+            ))
+        })
+    }
+    /// [`SandboxHandle::exec`] of a kernel (with a framed socket at its fd 3): returns once
+    /// it has said it is ready.
+    fn start_context(
+        self: Arc<Self>,
+        req: ExecRequest,
+    ) -> BoxFuture<'static, Result<(KernelConn, Joined), SandboxError>> {
+        let _ = req;
+        Box::pin(async {
+            Err(SandboxError::Exec(
+                "this sandbox cannot start contexts".into(),
+            ))
+        })
+    }
+    /// Kill only the kernel the zygote forked (the first context), not the sandbox.
+    fn kill_first_kernel(&self) {}
 }
 
 /// Read-only host paths every sandbox sees at the same place.
@@ -102,8 +138,8 @@ const HOST_RO_BINDS: &[&str] = &[
     "/var/cache/fontconfig",
 ];
 /// Paths inside the sandbox that lead to the workspace (names used by the
-/// services Pyxis replaces).
-const WORKSPACE_ALIASES: &[&str] = &["/sandbox", "/code"];
+/// services Pyxis replaces, and E2B's home directory).
+const WORKSPACE_ALIASES: &[&str] = &["/sandbox", "/code", "/home/user"];
 /// Inodes per MiB of workspace quota (bounds inode exhaustion).
 const INODES_PER_MIB: u64 = 64;
 /// The empty host directory every sandbox mounts its root tmpfs on (each in its own mount
@@ -134,6 +170,10 @@ pub enum SandboxError {
     /// A blocking task failed.
     #[error("internal: {0}")]
     Internal(String),
+    /// A process could not be started inside the sandbox (the program is missing, the
+    /// directory cannot be entered, …): the message is the client's.
+    #[error("{0}")]
+    Exec(String),
 }
 
 /// Makes and destroys sandboxes.
@@ -151,6 +191,8 @@ struct Shared {
     zygote: Arc<Zygote>,
     root_mountpoint: PathBuf,
     ro_binds: Vec<PathBuf>,
+    /// The egress proxy every sandbox's listener leads to.
+    egress: Option<Proxy>,
 }
 
 /// One sandbox: its cgroup, workspace and uid. The kernel process lives in it
@@ -163,7 +205,11 @@ pub struct Sandbox {
     cgroup: Cgroup,
     workspace: Workspace,
     kernel_pid: AtomicI32,
+    /// A pidfd of the sandbox's init, found when its first kernel started.
+    init: Mutex<Option<Arc<OwnedFd>>>,
     shared: Arc<Shared>,
+    /// Its side of the egress proxy: outlives kernel restarts, closed with the sandbox.
+    egress: Option<Arc<SessionEgress>>,
 }
 
 impl Sandbox {
@@ -231,6 +277,80 @@ impl SandboxHandle for Sandbox {
     fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
         self
     }
+
+    fn egress(&self) -> Option<Arc<SessionEgress>> {
+        self.egress.clone()
+    }
+
+    fn exec(self: Arc<Self>, req: ExecRequest) -> BoxFuture<'static, Result<Joined, SandboxError>> {
+        Box::pin(async move { self.exec_joined(req).await })
+    }
+
+    fn start_context(
+        self: Arc<Self>,
+        mut req: ExecRequest,
+    ) -> BoxFuture<'static, Result<(KernelConn, Joined), SandboxError>> {
+        Box::pin(async move {
+            req.kernel_socket = true;
+            let mut joined = self.exec_joined(req).await?;
+            let stream = joined
+                .kernel
+                .take()
+                .ok_or_else(|| SandboxError::Internal("no kernel socket".into()))?;
+            let mut conn = KernelConn::new(stream, self.shared.max_frame());
+            let first =
+                tokio::time::timeout(std::time::Duration::from_secs(30), conn.next_event()).await;
+            match first {
+                Ok(Ok(KernelEvent::Ready {})) => Ok((conn, joined)),
+                other => {
+                    joined.signal_group(nix::sys::signal::Signal::SIGKILL);
+                    Err(SandboxError::Internal(format!(
+                        "the context's kernel did not start: {other:?}"
+                    )))
+                }
+            }
+        })
+    }
+
+    fn kill_first_kernel(&self) {
+        let pid = self.kernel_pid.swap(0, Ordering::AcqRel);
+        if pid > 0 {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+impl Sandbox {
+    /// Starts `req` inside this sandbox through `pyxis-sandbox-exec`.
+    async fn exec_joined(&self, req: ExecRequest) -> Result<Joined, SandboxError> {
+        let init = self
+            .init
+            .lock()
+            .ok()
+            .and_then(|i| i.clone())
+            .ok_or_else(|| SandboxError::Exec("the sandbox is not running".into()))?;
+        let program = self
+            .shared
+            .cfg
+            .sandbox_lib
+            .with_file_name("pyxis-sandbox-exec");
+        let mut env = self.shared.joined_env();
+        if self.egress.is_some() {
+            env.extend(pyxis_egress::sandbox_env(EGRESS_PORT));
+        }
+        let target = joined::JoinTarget {
+            program: &program,
+            init: &init,
+            cgroup_procs: self.cgroup.procs_files(),
+            uid: self.uid,
+            rlimits: self.shared.rlimits(),
+            env,
+        };
+        joined::exec(target, req).await
+    }
 }
 
 impl SandboxFactory {
@@ -274,7 +394,7 @@ impl SandboxFactory {
         let mut ro_binds: Vec<PathBuf> = HOST_RO_BINDS.iter().map(PathBuf::from).collect();
         ro_binds.push(cfg.runtime_dir.clone());
         // One-shot sessions and the pool need slots beyond max_sessions.
-        let slots = cfg.max_sessions + cfg.pool_min_idle + 8;
+        let slots = cfg.max_sessions + cfg.pool_max_idle + 8;
         tracing::info!(version = ?cgroups.version(), "cgroups ready");
         Ok(Self {
             shared: Arc::new(Shared {
@@ -282,11 +402,21 @@ impl SandboxFactory {
                 zygote,
                 root_mountpoint,
                 ro_binds,
+                egress: None,
             }),
             cgroups,
             slots: Mutex::new((vec![false; slots], 0)),
             workspaces,
         })
+    }
+
+    /// Every sandbox gets an egress listener leading to `proxy` (policy `none` until a
+    /// session sets its own).
+    pub fn with_egress(mut self, proxy: Proxy) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.egress = Some(proxy);
+        }
+        self
     }
 
     /// Take a free slot (and so a uid), searching round-robin from the one
@@ -351,6 +481,11 @@ impl SandboxFactory {
                 return Err(e);
             }
         };
+        let egress = self
+            .shared
+            .egress
+            .as_ref()
+            .map(|proxy| proxy.session(&id, pyxis_egress::EgressPolicy::none()));
         let sb = Arc::new(Sandbox {
             id,
             slot,
@@ -358,7 +493,9 @@ impl SandboxFactory {
             cgroup,
             workspace,
             kernel_pid: AtomicI32::new(0),
+            init: Mutex::new(None),
             shared: self.shared.clone(),
+            egress,
         });
         let t1 = std::time::Instant::now();
         match self.shared.start_kernel(&sb).await {
@@ -380,8 +517,44 @@ impl SandboxFactory {
 }
 
 impl Shared {
-    /// Fork a fresh kernel into an existing sandbox (first start or restart).
+    /// Fork a fresh kernel into an existing sandbox (first start or restart). A kernel
+    /// whose zygote died before the kernel said it was ready died with it (its death signal
+    /// is bound to the zygote): it is forked again, by another zygote.
     async fn start_kernel(&self, sb: &Arc<Sandbox>) -> Result<KernelConn, SandboxError> {
+        let mut tries = 0;
+        loop {
+            let mut ticket = None;
+            let res = self.start_kernel_once(sb, &mut ticket).await;
+            let Some(t) = ticket.filter(|_| res.is_err() && tries < 2) else {
+                return res;
+            };
+            if !self.zygote_lost(t).await {
+                return res;
+            }
+            tries += 1;
+            tracing::warn!(id = %sb.id, "the kernel's zygote died while it started; again");
+            let cg = sb.clone();
+            let _ = tokio::task::spawn_blocking(move || cg.cgroup.kill()).await;
+        }
+    }
+
+    /// Whether the zygote of `ticket` died, given a moment to notice it (the kernel's
+    /// socket can close before the zygote's does).
+    async fn zygote_lost(&self, ticket: zygote::SpawnTicket) -> bool {
+        for _ in 0..25 {
+            if self.zygote.lost(ticket) {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    async fn start_kernel_once(
+        &self,
+        sb: &Arc<Sandbox>,
+        ticket: &mut Option<zygote::SpawnTicket>,
+    ) -> Result<KernelConn, SandboxError> {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
         // The zygote receives the workspace and the cgroups as descriptors, never as paths
         // (see `SandboxSpec`): kernel socket, workspace, then one per cgroup.procs file.
@@ -392,6 +565,17 @@ impl Shared {
             ));
         }
         let cgroups = fds.len() - 2;
+        // The egress channel: the init passes each connection to 127.0.0.1:EGRESS_PORT
+        // over it, the sandbox's SessionEgress serves them (until the init dies with this
+        // kernel, or the sandbox is destroyed).
+        let egress_channel = match &sb.egress {
+            Some(_) => {
+                let (server_end, init_end) = std::os::unix::net::UnixStream::pair()?;
+                fds.push(OwnedFd::from(init_end));
+                Some(OwnedFd::from(server_end))
+            }
+            None => None,
+        };
         let mut spec = SandboxSpec {
             uid: sb.uid,
             gid: sb.uid,
@@ -403,23 +587,48 @@ impl Shared {
             workspace_fd: 0,
             workspace_aliases: WORKSPACE_ALIASES.iter().map(PathBuf::from).collect(),
             tmp_bytes: self.cfg.tmp_bytes,
-            rlimits: Rlimits {
-                fsize_bytes: self.cfg.disk_bytes,
-                nofile: 1024,
-                nproc: self.cfg.pids,
-            },
+            rlimits: self.rlimits(),
             kernel_fd: 0,
             report_fd: 0,
             loopback: true,
-            egress: None,
+            // Contexts and commands join the sandbox beside this kernel (see `joined`).
+            outlive_kernel: true,
+            egress: egress_channel
+                .as_ref()
+                .map(|_| pyxis_sandbox::EgressListener {
+                    channel_fd: 0,
+                    port: EGRESS_PORT,
+                }),
         };
         spec.number_descriptors(cgroups);
         let spec = serde_json::to_value(&spec)
             .map_err(|e| SandboxError::Internal(format!("spec: {e}")))?;
         let t0 = std::time::Instant::now();
-        let pid = self.zygote.spawn(spec, fds).await?;
+        let (pid, t) = self.zygote.spawn_tracked(spec, fds).await?;
+        *ticket = Some(t);
+        if let (Some(session), Some(channel)) = (&sb.egress, egress_channel) {
+            let session = session.clone();
+            tokio::spawn(async move {
+                if let Err(err) = session.clone().serve_channel(channel).await {
+                    tracing::warn!(id = %session.id(), error = %err, "egress channel failed");
+                }
+            });
+        }
         let spawned_ms = t0.elapsed().as_secs_f64() * 1e3;
         sb.kernel_pid.store(pid, Ordering::Release);
+        // The init, for the join path; a sandbox without it still runs its first kernel.
+        let init = match sb.cgroup.procs_files().first() {
+            Some(p) => joined::open_init(p).map(Arc::new),
+            None => Err(std::io::Error::other("no cgroup.procs file")),
+        };
+        match init {
+            Ok(init) => {
+                if let Ok(mut slot) = sb.init.lock() {
+                    *slot = Some(init);
+                }
+            }
+            Err(e) => tracing::warn!(id = %sb.id, error = %e, "the sandbox's init was not found"),
+        }
         ours.set_nonblocking(true)?;
         let stream = tokio::net::UnixStream::from_std(ours)?;
         let mut conn = KernelConn::new(stream, self.max_frame());
@@ -428,6 +637,9 @@ impl Shared {
             .map_err(|_| SandboxError::Internal("kernel start timed out".into()))??;
         match first {
             KernelEvent::Ready {} => {
+                if sb.egress.is_some() {
+                    configure_egress(&mut conn, &self.cfg).await?;
+                }
                 tracing::debug!(
                     spawned_ms,
                     ready_ms = t0.elapsed().as_secs_f64() * 1e3,
@@ -439,6 +651,39 @@ impl Shared {
                 "unexpected first kernel message {other:?}"
             ))),
         }
+    }
+
+    /// The rlimits of every process of a sandbox.
+    fn rlimits(&self) -> Rlimits {
+        Rlimits {
+            fsize_bytes: self.cfg.disk_bytes,
+            nofile: 1024,
+            nproc: self.cfg.pids,
+        }
+    }
+
+    /// The environment every joined process starts with (requests add to it): the
+    /// runtime's interpreter first on `PATH`, the workspace as home, the driver importable.
+    fn joined_env(&self) -> std::collections::BTreeMap<String, String> {
+        let rt = crate::runtime::Runtime::new(&self.cfg.runtime_dir);
+        let pairs = [
+            (
+                "PATH",
+                format!(
+                    "{}:/usr/local/bin:/usr/bin:/bin",
+                    rt.dir.join("venv/bin").display()
+                ),
+            ),
+            ("HOME", "/workspace".into()),
+            ("LANG", "C.UTF-8".into()),
+            ("LC_ALL", "C.UTF-8".into()),
+            ("TMPDIR", "/tmp".into()),
+            ("PYTHONPATH", rt.lib_dir().display().to_string()),
+            ("PYTHONDONTWRITEBYTECODE", "1".into()),
+            ("MPLBACKEND", "Agg".into()),
+            ("MPLCONFIGDIR", "/tmp/.matplotlib".into()),
+        ];
+        pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
     }
 
     /// Largest frame accepted from a kernel: the output cap plus room for JSON
@@ -491,6 +736,12 @@ impl SandboxFactory {
     /// Kill everything in the sandbox and remove its cgroup and workspace.
     async fn destroy_sandbox(&self, sb: Arc<Sandbox>) {
         sb.kernel_pid.store(0, Ordering::Release);
+        if let Ok(mut init) = sb.init.lock() {
+            init.take();
+        }
+        if let Some(egress) = &sb.egress {
+            egress.close();
+        }
         let slot = sb.slot;
         let res = tokio::task::spawn_blocking(move || {
             if let Err(e) = sb.cgroup.remove() {
@@ -505,6 +756,43 @@ impl SandboxFactory {
             self.free_slot(slot);
         }
     }
+}
+
+/// Gives a new kernel the environment of the egress proxy (see
+/// [`pyxis_egress::sandbox_env`]), the install time limit and the auto-install list; a
+/// session's own `env` is applied after it.
+async fn configure_egress(conn: &mut KernelConn, cfg: &Config) -> Result<(), SandboxError> {
+    let mut env: std::collections::BTreeMap<String, String> =
+        pyxis_egress::sandbox_env(EGRESS_PORT).into_iter().collect();
+    env.insert(
+        "PYXIS_INSTALL_TIMEOUT_S".into(),
+        cfg.egress.install_timeout.as_secs_f64().to_string(),
+    );
+    if !cfg.egress.auto_install.is_empty() {
+        let wanted: serde_json::Map<String, serde_json::Value> = cfg
+            .egress
+            .auto_install
+            .iter()
+            .map(|(module, requirement)| (module.clone(), requirement.clone().into()))
+            .collect();
+        env.insert(
+            "PYXIS_AUTO_INSTALL".into(),
+            serde_json::Value::Object(wanted).to_string(),
+        );
+    }
+    let asked = async {
+        conn.send(&pyxis_protocol::KernelRequest::Configure {
+            id: "egress".into(),
+            env,
+        })
+        .await?;
+        while !matches!(conn.next_event().await?, KernelEvent::ConfigureReply { .. }) {}
+        Ok::<(), KernelError>(())
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), asked)
+        .await
+        .map_err(|_| SandboxError::Internal("kernel configure timed out".into()))??;
+    Ok(())
 }
 
 /// An `O_PATH` descriptor of the directory `path`.
@@ -569,5 +857,9 @@ impl Launcher for SandboxFactory {
 
     fn cleanup_all(&self) -> BoxFuture<'_, ()> {
         Box::pin(self.remove_all())
+    }
+
+    fn egress_proxy(&self) -> Option<Proxy> {
+        self.shared.egress.clone()
     }
 }

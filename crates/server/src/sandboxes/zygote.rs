@@ -151,6 +151,8 @@ impl Zygote {
     /// it. Returns once all are ready; fails if the first could not start.
     pub fn start_many(cmd: ZygoteCommand, count: usize) -> anyhow::Result<Arc<Zygote>> {
         let count = count.clamp(1, MAX_ZYGOTES);
+        // The workers report to the metrics recorder from their first moment.
+        crate::metrics::handle();
         let info = Arc::new(Mutex::new(None));
         let mut receivers = Vec::with_capacity(count);
         let mut workers = Vec::with_capacity(count);
@@ -488,6 +490,7 @@ fn run_thread(
         let pid = z.pid;
         me.pid.store(pid, Ordering::Release);
         me.alive.store(true, Ordering::Release);
+        crate::metrics::zygote_alive(me.index, true);
         tracing::info!(zygote = me.index, pid, "zygote serving");
         if let Some(r) = first.take() {
             let _ = r.send((me.index, Ok(())));
@@ -518,6 +521,7 @@ fn run_thread(
                         Ok(result) => {
                             if result.is_ok() {
                                 me.spawned.fetch_add(1, Ordering::Relaxed);
+                                crate::metrics::zygote_spawned(me.index);
                             }
                             let _ = job.reply.send(result.map(|pid| (pid, generation)));
                             None
@@ -559,6 +563,7 @@ fn replace(me: &Worker, z: Running, jobs: &mpsc::Receiver<Job>, e: &anyhow::Erro
     me.alive.store(false, Ordering::Release);
     me.pid.store(0, Ordering::Release);
     me.generation.fetch_add(1, Ordering::AcqRel);
+    crate::metrics::zygote_alive(me.index, false);
     tracing::error!(zygote = me.index, error = %e, "zygote connection lost; replacing it");
     drop(z);
     fail_queued(me, jobs, "the zygote died");

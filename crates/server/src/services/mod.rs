@@ -2,11 +2,16 @@
 //! files. No HTTP here: every door (see `crate::doors`) translates its protocol into these
 //! typed calls and the events back into its protocol.
 
+pub mod commands;
+pub mod contexts;
+pub mod egress;
 pub mod error;
 pub mod events;
 pub mod export;
 pub mod files;
 pub mod options;
+pub mod packages;
+pub mod pool;
 pub mod sessions;
 pub mod url_import;
 pub mod workspace_fs;

@@ -12,24 +12,29 @@
 //! Either way the queue count, the busy flag and the kernel connection are only ever changed
 //! by that task, so they stay right whatever the caller does.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use pyxis_protocol::{KernelEvent, KernelRequest, ReplyStatus};
 use pyxis_sandbox::ResourceLimits;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 
 use crate::config::Config;
 use crate::metrics;
 use crate::sandboxes::kernel::{KernelConn, KernelError};
 use crate::sandboxes::{Launcher, SandboxError, SandboxHandle};
+use crate::services::commands::CommandTable;
+use crate::services::contexts::{
+    self, Context, KernelProcess, KernelSlot, Language, DEFAULT_CONTEXT, MAX_CONTEXTS,
+};
 use crate::services::error::{Result, ServiceError};
 use crate::services::events::{
     map_size, CellError, CellEvent, CellStatus, CellSummary, ExecutionState, FileChange, JsonMap,
     OutputBudget, OutputItem,
 };
+use crate::services::pool::{PoolBounds, PoolHost, Ready, WarmPool};
 use crate::services::workspace_fs::{Snapshot, WorkspaceFs, WorkspaceFsError};
 
 /// Options of a new session, validated.
@@ -43,6 +48,10 @@ pub struct SessionOptions {
     pub limits: ResourceLimits,
     /// Client data.
     pub metadata: Option<serde_json::Value>,
+    /// What its sandbox may reach through the egress proxy.
+    pub network: pyxis_egress::EgressPolicy,
+    /// The language of its first context.
+    pub language: Language,
 }
 
 /// One cell to run.
@@ -60,6 +69,8 @@ pub struct CellRequest {
     pub store_history: Option<bool>,
     /// Jupyter's `user_expressions`.
     pub user_expressions: JsonMap,
+    /// The context to run in (`None`: the session's first).
+    pub context: Option<String>,
 }
 
 impl CellRequest {
@@ -120,42 +131,6 @@ pub struct CellRecord {
     pub outputs: Vec<OutputItem>,
 }
 
-#[derive(Default)]
-struct History {
-    cells: VecDeque<(CellRecord, u64)>,
-    bytes: u64,
-}
-
-impl History {
-    fn push(&mut self, rec: CellRecord, max_bytes: u64) {
-        let size = rec.code.len() as u64 + rec.outputs.iter().map(OutputItem::size).sum::<u64>();
-        if size > max_bytes {
-            // Too large to keep whole: keep the code, drop the outputs.
-            let rec = CellRecord {
-                outputs: vec![OutputItem::Stream {
-                    name: "stderr".into(),
-                    text: "[pyxis: this cell's outputs were too large for the history]\n".into(),
-                }],
-                ..rec
-            };
-            return self.push(rec, max_bytes.max(1 << 16));
-        }
-        self.bytes += size;
-        self.cells.push_back((rec, size));
-        while self.bytes > max_bytes {
-            match self.cells.pop_front() {
-                Some((_, n)) => self.bytes -= n,
-                None => break,
-            }
-        }
-    }
-}
-
-struct KernelSlot {
-    conn: Option<KernelConn>,
-    execution_count: u64,
-}
-
 /// One live session.
 pub struct Session {
     /// Session id.
@@ -164,19 +139,18 @@ pub struct Session {
     opts: SessionOptions,
     created: SystemTime,
     last_active: Mutex<(Instant, SystemTime)>,
-    kernel: tokio::sync::Mutex<KernelSlot>,
-    waiting: AtomicUsize,
-    busy: AtomicBool,
     closed: AtomicBool,
-    interrupt: Notify,
-    executions: AtomicU64,
+    /// Its place in the count of the tenant that made it, the only one that sees it
+    /// (`tenants.rs`); given back at teardown.
+    owner: crate::tenants::LiveSlot,
     /// The workspace as the last cell left it (see `execute`).
     last_scan: Mutex<Option<Snapshot>>,
-    history: Mutex<History>,
-    /// Cells run in the order `execute` was called: each takes a ticket, and waits until
-    /// `serving` reaches it.
-    tickets: AtomicU64,
-    serving: tokio::sync::watch::Sender<u64>,
+    /// Its contexts, the first one first (see `contexts.rs`); never empty.
+    contexts: Mutex<Vec<Arc<Context>>>,
+    /// Numbers the ids of contexts made later.
+    next_context: AtomicU64,
+    /// Its commands (see `commands.rs`).
+    commands: CommandTable,
 }
 
 /// What `GET` of a session shows.
@@ -198,6 +172,8 @@ pub struct SessionView {
     pub limits: EffectiveLimits,
     /// Resource use, when it could be read.
     pub usage: Option<UsageView>,
+    /// What it may reach through the egress proxy.
+    pub network: crate::services::egress::NetworkView,
     /// Client data.
     pub metadata: Option<serde_json::Value>,
 }
@@ -251,18 +227,12 @@ pub struct TableStatus {
     pub executions_total: u64,
 }
 
-struct Ready {
-    sandbox: Arc<dyn SandboxHandle>,
-    conn: KernelConn,
-}
-
 /// The session table and the warm pool.
 pub struct Sessions {
     cfg: Arc<Config>,
     launcher: Arc<dyn Launcher>,
     table: Mutex<HashMap<String, Arc<Session>>>,
-    pool: Mutex<VecDeque<Ready>>,
-    refill: Notify,
+    pool: Arc<WarmPool>,
     /// Sandboxes being created or held outside the table (one-shots).
     in_flight: AtomicUsize,
     executions_total: AtomicU64,
@@ -273,12 +243,17 @@ pub struct Sessions {
 impl Sessions {
     /// A session manager over `launcher`.
     pub fn new(cfg: Arc<Config>, launcher: Arc<dyn Launcher>) -> Arc<Self> {
+        let pool = Arc::new(WarmPool::new(PoolBounds {
+            min_idle: cfg.pool_min_idle,
+            max_idle: cfg.pool_max_idle,
+            max_bytes: cfg.pool_max_bytes,
+            shrink_after: cfg.pool_shrink_after,
+        }));
         Arc::new(Self {
             cfg,
             launcher,
             table: Mutex::new(HashMap::new()),
-            pool: Mutex::new(VecDeque::new()),
-            refill: Notify::new(),
+            pool,
             in_flight: AtomicUsize::new(0),
             executions_total: AtomicU64::new(0),
             started: Instant::now(),
@@ -298,8 +273,10 @@ impl Sessions {
 
     /// Start the background tasks: pool refill and idle reaping.
     pub fn start_background(self: &Arc<Self>) {
-        let me = self.clone();
-        tokio::spawn(async move { me.refill_loop().await });
+        let pool = self.pool.clone();
+        let launcher = self.launcher.clone();
+        let host: Arc<dyn PoolHost> = self.clone();
+        tokio::spawn(async move { pool.refill_loop(launcher, host).await });
         let me = self.clone();
         tokio::spawn(async move { me.reap_loop().await });
     }
@@ -310,45 +287,11 @@ impl Sessions {
 
     /// Sandboxes ready in the pool.
     pub fn pool_idle(&self) -> usize {
-        self.pool.lock().map(|p| p.len()).unwrap_or(0)
+        self.pool.idle()
     }
 
     fn gauges(&self) {
         metrics::sessions_live(self.live(), self.pool_idle());
-    }
-
-    async fn refill_loop(self: Arc<Self>) {
-        let mut failures = 0u32;
-        loop {
-            if self.shutting_down.load(Ordering::Acquire) {
-                return;
-            }
-            let want = self.cfg.pool_min_idle;
-            if self.pool_idle() < want && self.live() < self.cfg.max_sessions {
-                match self.launcher.create(&self.launcher.default_limits()).await {
-                    Ok((sandbox, conn)) => {
-                        failures = 0;
-                        if self.shutting_down.load(Ordering::Acquire) {
-                            self.launcher.destroy(sandbox).await;
-                            return;
-                        }
-                        if let Ok(mut p) = self.pool.lock() {
-                            p.push_back(Ready { sandbox, conn });
-                        }
-                        self.gauges();
-                        continue;
-                    }
-                    Err(e) => {
-                        failures += 1;
-                        tracing::error!(error = %e, "warm pool: creating a sandbox failed");
-                        let backoff = Duration::from_millis(200 * u64::from(failures.min(25)));
-                        tokio::time::sleep(backoff).await;
-                        continue;
-                    }
-                }
-            }
-            self.refill.notified().await;
-        }
     }
 
     async fn reap_loop(self: Arc<Self>) {
@@ -361,8 +304,9 @@ impl Sessions {
                 Ok(t) => t
                     .values()
                     .filter(|s| {
-                        !s.busy.load(Ordering::Acquire)
-                            && s.waiting.load(Ordering::Acquire) == 0
+                        !s.is_busy()
+                            && !s.any_waiting()
+                            && s.commands.running() == 0
                             && s.last_active
                                 .lock()
                                 .map(|la| now.duration_since(la.0) > self.cfg.idle_timeout)
@@ -374,7 +318,7 @@ impl Sessions {
             };
             for id in idle {
                 tracing::info!(%id, "releasing idle session");
-                self.delete(&id).await;
+                self.release(&id).await;
             }
         }
     }
@@ -382,9 +326,7 @@ impl Sessions {
     /// Take a ready sandbox from the pool, or make one.
     async fn acquire(&self, limits: &ResourceLimits) -> Result<Ready> {
         let t0 = Instant::now();
-        let pooled = self.pool.lock().ok().and_then(|mut p| p.pop_front());
-        self.refill.notify_one();
-        if let Some(r) = pooled {
+        if let Some(r) = self.pool.take() {
             if *limits != self.launcher.default_limits() {
                 if let Err(e) = r.sandbox.set_limits(limits) {
                     self.launcher.destroy(r.sandbox).await;
@@ -394,7 +336,11 @@ impl Sessions {
             metrics::session_created(true, t0.elapsed());
             return Ok(r);
         }
-        match self.launcher.create(limits).await {
+        let made = {
+            let _foreground = self.pool.foreground();
+            self.launcher.create(limits).await
+        };
+        match made {
             Ok((sandbox, conn)) => {
                 metrics::session_created(false, t0.elapsed());
                 Ok(Ready { sandbox, conn })
@@ -435,8 +381,13 @@ impl Sessions {
         Ok(session)
     }
 
-    async fn make_session(&self, opts: SessionOptions) -> Result<Arc<Session>> {
+    async fn make_session(&self, mut opts: SessionOptions) -> Result<Arc<Session>> {
+        let default_memory = self.launcher.default_limits().memory_bytes;
+        let owner = crate::tenants::admit_new(&mut opts.limits.memory_bytes, default_memory)?;
         let Ready { sandbox, mut conn } = self.acquire(&opts.limits).await?;
+        if let Some(egress) = sandbox.egress() {
+            egress.set_policy(opts.network.clone());
+        }
         if !opts.env.is_empty() {
             let configured =
                 tokio::time::timeout(Duration::from_secs(10), configure(&mut conn, &opts.env))
@@ -447,6 +398,40 @@ impl Sessions {
                 return Err(ServiceError::internal(e));
             }
         }
+        // Another language first: the zygote's Python kernel gives way to it.
+        let (conn, process) = if opts.language == Language::Python {
+            (conn, KernelProcess::Zygote)
+        } else {
+            sandbox.kill_first_kernel();
+            drop(conn);
+            let req = contexts::kernel_request(
+                &self.cfg,
+                opts.language,
+                "/workspace",
+                &opts.env,
+                opts.limits.memory_bytes,
+            );
+            match sandbox.clone().start_context(req).await {
+                Ok((conn, joined)) => (
+                    conn,
+                    KernelProcess::Joined {
+                        pid: joined.pid,
+                        exit: joined.exit,
+                    },
+                ),
+                Err(e) => {
+                    self.launcher.destroy(sandbox).await;
+                    return Err(crate::services::commands::start_error(e));
+                }
+            }
+        };
+        let first = Context::new(
+            DEFAULT_CONTEXT.into(),
+            opts.language,
+            "/workspace".into(),
+            conn,
+            process,
+        );
         let now = (Instant::now(), SystemTime::now());
         Ok(Arc::new(Session {
             id: sandbox.id().to_string(),
@@ -454,19 +439,12 @@ impl Sessions {
             opts,
             created: now.1,
             last_active: Mutex::new(now),
-            kernel: tokio::sync::Mutex::new(KernelSlot {
-                conn: Some(conn),
-                execution_count: 0,
-            }),
-            waiting: AtomicUsize::new(0),
-            busy: AtomicBool::new(false),
             closed: AtomicBool::new(false),
-            interrupt: Notify::new(),
-            executions: AtomicU64::new(0),
+            owner,
             last_scan: Mutex::new(None),
-            history: Mutex::new(History::default()),
-            tickets: AtomicU64::new(0),
-            serving: tokio::sync::watch::channel(0).0,
+            contexts: Mutex::new(vec![Arc::new(first)]),
+            next_context: AtomicU64::new(1),
+            commands: CommandTable::default(),
         }))
     }
 
@@ -476,37 +454,52 @@ impl Sessions {
             .lock()
             .ok()
             .and_then(|t| t.get(id).cloned())
+            .filter(|s| crate::tenants::access().sees(s.owner.tenant().name()))
             .ok_or_else(|| ServiceError::SessionNotFound(id.to_string()))
     }
 
-    /// All live sessions, oldest first.
+    /// All live sessions (of the current tenant), oldest first.
     pub fn list(&self) -> Vec<Arc<Session>> {
+        let access = crate::tenants::access();
         let mut v: Vec<Arc<Session>> = self
             .table
             .lock()
-            .map(|t| t.values().cloned().collect())
+            .map(|t| {
+                t.values()
+                    .filter(|s| access.sees(s.owner.tenant().name()))
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default();
         v.sort_by_key(|s| s.created);
         v
     }
 
     /// Release a session: kill its sandbox, delete its workspace. Returns
-    /// whether it existed.
+    /// whether it existed (for the current tenant).
     pub async fn delete(&self, id: &str) -> bool {
+        self.get(id).is_ok() && self.release(id).await
+    }
+
+    /// [`Sessions::delete`] whoever owns it (the reaper).
+    async fn release(&self, id: &str) -> bool {
         let Some(session) = self.table.lock().ok().and_then(|mut t| t.remove(id)) else {
             return false;
         };
         self.teardown(session).await;
-        self.refill.notify_one();
+        self.pool.poke();
         self.gauges();
         true
     }
 
     async fn teardown(&self, session: Arc<Session>) {
         session.closed.store(true, Ordering::Release);
+        session.owner.release();
         // Stop a running cell: its task sees the kernel die.
         session.sandbox.clone().kill_processes().await;
-        session.interrupt.notify_waiters();
+        for ctx in session.all_contexts() {
+            ctx.interrupt.notify_waiters();
+        }
         self.launcher.destroy(session.sandbox.clone()).await;
     }
 
@@ -528,7 +521,7 @@ impl Sessions {
         let session = self.make_session(opts).await?;
         if let Err(e) = prepare(session.clone()).await {
             self.teardown(session).await;
-            self.refill.notify_one();
+            self.pool.poke();
             return Err(e);
         }
         // The reservation moves into the cell's task: the sandbox counts as in flight
@@ -538,7 +531,7 @@ impl Sessions {
         let handle = self.execute_then(&session, req, move |session| async move {
             me.teardown(session).await;
             me.in_flight.fetch_sub(1, Ordering::AcqRel);
-            me.refill.notify_one();
+            me.pool.poke();
         });
         match handle {
             Ok(h) => Ok(h),
@@ -574,31 +567,38 @@ impl Sessions {
         if session.closed.load(Ordering::Acquire) {
             return Err(ServiceError::SessionNotFound(session.id.clone()));
         }
-        if session.waiting.fetch_add(1, Ordering::AcqRel) >= self.cfg.max_queue {
-            session.waiting.fetch_sub(1, Ordering::AcqRel);
+        // Charged to the session's owner (only the owner can reach it).
+        session.owner.tenant().charge_cell()?;
+        let ctx = session.context(req.context.as_deref())?;
+        if ctx.waiting.fetch_add(1, Ordering::AcqRel) >= self.cfg.max_queue {
+            ctx.waiting.fetch_sub(1, Ordering::AcqRel);
             return Err(ServiceError::Busy);
         }
-        let waiting = Waiting(session.clone());
-        let ticket = Ticket(
-            session.clone(),
-            session.tickets.fetch_add(1, Ordering::AcqRel),
-        );
+        let waiting = Waiting(ctx.clone());
+        let ticket = Ticket(ctx.clone(), ctx.tickets.fetch_add(1, Ordering::AcqRel));
         let (tx, rx) = mpsc::unbounded_channel();
         let (input_tx, input_rx) = mpsc::channel(4);
         let me = self.clone();
         let s = session.clone();
         tokio::spawn(async move {
-            let mut turn = s.serving.subscribe();
+            let mut turn = ctx.serving.subscribe();
             let _ = turn.wait_for(|serving| *serving >= ticket.1).await;
-            let mut slot = s.kernel.lock().await;
+            let mut slot = ctx.kernel.lock().await;
             drop(waiting);
             if tx.is_closed() {
                 // The caller gave up while the cell was queued: it is not run.
                 metrics::cell_abandoned();
             } else if s.closed.load(Ordering::Acquire) {
                 let _ = tx.send(CellEvent::Reply(gone_summary(slot.execution_count)));
+            } else if ctx.deleted.load(Ordering::Acquire) {
+                let _ = tx.send(CellEvent::Reply(failure(
+                    CellStatus::Killed,
+                    "ContextDeleted",
+                    "the context was deleted".into(),
+                    slot.execution_count,
+                )));
             } else {
-                me.run_locked(&s, &mut slot, req, tx, input_rx).await;
+                me.run_locked(&s, &ctx, &mut slot, req, tx, input_rx).await;
             }
             drop(slot);
             drop(ticket);
@@ -614,12 +614,13 @@ impl Sessions {
     async fn run_locked(
         &self,
         session: &Arc<Session>,
+        ctx: &Arc<Context>,
         slot: &mut KernelSlot,
         req: CellRequest,
         tx: mpsc::UnboundedSender<CellEvent>,
         input_rx: mpsc::Receiver<String>,
     ) {
-        session.busy.store(true, Ordering::Release);
+        ctx.busy.store(true, Ordering::Release);
         let started = Instant::now();
         let code = req.code.clone();
         let silent = req.silent;
@@ -636,7 +637,9 @@ impl Sessions {
             code: code.clone(),
             execution_count: slot.execution_count + 1,
         });
-        let mut summary = self.run_cell(session, slot, req, &mut out, input_rx).await;
+        let mut summary = self
+            .run_cell(session, ctx, slot, req, &mut out, input_rx)
+            .await;
         if let Some(before) = before {
             if let Some(after) = self.scan_workspace(session).await {
                 summary.files = before
@@ -649,11 +652,11 @@ impl Sessions {
                 }
             }
         }
-        session.busy.store(false, Ordering::Release);
+        ctx.busy.store(false, Ordering::Release);
         summary.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
         summary.truncated |= out.budget.truncated;
         session.touch();
-        session.executions.fetch_add(1, Ordering::Relaxed);
+        ctx.executions.fetch_add(1, Ordering::Relaxed);
         self.executions_total.fetch_add(1, Ordering::Relaxed);
         metrics::cell_finished(
             summary.status,
@@ -668,7 +671,7 @@ impl Sessions {
                 status: summary.status,
                 outputs: out.take_outputs(),
             };
-            if let Ok(mut h) = session.history.lock() {
+            if let Ok(mut h) = ctx.history.lock() {
                 h.push(record, self.cfg.history_max_bytes);
             }
         }
@@ -703,6 +706,7 @@ impl Sessions {
     async fn run_cell(
         &self,
         session: &Arc<Session>,
+        ctx: &Arc<Context>,
         slot: &mut KernelSlot,
         req: CellRequest,
         out: &mut Emitter,
@@ -711,7 +715,7 @@ impl Sessions {
         let mut state_lost = false;
         // A kernel lost earlier (restart failed) is brought back first.
         if slot.conn.is_none() {
-            if let Err(e) = self.restart_kernel(session, slot).await {
+            if let Err(e) = self.restart_kernel(session, ctx, slot).await {
                 return failure(
                     CellStatus::Killed,
                     "KernelDied",
@@ -773,16 +777,16 @@ impl Sessions {
                     if timed_out || interrupted {
                         // The grace period is over: the cell ignored SIGINT.
                         failure_cause = Some(KernelError::Closed);
-                        session.sandbox.clone().kill_processes().await;
+                        self.kill_context(session, ctx).await;
                     } else {
                         timed_out = true;
-                        session.sandbox.interrupt();
+                        interrupt_kernel(session, ctx);
                         deadline = tokio::time::Instant::now() + self.cfg.interrupt_grace;
                     }
                 },
-                _ = session.interrupt.notified(), if !interrupted && !timed_out => {
+                _ = ctx.interrupt.notified(), if !interrupted && !timed_out => {
                     interrupted = true;
-                    session.sandbox.interrupt();
+                    interrupt_kernel(session, ctx);
                     deadline = tokio::time::Instant::now() + self.cfg.interrupt_grace;
                 },
             }
@@ -836,7 +840,7 @@ impl Sessions {
                 if session.closed.load(Ordering::Acquire) {
                     return gone_summary(slot.execution_count);
                 }
-                session.sandbox.clone().kill_processes().await;
+                self.kill_context(session, ctx).await;
                 let oom = session.sandbox.oom_kills() > oom_before;
                 tracing::info!(id = %session.id, error = %err, oom, "kernel lost; restarting");
                 let (status, name, value) = if oom {
@@ -883,7 +887,7 @@ impl Sessions {
                 slot.conn = None;
                 slot.execution_count = 0;
                 metrics::restart();
-                if let Err(e) = self.restart_kernel(session, slot).await {
+                if let Err(e) = self.restart_kernel(session, ctx, slot).await {
                     tracing::error!(id = %session.id, error = %e, "restart failed");
                 }
                 let mut s = failure(status, name, value, slot.execution_count);
@@ -893,36 +897,88 @@ impl Sessions {
         }
     }
 
+    /// Kills a context's kernel: the whole sandbox when the zygote's kernel is alone in it
+    /// (and is then started afresh with a new sandbox init), its own process otherwise.
+    async fn kill_context(&self, session: &Arc<Session>, ctx: &Arc<Context>) {
+        match ctx.process() {
+            KernelProcess::Zygote if session.shared_beyond(ctx) => {
+                session.sandbox.kill_first_kernel()
+            }
+            KernelProcess::Zygote => session.sandbox.clone().kill_processes().await,
+            KernelProcess::Joined { mut exit, .. } => {
+                ctx.signal_joined(nix::sys::signal::Signal::SIGKILL, true);
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(2), exit.wait_for(|e| e.is_some()))
+                        .await;
+            }
+            KernelProcess::None => {}
+        }
+    }
+
     async fn restart_kernel(
         &self,
         session: &Arc<Session>,
+        ctx: &Arc<Context>,
         slot: &mut KernelSlot,
     ) -> std::result::Result<(), SandboxError> {
         slot.conn = None;
         slot.execution_count = 0;
-        session.sandbox.clone().kill_processes().await;
-        let mut conn = session.sandbox.clone().start_kernel().await?;
-        if !session.opts.env.is_empty() {
-            configure(&mut conn, &session.opts.env).await?;
+        self.kill_context(session, ctx).await;
+        ctx.set_process(KernelProcess::None);
+        let first = session.is_first(ctx);
+        if ctx.language == Language::Python && first && !session.shared_beyond(ctx) {
+            // Alone in the sandbox: a fresh one from the zygote, the fast way.
+            session.sandbox.clone().kill_processes().await;
+            let mut conn = session.sandbox.clone().start_kernel().await?;
+            if !session.opts.env.is_empty() {
+                configure(&mut conn, &session.opts.env).await?;
+            }
+            ctx.set_process(KernelProcess::Zygote);
+            slot.conn = Some(conn);
+            return Ok(());
         }
+        let req = contexts::kernel_request(
+            &self.cfg,
+            ctx.language,
+            &ctx.cwd,
+            &session.opts.env,
+            session.opts.limits.memory_bytes,
+        );
+        let (conn, joined) = session.sandbox.clone().start_context(req).await?;
+        ctx.set_process(KernelProcess::Joined {
+            pid: joined.pid,
+            exit: joined.exit,
+        });
         slot.conn = Some(conn);
         Ok(())
     }
 
-    /// Interrupt the running cell. Returns whether one was running.
+    /// Interrupt the running cells (of every context). Returns whether one was running.
     pub fn interrupt(&self, session: &Arc<Session>) -> bool {
-        if session.busy.load(Ordering::Acquire) {
-            session.interrupt.notify_waiters();
-            true
-        } else {
-            false
+        let mut any = false;
+        for ctx in session.all_contexts() {
+            if ctx.busy.load(Ordering::Acquire) {
+                ctx.interrupt.notify_waiters();
+                any = true;
+            }
         }
+        any
     }
 
     /// A fresh interpreter in the same workspace; a running cell is killed.
     pub async fn restart(&self, session: &Arc<Session>) -> Result<()> {
-        session.sandbox.clone().kill_processes().await;
-        let mut slot = session.kernel.lock().await;
+        let ctx = session.main();
+        self.restart_context_locked(session, &ctx).await
+    }
+
+    /// A fresh kernel for `ctx`; its running cell is killed, the others' go on.
+    async fn restart_context_locked(
+        &self,
+        session: &Arc<Session>,
+        ctx: &Arc<Context>,
+    ) -> Result<()> {
+        self.kill_context(session, ctx).await;
+        let mut slot = ctx.kernel.lock().await;
         if session.closed.load(Ordering::Acquire) {
             return Err(ServiceError::SessionNotFound(session.id.clone()));
         }
@@ -931,7 +987,7 @@ impl Sessions {
         // answer 404 if the session went away meanwhile.
         let mut attempt = 0;
         loop {
-            match self.restart_kernel(session, &mut slot).await {
+            match self.restart_kernel(session, ctx, &mut slot).await {
                 Ok(()) => break,
                 Err(_) if session.closed.load(Ordering::Acquire) => {
                     return Err(ServiceError::SessionNotFound(session.id.clone()));
@@ -957,7 +1013,8 @@ impl Sessions {
         make: impl FnOnce(String) -> KernelRequest,
         mut pick: impl FnMut(&str, KernelEvent) -> Option<T>,
     ) -> Result<T> {
-        let mut slot = session.kernel.lock().await;
+        let ctx = session.main();
+        let mut slot = ctx.kernel.lock().await;
         if session.closed.load(Ordering::Acquire) {
             return Err(ServiceError::SessionNotFound(session.id.clone()));
         }
@@ -988,10 +1045,8 @@ impl Sessions {
 
     /// Describe a session.
     pub fn info(&self, session: &Arc<Session>) -> SessionView {
-        let execution_count = match session.kernel.try_lock() {
-            Ok(slot) => slot.execution_count,
-            Err(_) => session.executions.load(Ordering::Relaxed),
-        };
+        let main = session.main();
+        let execution_count = main.view().execution_count;
         let usage = session.sandbox.usage().map(|u| UsageView {
             memory_bytes: u.memory_bytes,
             memory_peak_bytes: u.memory_peak_bytes,
@@ -1006,14 +1061,15 @@ impl Sessions {
             .unwrap_or(session.created);
         SessionView {
             id: session.id.clone(),
-            language: "python".into(),
-            busy: session.busy.load(Ordering::Acquire),
+            language: main.language.name().into(),
+            busy: session.is_busy(),
             created: session.created,
             last_active: last,
             execution_count,
             limits: self.limits_of(&session.opts),
             usage,
             metadata: session.opts.metadata.clone(),
+            network: crate::services::egress::NetworkView::of(&session.opts.network),
         }
     }
 
@@ -1035,6 +1091,8 @@ impl Sessions {
             timeout: self.cfg.exec_timeout.min(self.cfg.max_exec_timeout),
             limits: self.launcher.default_limits(),
             metadata: None,
+            language: Language::Python,
+            network: self.cfg.egress.default.clone(),
         }
     }
 
@@ -1042,10 +1100,7 @@ impl Sessions {
     pub fn status(&self) -> TableStatus {
         let sessions = self.list();
         TableStatus {
-            busy_sessions: sessions
-                .iter()
-                .filter(|s| s.busy.load(Ordering::Acquire))
-                .count(),
+            busy_sessions: sessions.iter().filter(|s| s.is_busy()).count(),
             sessions: sessions.len(),
             max_sessions: self.cfg.max_sessions,
             pool_idle: self.pool_idle(),
@@ -1064,7 +1119,7 @@ impl Sessions {
     /// Release everything: every session and every pooled sandbox.
     pub async fn shutdown(&self) {
         self.shutting_down.store(true, Ordering::Release);
-        self.refill.notify_one();
+        self.pool.poke();
         let sessions: Vec<Arc<Session>> = self
             .table
             .lock()
@@ -1073,12 +1128,7 @@ impl Sessions {
         for s in sessions {
             self.teardown(s).await;
         }
-        let pooled: Vec<Ready> = self
-            .pool
-            .lock()
-            .map(|mut p| p.drain(..).collect())
-            .unwrap_or_default();
-        for r in pooled {
+        for r in self.pool.drain() {
             self.launcher.destroy(r.sandbox).await;
         }
         // A creation in flight (the pool's refill) destroys its sandbox when it sees the
@@ -1094,7 +1144,26 @@ impl Sessions {
     }
 }
 
+impl PoolHost for Sessions {
+    fn has_room(&self) -> bool {
+        self.live() + self.in_flight.load(Ordering::Acquire) < self.cfg.max_sessions
+    }
+
+    fn stopping(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+
+    fn changed(&self) {
+        self.gauges();
+    }
+}
+
 impl Session {
+    /// What the session may reach through the egress proxy.
+    pub fn network(&self) -> &pyxis_egress::EgressPolicy {
+        &self.opts.network
+    }
+
     /// The session's default execution time limit.
     pub fn default_timeout(&self) -> Duration {
         self.opts.timeout
@@ -1121,17 +1190,188 @@ impl Session {
         }
     }
 
-    /// Whether a cell is running.
+    /// Whether a cell is running (in any context).
     pub fn is_busy(&self) -> bool {
-        self.busy.load(Ordering::Acquire)
+        self.all_contexts()
+            .iter()
+            .any(|c| c.busy.load(Ordering::Acquire))
     }
 
-    /// The cells run so far (bounded by `PYXIS_HISTORY_MAX_BYTES`, oldest dropped first).
+    fn any_waiting(&self) -> bool {
+        self.all_contexts()
+            .iter()
+            .any(|c| c.waiting.load(Ordering::Acquire) > 0)
+    }
+
+    /// The cells the first context ran so far (bounded by `PYXIS_HISTORY_MAX_BYTES`,
+    /// oldest dropped first).
     pub fn history(&self) -> Vec<CellRecord> {
-        self.history
+        self.main()
+            .history
             .lock()
             .map(|h| h.cells.iter().map(|(r, _)| r.clone()).collect())
             .unwrap_or_default()
+    }
+
+    /// Every context, the first one first.
+    pub fn all_contexts(&self) -> Vec<Arc<Context>> {
+        self.contexts.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    /// The first context.
+    pub fn main(&self) -> Arc<Context> {
+        let all = self.all_contexts();
+        // Never empty: the first context is made with the session and never deleted.
+        all.into_iter()
+            .next()
+            .unwrap_or_else(|| unreachable!("a session has a first context"))
+    }
+
+    /// The context `id` (`None`: the first).
+    pub fn context(&self, id: Option<&str>) -> Result<Arc<Context>> {
+        let all = self.all_contexts();
+        match id {
+            None => Ok(self.main()),
+            Some(id) => all
+                .into_iter()
+                .find(|c| c.id == id)
+                .ok_or_else(|| contexts::not_found(id)),
+        }
+    }
+
+    fn is_first(&self, ctx: &Arc<Context>) -> bool {
+        Arc::ptr_eq(&self.main(), ctx)
+    }
+
+    /// Whether anything but `ctx` runs in the sandbox (another context, a command).
+    fn shared_beyond(&self, ctx: &Arc<Context>) -> bool {
+        self.all_contexts().iter().any(|c| !Arc::ptr_eq(c, ctx)) || self.commands.running() > 0
+    }
+
+    /// The session's commands.
+    pub fn commands(&self) -> &CommandTable {
+        &self.commands
+    }
+
+    /// The environment the session was made with (its contexts' and commands').
+    pub fn env(&self) -> &std::collections::BTreeMap<String, String> {
+        &self.opts.env
+    }
+
+    /// The session's sandbox.
+    pub fn sandbox(&self) -> &Arc<dyn SandboxHandle> {
+        &self.sandbox
+    }
+}
+
+/// Contexts (see `contexts.rs`): more kernels in one session's sandbox.
+impl Sessions {
+    /// Starts a context of `language` in `session`, its working directory `cwd`
+    /// (`/workspace` by default). At most [`MAX_CONTEXTS`] per session.
+    pub async fn create_context(
+        &self,
+        session: &Arc<Session>,
+        language: Language,
+        cwd: Option<&str>,
+    ) -> Result<Arc<Context>> {
+        if session.closed.load(Ordering::Acquire) {
+            return Err(ServiceError::SessionNotFound(session.id.clone()));
+        }
+        let cwd = contexts::context_cwd(cwd)?;
+        let n = session.next_context.fetch_add(1, Ordering::AcqRel);
+        if session.all_contexts().len() >= MAX_CONTEXTS {
+            return Err(ServiceError::TooMany(format!(
+                "at most {MAX_CONTEXTS} contexts per session"
+            )));
+        }
+        let req = contexts::kernel_request(
+            &self.cfg,
+            language,
+            &cwd,
+            &session.opts.env,
+            session.opts.limits.memory_bytes,
+        );
+        let (conn, joined) = session
+            .sandbox
+            .clone()
+            .start_context(req)
+            .await
+            .map_err(crate::services::commands::start_error)?;
+        let process = KernelProcess::Joined {
+            pid: joined.pid,
+            exit: joined.exit.clone(),
+        };
+        let ctx = Arc::new(Context::new(
+            format!("{}-{n}", language.name()),
+            language,
+            cwd,
+            conn,
+            process,
+        ));
+        let added = match session.contexts.lock() {
+            Ok(mut all) if all.len() < MAX_CONTEXTS && !session.closed.load(Ordering::Acquire) => {
+                all.push(ctx.clone());
+                true
+            }
+            _ => false,
+        };
+        if !added {
+            joined.signal_group(nix::sys::signal::Signal::SIGKILL);
+            return Err(ServiceError::TooMany(format!(
+                "at most {MAX_CONTEXTS} contexts per session"
+            )));
+        }
+        session.touch();
+        Ok(ctx)
+    }
+
+    /// The session's contexts, the first one first.
+    pub fn list_contexts(&self, session: &Arc<Session>) -> Vec<contexts::ContextView> {
+        session.all_contexts().iter().map(|c| c.view()).collect()
+    }
+
+    /// Ends a context: its kernel (process group) is killed, a queued cell is answered
+    /// `ContextDeleted`. The first context cannot be deleted (delete the session).
+    pub async fn delete_context(&self, session: &Arc<Session>, id: &str) -> Result<()> {
+        let ctx = session.context(Some(id))?;
+        if session.is_first(&ctx) {
+            return Err(ServiceError::Conflict {
+                code: "first_context",
+                message: "the session's first context cannot be deleted; delete the session".into(),
+            });
+        }
+        ctx.deleted.store(true, Ordering::Release);
+        if let Ok(mut all) = session.contexts.lock() {
+            all.retain(|c| !Arc::ptr_eq(c, &ctx));
+        }
+        self.kill_context(session, &ctx).await;
+        ctx.interrupt.notify_waiters();
+        session.touch();
+        Ok(())
+    }
+
+    /// A fresh kernel for context `id` (its state is lost, the others' is not).
+    pub async fn restart_context(&self, session: &Arc<Session>, id: &str) -> Result<()> {
+        let ctx = session.context(Some(id))?;
+        self.restart_context_locked(session, &ctx).await
+    }
+
+    /// Interrupts the running cell of context `id`; whether one was running.
+    pub fn interrupt_context(&self, session: &Arc<Session>, id: &str) -> Result<bool> {
+        let ctx = session.context(Some(id))?;
+        if ctx.busy.load(Ordering::Acquire) {
+            ctx.interrupt.notify_waiters();
+            Ok(true)
+        } else {
+            Ok(false)
+        }
+    }
+}
+
+/// SIGINT to a context's kernel (a running cell becomes `KeyboardInterrupt`).
+fn interrupt_kernel(session: &Session, ctx: &Context) {
+    if !ctx.signal_joined(nix::sys::signal::Signal::SIGINT, false) {
+        session.sandbox.interrupt();
     }
 }
 
@@ -1186,7 +1426,7 @@ impl Drop for Reservation<'_> {
 }
 
 /// Counts a cell as waiting until dropped (it got the kernel, or its task ended).
-struct Waiting(Arc<Session>);
+struct Waiting(Arc<Context>);
 
 impl Drop for Waiting {
     fn drop(&mut self) {
@@ -1194,8 +1434,8 @@ impl Drop for Waiting {
     }
 }
 
-/// A cell's place in its session's order; the next cell's turn comes when it is dropped.
-struct Ticket(Arc<Session>, u64);
+/// A cell's place in its context's order; the next cell's turn comes when it is dropped.
+struct Ticket(Arc<Context>, u64);
 
 impl Drop for Ticket {
     fn drop(&mut self) {

@@ -1,0 +1,245 @@
+//! Bursts and density (issue 21): several zygotes that all serve and are replaced when one
+//! dies, a warm pool that follows demand, and the session cap's 503 with `Retry-After`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use pyxis_tests::{procfs, scaled, TestServer};
+use serde_json::{json, Value};
+
+/// `cmdline` marker of a zygote (and of its kernels, which are forks of it).
+const ZYGOTE: &str = "pyxis_runtime.zygote";
+
+/// The server's zygotes that are its children or grandchildren: uid 0, the zygote's
+/// command line (kernels have the same command line but a sandbox uid).
+fn zygotes_under(server: i32) -> BTreeSet<i32> {
+    let parent = |pid: i32| -> Option<i32> { procfs::stat_fields(pid)?.get(1)?.parse().ok() };
+    procfs::processes_with_cmdline(ZYGOTE)
+        .into_iter()
+        .filter(|&p| procfs::uid_of(p) == Some(0))
+        .filter(|&p| {
+            let up = parent(p);
+            up == Some(server) || up.and_then(parent) == Some(server)
+        })
+        .collect()
+}
+
+/// `pyxis_<name>{zygote="i"} value` lines of `/metrics`, by zygote index.
+fn zygote_metric(server: &TestServer, name: &str) -> BTreeMap<String, f64> {
+    let text = server.get("/metrics").text().expect("metrics text");
+    let prefix = format!("{name}{{zygote=\"");
+    text.lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .filter_map(|rest| {
+            let (index, value) = rest.split_once("\"} ")?;
+            Some((index.to_string(), value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// Create a session and run `1+1` in it; the session id. Panics on any failure.
+fn create_and_run(server: &TestServer) -> String {
+    let r = server.post("/v1/sessions", &json!({}));
+    let status = r.status().as_u16();
+    let v: Value = r.json().expect("json");
+    assert_eq!(status, 201, "create: {v}");
+    let id = v["id"].as_str().expect("id").to_string();
+    let e: Value = server
+        .post(&format!("/v1/sessions/{id}/execute"), &json!({"code": "1+1"}))
+        .json()
+        .expect("execution");
+    assert_eq!(e["status"], "ok", "{e}");
+    assert_eq!(e["results"][0]["data"]["text/plain"], "2", "{e}");
+    id
+}
+
+/// `n` creates at once, each running one cell.
+fn burst(server: &TestServer, n: usize) -> Vec<String> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..n).map(|_| s.spawn(|| create_and_run(server))).collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("client thread"))
+            .collect()
+    })
+}
+
+fn delete_all(server: &TestServer, ids: &[String]) {
+    for id in ids {
+        assert_eq!(server.delete(&format!("/v1/sessions/{id}")).status(), 204);
+    }
+}
+
+fn pool_idle(server: &TestServer) -> u64 {
+    let v: Value = server.get("/v1/status").json().expect("status");
+    v["pool_idle"].as_u64().expect("pool_idle")
+}
+
+/// Polls `f` until it returns true or `limit` passes.
+fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + scaled(limit);
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    f()
+}
+
+#[test]
+fn n_zygotes_all_serve() {
+    let server = TestServer::start(&[("PYXIS_ZYGOTES", "3"), ("PYXIS_POOL_MIN_IDLE", "0")]);
+    let zygotes = zygotes_under(server.pid());
+    assert_eq!(zygotes.len(), 3, "zygotes: {zygotes:?}");
+    let ids = burst(&server, 12);
+    // Each zygote forked kernels of this burst: they are its children.
+    let kernels = procfs::processes_with_uid(
+        |u| (server.uid_base..server.uid_base + 1000).contains(&u),
+        false,
+    );
+    let mut per_zygote: BTreeMap<i32, usize> = BTreeMap::new();
+    for k in kernels {
+        let parent = procfs::stat_fields(k).and_then(|f| f.get(1)?.parse::<i32>().ok());
+        if let Some(p) = parent.filter(|p| zygotes.contains(p)) {
+            *per_zygote.entry(p).or_default() += 1;
+        }
+    }
+    assert_eq!(
+        per_zygote.len(),
+        3,
+        "sandboxes per zygote: {per_zygote:?} (zygotes {zygotes:?})"
+    );
+    let spawns = zygote_metric(&server, "pyxis_zygote_spawns_total");
+    assert_eq!(spawns.len(), 3, "{spawns:?}");
+    assert!(spawns.values().all(|&n| n >= 1.0), "{spawns:?}");
+    assert_eq!(spawns.values().sum::<f64>(), 12.0, "{spawns:?}");
+    delete_all(&server, &ids);
+}
+
+#[test]
+fn a_killed_zygote_is_replaced_without_a_failed_create() {
+    let server = TestServer::start(&[("PYXIS_ZYGOTES", "2"), ("PYXIS_POOL_MIN_IDLE", "0")]);
+    let before = zygotes_under(server.pid());
+    assert_eq!(before.len(), 2, "zygotes: {before:?}");
+    // The first zygote, the server's own child (the other is its fork).
+    let first = *before
+        .iter()
+        .find(|&&p| {
+            procfs::stat_fields(p).and_then(|f| f.get(1)?.parse::<i32>().ok()) == Some(server.pid())
+        })
+        .expect("the first zygote is the server's child");
+    let ids = std::thread::scope(|s| {
+        let clients: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    (0..8)
+                        .map(|_| create_and_run(&server))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        // SAFETY: kill(2) of a pid we just read, which is a zygote of our server.
+        assert_eq!(unsafe { libc::kill(first, libc::SIGKILL) }, 0);
+        clients
+            .into_iter()
+            .flat_map(|c| c.join().expect("every create succeeded"))
+            .collect::<Vec<_>>()
+    });
+    assert_eq!(ids.len(), 32);
+    let ok = wait_for(Duration::from_secs(20), || {
+        let up = zygote_metric(&server, "pyxis_zygote_up");
+        up.len() == 2 && up.values().all(|&v| v == 1.0)
+    });
+    assert!(ok, "zygotes up: {:?}", zygote_metric(&server, "pyxis_zygote_up"));
+    let restarts = zygote_metric(&server, "pyxis_zygote_restarts_total");
+    assert_eq!(restarts.get("0"), Some(&1.0), "{restarts:?}");
+    // The replacement serves too.
+    let more = burst(&server, 6);
+    let spawns = zygote_metric(&server, "pyxis_zygote_spawns_total");
+    assert!(spawns.values().all(|&n| n >= 1.0), "{spawns:?}");
+    delete_all(&server, &ids);
+    delete_all(&server, &more);
+}
+
+#[test]
+fn the_pool_grows_under_a_burst_and_shrinks_when_idle() {
+    let server = TestServer::start(&[
+        ("PYXIS_POOL_MIN_IDLE", "1"),
+        ("PYXIS_POOL_MAX_IDLE", "6"),
+        ("PYXIS_POOL_SHRINK_S", "2"),
+    ]);
+    assert!(wait_for(Duration::from_secs(30), || pool_idle(&server) == 1));
+    let ids = burst(&server, 8);
+    delete_all(&server, &ids);
+    // Seven creates found it empty: it fills up to its maximum.
+    let mut most = 0;
+    let grew = wait_for(Duration::from_secs(30), || {
+        most = most.max(pool_idle(&server));
+        most >= 6
+    });
+    assert!(grew, "the pool grew to {most} only");
+    // No create for a while: back to its minimum.
+    let shrank = wait_for(Duration::from_secs(30), || pool_idle(&server) == 1);
+    assert!(shrank, "the pool still holds {}", pool_idle(&server));
+    // And it still serves.
+    let id = create_and_run(&server);
+    delete_all(&server, &[id]);
+}
+
+#[test]
+fn creates_past_a_cap_of_1000_get_503_with_retry_after() {
+    // A uid range of its own, wider than the harness's 1,000 per server: 1,000 sessions
+    // and the slots beyond them.
+    let uid_base = 850_000 + rand::random::<u32>() % 50 * 2000;
+    let server = TestServer::start(&[
+        ("PYXIS_MAX_SESSIONS", "1000"),
+        ("PYXIS_POOL_MIN_IDLE", "0"),
+        ("PYXIS_UID_BASE", &uid_base.to_string()),
+        ("PYXIS_MEMORY_MB", "256"),
+    ]);
+    let ids: Vec<String> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..8)
+            .map(|_| {
+                s.spawn(|| {
+                    (0..125)
+                        .map(|_| {
+                            let r = server.post("/v1/sessions", &json!({}));
+                            assert_eq!(r.status(), 201);
+                            let v: Value = r.json().expect("json");
+                            v["id"].as_str().expect("id").to_string()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("creates within the cap succeed"))
+            .collect()
+    });
+    assert_eq!(ids.len(), 1000);
+    let r = server.post("/v1/sessions", &json!({}));
+    assert_eq!(r.status(), 503);
+    let retry = r
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(retry.is_some_and(|s| s >= 1), "Retry-After: {retry:?}");
+    let v: Value = r.json().expect("json");
+    assert_eq!(v["error"]["code"], "capacity_exhausted", "{v}");
+    // Sessions across the table still answer, and a freed slot is usable at once.
+    for id in [&ids[0], &ids[499], &ids[999]] {
+        let e: Value = server
+            .post(&format!("/v1/sessions/{id}/execute"), &json!({"code": "6*7"}))
+            .json()
+            .expect("execution");
+        assert_eq!(e["results"][0]["data"]["text/plain"], "42", "{e}");
+    }
+    assert_eq!(server.delete(&format!("/v1/sessions/{}", ids[0])).status(), 204);
+    let again = create_and_run(&server);
+    delete_all(&server, &ids[1..]);
+    delete_all(&server, &[again]);
+}
