@@ -19,6 +19,8 @@ pub struct App {
     pub gateway: crate::doors::gateway::GatewayUsers,
     /// The Jupyter door's kernels (their channels and message state).
     pub jupyter: crate::doors::jupyter::Kernels,
+    /// The E2B door's sandboxes (tokens, metadata, deadlines).
+    pub e2b: crate::doors::e2b::Sandboxes,
 }
 
 impl App {
@@ -36,6 +38,7 @@ impl App {
             token,
             gateway: Default::default(),
             jupyter: Default::default(),
+            e2b: Default::default(),
         })
     }
 }

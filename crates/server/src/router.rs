@@ -237,7 +237,8 @@ pub fn build(app: Arc<App>) -> Router {
         .merge(crate::doors::mcp::routes(app.clone()))
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .fallback(|| async { ApiError::not_found() });
-    crate::middleware::apply(routes, app)
+    // E2B addresses sandboxes by header or host name, before any route: its door goes first.
+    crate::doors::e2b::front(crate::middleware::apply(routes, app.clone()), app)
 }
 
 /// `/metrics` alone, for `PYXIS_METRICS_LISTEN` (no token: bind it where only the

@@ -8,6 +8,8 @@
 //! - [`gateway`]: the Jupyter-kernel gateway service Pyxis replaces (stateful, per
 //!   `user_uuid`);
 //! - [`mcp`]: the Model Context Protocol (Streamable HTTP at `/mcp`), for LLM agents;
+//! - [`e2b`]: E2B's control plane, sandbox daemon and code interpreter (its SDKs unmodified);
+//!   it sits in front of the router, as E2B addresses sandboxes by header or host name;
 //! - [`runner`]: the function runner (one-shot);
 //! - [`tools`]: the function runner's document tools (OCR, barcodes, conversion, data).
 //! - [`pool`]: the Docker-pool interpreter (stateless, files in and out).
@@ -16,6 +18,7 @@
 //! Docker-pool interpreter (no query): `router.rs` dispatches on the presence of
 //! `user_uuid`. The helpers below are shared plumbing, not a door.
 
+pub mod e2b;
 pub mod gateway;
 pub mod jupyter;
 pub mod mcp;

@@ -54,6 +54,8 @@ pub struct Entry {
     pub modified: SystemTime,
     /// What it is.
     pub kind: EntryKind,
+    /// Permission bits.
+    pub mode: u32,
 }
 
 /// A directory listing.
@@ -224,6 +226,54 @@ impl Files {
         Ok(())
     }
 
+    /// Make a directory and its missing parents; false when it existed already.
+    pub async fn make_dir(&self, session: &Arc<Session>, raw: &str) -> Result<bool> {
+        let rel = self.parse(raw, false)?;
+        session.touch();
+        let s = session.clone();
+        let made = blocking(move || s.workspace()?.make_dir(&rel))
+            .await
+            .map_err(|e| match e {
+                WorkspaceFsError::NotADirectory => ServiceError::Conflict {
+                    code: "exists",
+                    message: format!("{raw:?} exists and is not a directory"),
+                },
+                e => ServiceError::from_fs(e, raw, 0),
+            })?;
+        session.forget_scan();
+        Ok(made)
+    }
+
+    /// Move (rename) a file, directory or symlink; a file at the destination is replaced.
+    pub async fn rename(&self, session: &Arc<Session>, from: &str, to: &str) -> Result<()> {
+        let (src, dst) = (self.parse(from, false)?, self.parse(to, false)?);
+        session.touch();
+        let s = session.clone();
+        blocking(move || s.workspace()?.rename(&src, &dst))
+            .await
+            .map_err(|e| ServiceError::from_fs(e, from, 0))?;
+        session.forget_scan();
+        Ok(())
+    }
+
+    /// Describe one entry (`""`: the root); a symlink as itself.
+    pub async fn stat(&self, session: &Arc<Session>, raw: &str) -> Result<Entry> {
+        let rel = self.parse(raw, true)?;
+        session.touch();
+        let (s, r) = (session.clone(), rel.clone());
+        let e = blocking(move || s.workspace()?.stat(&r))
+            .await
+            .map_err(|e| ServiceError::from_fs(e, raw, 0))?;
+        Ok(Entry {
+            name: e.name,
+            path: rel.as_str().to_string(),
+            size: e.size,
+            modified: e.modified,
+            kind: e.kind,
+            mode: e.mode,
+        })
+    }
+
     /// List a directory (`""`: the root). Symlinks are listed as such and never followed.
     pub async fn list(&self, session: &Arc<Session>, raw: &str) -> Result<Listing> {
         let rel = self.parse(raw, true)?;
@@ -251,6 +301,7 @@ impl Files {
                 size: e.size,
                 modified: e.modified,
                 kind: e.kind,
+                mode: e.mode,
             })
             .collect();
         Ok(Listing {

@@ -225,6 +225,8 @@ pub struct DirEntry {
     pub modified: SystemTime,
     /// Kind.
     pub kind: EntryKind,
+    /// Permission bits (`st_mode & 0o7777`).
+    pub mode: u32,
 }
 
 /// A regular file's identity in a snapshot: modification time, size, inode.
@@ -465,6 +467,83 @@ impl WorkspaceFs {
         }
     }
 
+    /// Make the directory `path` and any missing parents (owned by the session's user,
+    /// mode 0755). Returns false when a directory was there already.
+    pub fn make_dir(&self, path: &RelPath) -> Result<bool> {
+        let (dir, name) = self.make_parents(path)?;
+        match mkdirat(
+            Some(dir.as_raw_fd()),
+            name.as_c_str(),
+            Mode::from_bits_truncate(0o755),
+        ) {
+            Ok(()) => {
+                let fd = open_beneath(
+                    dir.as_raw_fd(),
+                    &name,
+                    OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+                    Mode::empty(),
+                )?;
+                self.give(&fd, 0o755)?;
+                Ok(true)
+            }
+            Err(Errno::EEXIST) => match kind_of(dir.as_raw_fd(), &name) {
+                Some(EntryKind::Dir) => Ok(false),
+                Some(EntryKind::Symlink) => Err(WorkspaceFsError::Forbidden),
+                _ => Err(WorkspaceFsError::NotADirectory),
+            },
+            Err(e) => Err(WorkspaceFsError::from_errno("mkdirat", e)),
+        }
+    }
+
+    /// Move `from` to `to` (replacing a file there), making `to`'s missing parents. Only
+    /// directories reached without a symlink take part; a symlink is moved as itself.
+    pub fn rename(&self, from: &RelPath, to: &RelPath) -> Result<()> {
+        let (src_dir, src_name) = from.split().ok_or(WorkspaceFsError::Forbidden)?;
+        if to.is_root() {
+            return Err(WorkspaceFsError::Forbidden);
+        }
+        let src = self.open_dir(src_dir)?;
+        let src_name = cstring(src_name)?;
+        let (dst, dst_name) = self.make_parents(to)?;
+        renameat(
+            Some(src.as_raw_fd()),
+            src_name.as_c_str(),
+            Some(dst.as_raw_fd()),
+            dst_name.as_c_str(),
+        )
+        .map_err(|e| WorkspaceFsError::from_errno("renameat", e))
+    }
+
+    /// What is at `path` (a symlink is described as itself, never followed).
+    pub fn stat(&self, path: &RelPath) -> Result<DirEntry> {
+        let (st, name) = match path.split() {
+            None => {
+                let fd = self.open_dir("")?;
+                let st =
+                    fstat(fd.as_raw_fd()).map_err(|e| WorkspaceFsError::from_errno("fstat", e))?;
+                (st, String::new())
+            }
+            Some((dir, name)) => {
+                let fd = self.open_dir(dir)?;
+                let c = cstring(name)?;
+                let st = fstatat(
+                    Some(fd.as_raw_fd()),
+                    c.as_c_str(),
+                    AtFlags::AT_SYMLINK_NOFOLLOW,
+                )
+                .map_err(|e| WorkspaceFsError::from_errno("fstatat", e))?;
+                (st, name.to_string())
+            }
+        };
+        Ok(DirEntry {
+            name,
+            size: st.st_size as u64,
+            modified: mtime(&st),
+            kind: EntryKind::of(&st),
+            mode: st.st_mode & 0o7777,
+        })
+    }
+
     /// List a directory: at most `max` entries sorted by name, and whether
     /// more were left out.
     pub fn list(&self, path: &RelPath, max: usize) -> Result<(Vec<DirEntry>, bool)> {
@@ -494,6 +573,7 @@ impl WorkspaceFs {
                 size: st.st_size as u64,
                 modified: mtime(&st),
                 kind: EntryKind::of(&st),
+                mode: st.st_mode & 0o7777,
             });
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -547,6 +627,8 @@ fn walk(fd: OwnedFd, prefix: &str, depth: usize, budget: &mut usize, snap: &mut 
                     (st.st_mtime, st.st_mtime_nsec, st.st_size as u64, st.st_ino),
                 );
             }
+            // The session's installed packages (`/workspace/.pyxis`) are no cell's output.
+            EntryKind::Dir if prefix.is_empty() && name_str == ".pyxis" => {}
             EntryKind::Dir if depth > 1 => subdirs.push((name.to_owned(), path)),
             _ => {}
         }
