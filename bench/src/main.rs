@@ -4,6 +4,7 @@
 //! running one (`--url`, `--token`) — and prints one JSON line per result row,
 //! then a table with the budgets of DESIGN.md ("Performance budget").
 
+mod burst;
 mod client;
 mod data;
 mod jupyter;
@@ -34,6 +35,9 @@ const ALL: &[&str] = &[
     "density",
     "analysis",
     "data",
+    "burst",
+    "spawn100",
+    "density1000",
     "mcp",
     "js",
 ];
@@ -56,11 +60,12 @@ struct Args {
     server_bin: Option<PathBuf>,
 
     /// Comma-separated workloads: roundtrip, stream, stateful, create, oneshot, density,
-    /// analysis. `name:variant` picks one variant (stateful:steady, stateful:churn,
-    /// stateful:jupyter, create:cold, create:warm).
+    /// analysis, burst, spawn100, density1000. `name:variant` picks one variant
+    /// (stateful:steady, stateful:churn, stateful:jupyter, create:cold, create:warm,
+    /// burst:25, burst:50).
     #[arg(
         long,
-        default_value = "roundtrip,stream,stateful,create,oneshot,density,analysis,mcp,data"
+        default_value = "roundtrip,stream,stateful,create,oneshot,density,analysis,burst,spawn100,density1000,data,mcp"
     )]
     workloads: String,
 
@@ -257,6 +262,10 @@ fn order(r: &Row) -> usize {
         ("data", Some("idle")),
         ("data", Some("docx2pdf")),
         ("data", Some("ocr")),
+        ("burst", Some("25")),
+        ("burst", Some("50")),
+        ("spawn100", None),
+        ("density1000", None),
         ("mcp", None),
         ("js", Some("cold")),
         ("js", Some("pooled")),
@@ -429,6 +438,28 @@ async fn run(args: Args) -> Result<bool> {
         ("js", Some("pooled"), main_cfg, Some("create to first result p50 ≤ 2 ms")),
         ("js", Some("roundtrip"), main_cfg, Some("p50 ≤ 1 ms")),
         ("js", Some("idle"), cold_cfg, None),
+        (
+            "burst",
+            Some("25"),
+            main_cfg,
+            Some("p50 ≤ 80 ms, p95 ≤ 150 ms"),
+        ),
+        (
+            "burst",
+            Some("50"),
+            main_cfg,
+            Some("p50 ≤ 150 ms, p95 ≤ 300 ms"),
+        ),
+        ("spawn100", None, cold_cfg, Some("≤ 1.0 s wall")),
+        (
+            "density1000",
+            None,
+            ServerConfig {
+                pool_min_idle: 0,
+                max_sessions: 1000,
+            },
+            Some("≤ 6 MiB/session, cell p95 ≤ 15 ms"),
+        ),
     ];
 
     for w in &selected {
@@ -472,6 +503,9 @@ async fn run(args: Args) -> Result<bool> {
                 ("density", _) => workloads::density(&ctx).await,
                 ("analysis", _) => workloads::analysis(&ctx, &args.python).await,
                 ("data", Some(v)) => data::run(&ctx, v).await,
+                ("burst", Some(c)) => burst::burst(&ctx, c.parse().unwrap_or(25), c).await,
+                ("spawn100", _) => burst::spawn100(&ctx).await,
+                ("density1000", _) => burst::density1000(&ctx).await,
                 ("mcp", _) => mcp::run(&ctx).await,
                 ("js", Some(v)) => js::run(&ctx, v).await,
                 _ => unreachable!("unknown step {workload}"),
