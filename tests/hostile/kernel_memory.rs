@@ -91,15 +91,16 @@ print('stopped')
 
 /// Runs `holder` (Python source of a program that grabs memory, prints one JSON line and
 /// sleeps) in `holders` processes of a session limited to [`LIMIT_MIB`], and returns how far
-/// the host's available memory fell while they held it, and their reports.
-fn host_memory_taken(holder: &str, holders: u32) -> (u64, Vec<Value>) {
+/// the host's available memory fell while they held it, their reports, and the cell that
+/// started them.
+fn host_memory_taken(holder: &str, holders: u32) -> (u64, Vec<Value>, Value) {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let s = server();
     let v = session_with_limits(s, json!({ "memory_mb": LIMIT_MIB }));
     // Warm: the first cells of a session fault in memory of their own.
     v.ok("import json, os, subprocess, sys, time\nprint(1)");
     let before = mem_available_while(Duration::from_secs(2));
-    let (reports, after) = attack(s, &v, |v| {
+    let (reports, after, cell) = attack(s, &v, |v| {
         let code = format!(
             "HOLDER = {holder:?}\nHOLDERS = {holders}\nSCALE = {}\n{START_HOLDERS}",
             pyxis_tests::time_scale()
@@ -111,10 +112,15 @@ fn host_memory_taken(holder: &str, holders: u32) -> (u64, Vec<Value>) {
         }
         let after = mem_available_while(Duration::from_secs(3));
         v.exec(STOP_HOLDERS);
-        (stdout, after)
+        (stdout, after, out)
     });
     let reports: Vec<Value> = serde_json::from_str(reports.trim()).unwrap_or_default();
-    (before.saturating_sub(after), reports)
+    (before.saturating_sub(after), reports, cell)
+}
+
+/// Whether this host's cgroups are v2 (the unified hierarchy at /sys/fs/cgroup).
+fn cgroup_v2() -> bool {
+    std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
 }
 
 /// Python source of a holder: TCP connections over loopback whose receivers never read, on
@@ -193,14 +199,23 @@ fn loopback_socket_buffers_count_against_the_session() {
     let holder = format!(
         "import sys\nexec({TCP_HOLDER:?} if int(sys.argv[1]) % 2 == 0 else {UDP_HOLDER:?})"
     );
-    let (taken, reports) = host_memory_taken(&holder, 4);
+    let (taken, reports, cell) = host_memory_taken(&holder, 4);
+    // cgroup v2's memory controller charges socket buffers to the session: there the
+    // holders fill its limit and the OOM killer ends the cell (reported as OutOfMemory)
+    // before they report. That is the containment this test asks for (and the host's
+    // memory is still bounded below); anywhere else the holders must have their sockets.
+    let charged = cgroup_v2() && cell["error"]["name"] == "OutOfMemory";
+    if charged {
+        eprintln!("cgroup v2: the holders' buffers were charged to the session, which ran out of memory: {cell}");
+    }
     assert!(
-        reports.len() == 4
-            && reports
-                .iter()
-                .all(|r| r["connections"].as_u64().unwrap_or(0) >= 400
-                    || r["sockets"].as_u64().unwrap_or(0) >= 800),
-        "the holders did not open their sockets: {reports:?}"
+        charged
+            || reports.len() == 4
+                && reports
+                    .iter()
+                    .all(|r| r["connections"].as_u64().unwrap_or(0) >= 400
+                        || r["sockets"].as_u64().unwrap_or(0) >= 800),
+        "the holders did not open their sockets: {reports:?} (cell: {cell})"
     );
     let bound = LIMIT_MIB + SOCKET_BUFFERS_MIB + PER_SOCKET_MARGIN_MIB + NOISE_MIB;
     check_bound("TCP and UDP buffers", taken, bound, &reports);

@@ -90,6 +90,14 @@ const SCALED_SETTINGS: &[&str] = &["PYXIS_EXEC_TIMEOUT_S", "PYXIS_ZYGOTE_READY_T
 /// The zygote's ready timeout of the server (`PYXIS_ZYGOTE_READY_TIMEOUT_S`'s default).
 const ZYGOTE_READY_TIMEOUT_S: f64 = 180.0;
 
+/// The server's connection timeouts and their defaults: on a slower host (a time scale
+/// over one) a server gets them scaled unless the test sets them, so that a keep-alive
+/// connection the client pools for a while (reqwest: 90 s) is not closed under it mid-test.
+const SCALED_DEFAULTS: &[(&str, f64)] = &[
+    ("PYXIS_HEADER_TIMEOUT_S", 10.0),
+    ("PYXIS_CONN_IDLE_TIMEOUT_S", 60.0),
+];
+
 /// `value` of the setting `key`, scaled when it is one of [`SCALED_SETTINGS`].
 fn scaled_setting(key: &str, value: &str) -> String {
     if !SCALED_SETTINGS.contains(&key) {
@@ -173,6 +181,11 @@ impl TestServer {
                 ),
             )
             .stdin(Stdio::null());
+        if time_scale() > 1.0 {
+            for (key, default) in SCALED_DEFAULTS {
+                cmd.env(key, format!("{}", default * time_scale()));
+            }
+        }
         if std::env::var_os("PYXIS_TEST_QUIET").is_some() {
             cmd.stdout(Stdio::null()).stderr(Stdio::null());
         }
