@@ -39,8 +39,11 @@ const TRACEBACK_TOTAL_CAP = 256 * 1024;
 const KEPT_CELLS = 200;
 const MODULES = process.env.PYXIS_NODE_MODULES || path.join(__dirname, 'node_modules');
 const INTERRUPTED = 'ERR_SCRIPT_EXECUTION_INTERRUPTED';
-const OWN_FRAMES = [__dirname + path.sep, 'node:internal', 'node:vm', '(node:', 'pyxis-guard'];
+const OWN_FRAMES = [__dirname + path.sep, 'node:internal', 'node:vm', '(node:'];
 const CELL_POS = /<cell (\d+)>:(\d+):(\d+)/g;
+// A cell without calls, loops or `new` cannot spin by itself (only through getters or
+// conversions it triggers).
+const MAY_RUN_LONG = /[(`]|\b(while|for|do|new)\b/;
 // A TypeScript cell without any of these characters or words is JavaScript as it stands
 // (`x + 1`, `f(2)`): it skips the compiler, which costs milliseconds per cell.
 const TS_SYNTAX =
@@ -125,8 +128,7 @@ class Kernel {
     this.cells = new Map(); // file name → { source, map }
     this.onInterrupt = null;
     this.stopping = false;
-    this.guard = new vm.Script('globalThis.__pyxis.thunk()', { filename: 'pyxis-guard' });
-    this.hidden = { t: undefined, thunk: null, import: userImport };
+    this.hidden = { t: undefined, import: userImport };
   }
 
   // ---- setup
@@ -354,7 +356,10 @@ class Kernel {
       throw err;
     }
     if (!script) script = new vm.Script(plan.code, { ...options, lineOffset: plan.lineOffset });
-    let value = this.interruptible(() => script.runInThisContext({ breakOnSigint: true, displayErrors: false }));
+    // breakOnSigint starts and joins a watchdog thread (~0.5 ms): a cell that calls
+    // nothing and loops nowhere (`x = 1`, `a + b`) runs without it.
+    const breakOnSigint = MAY_RUN_LONG.test(source);
+    let value = this.interruptible(() => script.runInThisContext({ breakOnSigint, displayErrors: false }));
     if (plan.async) {
       this.out.flushStream();
       this.out.send();
@@ -373,14 +378,13 @@ class Kernel {
     }
   }
 
-  /** A function of the user's (inspect hooks, getters) called by the kernel, interruptible. */
+  /**
+   * A function of the user's (inspect hooks, getters) called by the kernel. Not under
+   * breakOnSigint (its thread costs ~0.5 ms a call): one that never returns is ended by
+   * the server's grace period.
+   */
   guarded(fn) {
-    this.hidden.thunk = fn;
-    try {
-      return this.interruptible(() => this.guard.runInThisContext({ breakOnSigint: true }));
-    } finally {
-      this.hidden.thunk = null;
-    }
+    return fn();
   }
 
   awaitCell(promise) {
