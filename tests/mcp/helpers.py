@@ -22,3 +22,16 @@ async def new_session(client) -> str:
     r = await client.call_tool("create_session", {})
     assert not r.is_error, text_of(r)
     return r.structured_content["id"]
+
+
+# A raw `initialize` request (for tests that speak JSON-RPC by hand).
+RAW_INIT = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-11-25",
+        "capabilities": {},
+        "clientInfo": {"name": "raw", "version": "0"},
+    },
+}

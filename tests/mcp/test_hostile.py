@@ -9,7 +9,7 @@ import json
 
 import httpx2
 import pytest
-from helpers import run, text_of
+from helpers import RAW_INIT, run, text_of
 
 from conftest import MAX_BODY_BYTES, MAX_SESSIONS
 
@@ -83,18 +83,8 @@ def test_a_flood_of_sessions_meets_the_cap(pyxis):
 
 def test_junk_jsonrpc(pyxis):
     auth = {"Authorization": f"Bearer {pyxis.token}"}
-    init = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-11-25",
-            "capabilities": {},
-            "clientInfo": {"name": "raw", "version": "0"},
-        },
-    }
     with httpx2.Client(timeout=10) as http:
-        r = http.post(pyxis.url, content=json.dumps(init), headers=ACCEPT | auth)
+        r = http.post(pyxis.url, content=json.dumps(RAW_INIT), headers=ACCEPT | auth)
         assert r.status_code == 200, r.text
         sid = r.headers["mcp-session-id"]
         hdrs = ACCEPT | auth | {"mcp-session-id": sid, "mcp-protocol-version": "2025-11-25"}

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
+import subprocess
 
 import httpx2
 import pytest
-from helpers import PNG_MAGIC, new_session, run, text_of
+from helpers import PNG_MAGIC, RAW_INIT, new_session, run, text_of
 from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from mcp.shared.exceptions import MCPError
@@ -141,3 +143,34 @@ def test_stdio_defaults_to_the_configured_server(pyxis):
                 assert "via defaults" in text_of(r), text_of(r)
 
     run(body())
+
+
+def test_stdio_raw_lines_and_end_of_input(pyxis):
+    """The stdio framing by hand: one JSON-RPC message per line in, one per line out; a line
+    that is not JSON is a parse error; answers still in flight when stdin ends are written."""
+    lines = [
+        RAW_INIT,
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {
+            "jsonrpc": "2.0",
+            "id": "two",
+            "method": "tools/call",
+            "params": {"name": "run_code", "arguments": {"code": "print('raw', 6 * 7)"}},
+        },
+    ]
+    stdin = "\n".join(json.dumps(m) for m in lines[:2]) + "\n{not json\n" + json.dumps(lines[2])
+    p = subprocess.run(
+        [pyxis.binary, "mcp", "--url", pyxis.url, "--token", pyxis.token],
+        input=stdin + "\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYXIS_LOG": "warn"},
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    out = [json.loads(line) for line in p.stdout.splitlines()]
+    by_id = {m.get("id"): m for m in out}
+    assert by_id[1]["result"]["serverInfo"]["name"] == "pyxis"
+    assert by_id[None]["error"]["code"] == -32700
+    assert "raw 42" in by_id["two"]["result"]["content"][0]["text"], by_id["two"]

@@ -1,8 +1,16 @@
 //! The MCP door: the Model Context Protocol over Streamable HTTP at `/mcp`, built on the
 //! official Rust SDK (`rmcp`). Its tools are translations onto the services, like every
-//! door's handlers: sessions, cells, workspace files. Session ids travel in the tools'
-//! arguments, so a kernel is never tied to the MCP session (stateless protocol revisions
-//! keep working).
+//! door's handlers: sessions, cells, workspace files, URL imports (`tools.rs`); the
+//! workspace files are resources too (`resources.rs`). Session ids travel in the tools'
+//! arguments, so a kernel is never tied to the MCP session: the handshake revisions
+//! (`initialize`, up to 2025-11-25, with an `Mcp-Session-Id`) and the stateless one
+//! (2026-07-28, `server/discover`, each request on its own) reach the same sessions.
+//!
+//! A cancelled `run_code` interrupts its cell, whichever way the client cancels: a
+//! `notifications/cancelled` (handshake revisions) or closing the request's response
+//! stream (2026-07-28); rmcp turns both into the request's cancellation token.
+//!
+//! `pyxis mcp` (`stdio.rs`) is the stdio transport, a bridge to a running server's `/mcp`.
 //!
 //! The route sits behind the same token as every other route (`middleware.rs`); this door
 //! adds the `Origin` check the specification asks for (DNS rebinding): a request that

@@ -26,7 +26,7 @@ use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYP
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
-use tokio::task::AbortHandle;
+use tokio::task::{AbortHandle, JoinSet};
 
 use crate::config::Config;
 
@@ -49,6 +49,8 @@ const HEADER_METHOD: &str = "mcp-method";
 const HEADER_NAME: &str = "mcp-name";
 /// Where a 2026-07-28 request names its protocol revision (it has no `initialize`).
 const META_PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
+/// How long answers still in flight are waited for once stdin has ended.
+const EOF_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 /// JSON-RPC's "internal error", for an HTTP failure that has no JSON-RPC answer.
 const INTERNAL_ERROR: i64 = -32603;
 /// JSON-RPC's "parse error", for a stdin line that is not JSON.
@@ -134,6 +136,7 @@ pub async fn run(url: &str, token: &str) -> anyhow::Result<()> {
             }
         }
     });
+    let mut requests = JoinSet::new();
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     while let Some(line) = lines.next_line().await.context("reading stdin")? {
         if line.trim().is_empty() {
@@ -146,8 +149,16 @@ pub async fn run(url: &str, token: &str) -> anyhow::Result<()> {
                 continue;
             }
         };
-        bridge.dispatch(msg).await;
+        bridge.dispatch(msg, &mut requests).await;
+        // Reap the finished ones as we go, so the set stays the size of what is in flight.
+        while requests.try_join_next().is_some() {}
     }
+    // The client closed stdin: it is going away. Answers already on their way are still
+    // written (a pipe like `echo request | pyxis mcp` gets its answer) for a short while.
+    let _ = tokio::time::timeout(EOF_GRACE, async {
+        while requests.join_next().await.is_some() {}
+    })
+    .await;
     bridge.close().await;
     drop(bridge);
     let _ = writer.await;
@@ -173,7 +184,7 @@ impl Bridge {
     }
 
     /// Forward one message from the client.
-    async fn dispatch(self: &Arc<Self>, msg: Value) {
+    async fn dispatch(self: &Arc<Self>, msg: Value, requests: &mut JoinSet<()>) {
         let method = msg.get("method").and_then(Value::as_str).map(str::to_owned);
         let id = msg.get("id").cloned().filter(|_| method.is_some());
         if let Some(v) = msg
@@ -201,11 +212,11 @@ impl Bridge {
                 // (when it ends) always comes after.
                 let mut in_flight = lock(&self.in_flight);
                 let done_key = key.clone();
-                let task = tokio::spawn(async move {
+                let task = requests.spawn(async move {
                     me.post(msg, Some(id)).await;
                     lock(&me.in_flight).remove(&done_key);
                 });
-                in_flight.insert(key, task.abort_handle());
+                in_flight.insert(key, task);
             }
             // Notifications and the client's answers to server requests, in order.
             _ => self.post(msg, None).await,
