@@ -1,6 +1,7 @@
 //! The attack suite: hostile programs run in real sessions of a real server,
 //! each with the outcome it must meet.
 
+mod commands;
 mod escape;
 mod exhaustion;
 mod files_api;
@@ -10,4 +11,6 @@ mod kernel_memory;
 mod network;
 mod protocol;
 mod shared_locks;
+mod slow_clients;
+mod tenants;
 mod util;

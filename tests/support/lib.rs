@@ -8,6 +8,7 @@
 
 pub mod packages;
 pub mod procfs;
+pub mod tenants;
 
 pub use procfs::{processes_with_cmdline, processes_with_uid};
 
@@ -22,6 +23,10 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use reqwest::blocking::{Client, Response};
 use serde_json::{json, Value};
+
+/// A setting of [`TestServer::start`] that is not passed to the server: its value is a file
+/// the server's stderr (its log) goes to.
+pub const STDERR_TO: &str = "PYXIS_TEST_STDERR_TO";
 
 /// A running server.
 pub struct TestServer {
@@ -190,6 +195,12 @@ impl TestServer {
             cmd.stdout(Stdio::null()).stderr(Stdio::null());
         }
         for (k, v) in settings {
+            // Not a server setting: where the test wants the server's log.
+            if *k == STDERR_TO {
+                let log = std::fs::File::create(v).expect("create the server log");
+                cmd.stderr(log);
+                continue;
+            }
             cmd.env(k, scaled_setting(k, v));
         }
         let child = spawn_detached(cmd);

@@ -15,6 +15,8 @@ pub struct App {
     pub files: Files,
     /// The API token.
     pub token: String,
+    /// Who may call: the token's tenant and the keys file's (see `tenants.rs`).
+    pub tenants: Arc<crate::tenants::Tenants>,
     /// The Jupyter-kernel gateway door's `user_uuid → session` map.
     pub gateway: crate::doors::gateway::GatewayUsers,
     /// The Jupyter door's kernels (their channels and message state).
@@ -31,11 +33,24 @@ impl App {
         files: Files,
         token: String,
     ) -> Arc<Self> {
+        let tenants = crate::tenants::Tenants::single(token.clone());
+        Self::with_tenants(config, sessions, files, token, tenants)
+    }
+
+    /// The state over the services, with the tenants of a keys file.
+    pub fn with_tenants(
+        config: Arc<Config>,
+        sessions: Arc<Sessions>,
+        files: Files,
+        token: String,
+        tenants: Arc<crate::tenants::Tenants>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             config,
             sessions,
             files,
             token,
+            tenants,
             gateway: Default::default(),
             jupyter: Default::default(),
             e2b: Default::default(),

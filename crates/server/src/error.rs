@@ -194,6 +194,20 @@ impl From<ServiceError> for ApiError {
             ServiceError::TooLarge(m) => Self::too_large(m),
             ServiceError::Import(e) => Self::from_import(e),
             ServiceError::ExportFailed(m) => Self::new(StatusCode::BAD_GATEWAY, "export_failed", m),
+            ServiceError::NotFound { code, message } => {
+                Self::new(StatusCode::NOT_FOUND, code, message)
+            }
+            ServiceError::TooMany(m) => Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many", m),
+            ServiceError::Refused { code, message } => {
+                Self::new(StatusCode::FORBIDDEN, code, message)
+            }
+            ServiceError::Failed { code, message } => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+            }
+            ServiceError::Limited(l) => Self {
+                retry_after: l.retry_after,
+                ..Self::new(StatusCode::TOO_MANY_REQUESTS, "limit_reached", l.message)
+            },
             // Logged where it happened.
             ServiceError::Internal(_) => Self::new(
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -25,6 +25,7 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod conns;
 pub mod doctor;
 pub mod doors;
 pub mod error;
@@ -35,6 +36,7 @@ pub mod router;
 pub mod runtime;
 pub mod sandboxes;
 pub mod services;
+pub mod tenants;
 
 #[cfg(test)]
 mod tests;

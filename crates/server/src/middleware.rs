@@ -8,7 +8,6 @@ use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use subtle::ConstantTimeEq;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
@@ -38,15 +37,21 @@ pub fn apply(router: Router<AppState>, app: Arc<App>) -> Router {
         .with_state(app)
 }
 
-/// Accept `Authorization: Bearer <token>` (or Jupyter's `token <token>`) or
-/// `X-Auth-Token: <token>`, compared in constant time; on the Jupyter WebSocket, whose
-/// browser clients cannot set headers, also `?token=<token>`.
-async fn auth(State(app): State<AppState>, req: Request, next: Next) -> Response {
+/// Accept `Authorization: Bearer <secret>` (or Jupyter's `token <secret>`) or
+/// `X-Auth-Token: <secret>`, where the secret is the token or a key of the keys file; on the
+/// Jupyter WebSocket, whose browser clients cannot set headers, also `?token=<secret>`
+/// (nowhere else: a secret in a URL ends up in logs and browser history).
+///
+/// The rest of the request runs as the tenant the secret names (`tenants.rs`): in a
+/// task-local scope, which the session service reads, and in the request's extensions.
+async fn auth(State(app): State<AppState>, mut req: Request, next: Next) -> Response {
     if OPEN_PATHS.contains(&req.uri().path())
         || crate::doors::playground::is_open(req.uri().path())
         || crate::doors::pool::is_open(&app, &req)
     {
-        return next.run(req).await;
+        let tenant = app.tenants.anonymous();
+        req.extensions_mut().insert(tenant.clone());
+        return crate::tenants::scope(tenant, next.run(req)).await;
     }
     let headers = req.headers();
     let bearer = headers
@@ -67,13 +72,15 @@ async fn auth(State(app): State<AppState>, req: Request, next: Next) -> Response
                 .map(|(_, v)| v.into_owned())
         })
         .flatten();
-    let ok = [bearer, x_auth, query_token.as_deref()]
+    let tenant = [bearer, x_auth, query_token.as_deref()]
         .into_iter()
         .flatten()
-        .any(|given| bool::from(given.trim().as_bytes().ct_eq(app.token.as_bytes())));
-    if ok {
-        next.run(req).await
-    } else {
-        ApiError::unauthorized().into_response()
+        .find_map(|given| app.tenants.authenticate(given));
+    match tenant {
+        Some(tenant) => {
+            req.extensions_mut().insert(tenant.clone());
+            crate::tenants::scope(tenant, next.run(req)).await
+        }
+        None => ApiError::unauthorized().into_response(),
     }
 }

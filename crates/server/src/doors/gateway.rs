@@ -38,17 +38,25 @@ pub struct GatewayUsers {
     slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<String>>>>>,
 }
 
+/// The map's key of `user`: users are per tenant (`tenants.rs`), so one key's `user_uuid`
+/// never reaches, replaces or releases another key's session.
+fn user_key(user: &str) -> String {
+    let tenant = crate::tenants::current();
+    let name = tenant.as_ref().map_or("", |t| t.name());
+    format!("{name}\n{user}")
+}
+
 impl GatewayUsers {
     fn slot(&self, user: &str) -> Arc<tokio::sync::Mutex<Option<String>>> {
         let mut map = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry(user.to_string()).or_default().clone()
+        map.entry(user_key(user)).or_default().clone()
     }
 
     fn remove(&self, user: &str) -> Option<Arc<tokio::sync::Mutex<Option<String>>>> {
         self.slots
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(user)
+            .remove(&user_key(user))
     }
 
     /// Forget users whose session is gone (reaped for idleness, deleted
@@ -58,7 +66,10 @@ impl GatewayUsers {
         if map.len() <= app.config.max_sessions {
             return;
         }
-        map.retain(|_, slot| match slot.try_lock() {
+        // Only the current tenant's users: the others' sessions are not visible from here.
+        let mine = user_key("");
+        map.retain(|key, slot| match slot.try_lock() {
+            Ok(_) if !key.starts_with(&mine) => true,
             Ok(g) => g.as_deref().is_some_and(|id| app.sessions.get(id).is_ok()),
             Err(_) => true,
         });

@@ -425,7 +425,8 @@ pub async fn async_run_by_params(
         })?;
     // Check the generated program now, so a bad func is answered at once.
     program(&req, "x")?;
-    tokio::spawn(async move {
+    // The run keeps the request's tenant (its sandbox counts for it).
+    tokio::spawn(crate::tenants::propagate(async move {
         let res = match run_params(&app, &req).await {
             Ok(m) => Value::Object(m),
             Err(e) => json!(e.body()),
@@ -438,7 +439,7 @@ pub async fn async_run_by_params(
                 "runner callback failed"
             );
         }
-    });
+    }));
     Ok((
         StatusCode::ACCEPTED,
         Json(RunnerStatus { status: "accepted" }),

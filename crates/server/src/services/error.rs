@@ -50,6 +50,36 @@ pub enum ServiceError {
     /// An export's URL failed before anything was sent.
     #[error("{0}")]
     ExportFailed(String),
+    /// No such thing in a live session (a context, a command).
+    #[error("{message}")]
+    NotFound {
+        /// Machine-readable code, e.g. `context_not_found`.
+        code: &'static str,
+        /// What is missing.
+        message: String,
+    },
+    /// A per-session bound is reached (contexts, running commands).
+    #[error("{0}")]
+    TooMany(String),
+    /// A policy refuses it (the session's network policy, for an install).
+    #[error("{message}")]
+    Refused {
+        /// Machine-readable code, e.g. `egress_refused`.
+        code: &'static str,
+        /// Why.
+        message: String,
+    },
+    /// The work was done and failed (a package install).
+    #[error("{message}")]
+    Failed {
+        /// Machine-readable code, e.g. `install_failed`.
+        code: &'static str,
+        /// What went wrong, as the tool said it.
+        message: String,
+    },
+    /// A limit of the caller's key (live sessions, cells per minute, memory).
+    #[error("{}", .0.message)]
+    Limited(crate::tenants::LimitError),
     /// Anything unexpected: logged in full, never shown to clients.
     #[error("internal error: {0}")]
     Internal(String),
@@ -104,5 +134,11 @@ impl ServiceError {
 impl From<ImportError> for ServiceError {
     fn from(e: ImportError) -> Self {
         Self::Import(e)
+    }
+}
+
+impl From<crate::tenants::LimitError> for ServiceError {
+    fn from(e: crate::tenants::LimitError) -> Self {
+        Self::Limited(e)
     }
 }

@@ -40,10 +40,14 @@ pub async fn channels(
 ) -> Result<Response, ApiError> {
     let session = app.sessions.get(&id)?;
     let kernel = app.jupyter.register(&id);
+    // The connection runs in a task of its own: it keeps the request's tenant.
+    let tenant = crate::tenants::current();
     Ok(ws
         .max_message_size(MAX_FRAME)
         .max_frame_size(MAX_FRAME)
-        .on_upgrade(move |socket| serve(app, kernel, session, socket)))
+        .on_upgrade(move |socket| {
+            crate::tenants::within(tenant, serve(app, kernel, session, socket))
+        }))
 }
 
 /// One connection's state.
@@ -193,6 +197,7 @@ fn handle(conn: &Arc<Conn>, msg: Value) {
                     .and_then(Value::as_bool)
                     .unwrap_or(false),
                 store_history: content.get("store_history").and_then(Value::as_bool),
+                context: None,
                 user_expressions: content
                     .get("user_expressions")
                     .and_then(Value::as_object)
@@ -238,7 +243,7 @@ fn handle(conn: &Arc<Conn>, msg: Value) {
                 .get("restart")
                 .and_then(Value::as_bool)
                 .unwrap_or(false);
-            tokio::spawn(async move {
+            tokio::spawn(crate::tenants::propagate(async move {
                 if restart {
                     let _ = conn.app.sessions.restart(&conn.session).await;
                 } else {
@@ -255,7 +260,7 @@ fn handle(conn: &Arc<Conn>, msg: Value) {
                 if restart {
                     conn.status(&header, "idle");
                 }
-            });
+            }));
         }
         "complete_request"
         | "inspect_request"
