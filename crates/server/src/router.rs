@@ -15,7 +15,9 @@ use axum::response::Response;
 use axum::Json;
 
 use crate::app::{App, AppState};
-use crate::doors::v1::{execute, files, model, notebook, sessions, system};
+use crate::doors::v1::{
+    commands, contexts, execute, files, model, notebook, packages, sessions, system,
+};
 use crate::doors::{gateway, jupyter, pool, runner};
 use crate::error::ApiError;
 
@@ -27,7 +29,12 @@ use crate::error::ApiError;
         sessions::create_session, sessions::list_sessions, sessions::get_session,
         sessions::delete_session, sessions::interrupt_session, sessions::restart_session,
         notebook::get_notebook,
+        packages::install_packages, packages::list_packages, packages::remove_package,
         execute::execute_cell, execute::execute_one_shot,
+        contexts::create_context, contexts::list_contexts, contexts::delete_context,
+        contexts::restart_context, contexts::interrupt_context,
+        commands::run_command, commands::list_commands, commands::get_command,
+        commands::write_stdin, commands::kill_command,
         files::download_file, files::upload_file, files::delete_file, files::list_files,
         files::upload_files, files::post_file_path, files::export_files,
         system::healthz, system::readyz, system::status, system::capabilities, system::openapi,
@@ -52,6 +59,13 @@ use crate::error::ApiError;
         model::ImportRequest, model::OneShotFile, model::ExportMethod, model::ExportItem,
         model::ExportRequest, model::ExportResult, model::ExportResults, model::ExecuteReply,
         jupyter::rest::KernelModel, jupyter::rest::StartKernel,
+        contexts::CreateContext, contexts::ContextInfo, contexts::ContextList,
+        contexts::ContextInterrupted, commands::RunCommand, commands::CommandResult,
+        commands::CommandEntry, commands::CommandList, commands::StdinRequest,
+        commands::KillRequest, commands::KillReply,
+        packages::InstallRequest, crate::services::packages::PackagesOutcome,
+        crate::services::packages::Package, model::NetworkRequest,
+        crate::services::egress::NetworkView,
     )),
     modifiers(&Security),
     tags(
@@ -157,6 +171,14 @@ pub fn build(app: Arc<App>) -> Router {
         )
         .route("/v1/sessions/{id}/restart", post(sessions::restart_session))
         .route("/v1/sessions/{id}/notebook", get(notebook::get_notebook))
+        .route(
+            "/v1/sessions/{id}/packages",
+            post(packages::install_packages).get(packages::list_packages),
+        )
+        .route(
+            "/v1/sessions/{id}/packages/{name}",
+            axum::routing::delete(packages::remove_package),
+        )
         .route("/v1/execute", post(execute::execute_one_shot))
         // Uploads are limited by the session's workspace quota, not by the
         // request body limit.
@@ -232,6 +254,7 @@ pub fn build(app: Arc<App>) -> Router {
         .route("/health/ready", get(runner::ready))
         .route("/health/alive", get(runner::alive))
         // the document tools (OCR, barcodes, conversion, data analysis)
+        .merge(crate::doors::v1::contexts::routes())
         .merge(crate::doors::tools::routes())
         // the MCP door (Streamable HTTP)
         .merge(crate::doors::mcp::routes(app.clone()))

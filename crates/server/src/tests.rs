@@ -55,6 +55,13 @@ fn post(path: &str, body: Value) -> Request<Body> {
         .expect("request")
 }
 
+fn get(path: &str) -> Request<Body> {
+    Request::get(path)
+        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .body(Body::empty())
+        .expect("request")
+}
+
 async fn new_session(app: &Arc<App>) -> String {
     let (status, _, body) = call(app, post("/v1/sessions", json!({}))).await;
     assert_eq!(status, StatusCode::CREATED);
@@ -307,4 +314,104 @@ async fn metrics_count_cells_in_the_text_format() {
         .starts_with("text/plain"));
     let text = String::from_utf8(body).expect("utf-8");
     assert!(text.contains("pyxis_cells_total{status=\"ok\"}"), "{text}");
+}
+
+#[tokio::test]
+async fn contexts_are_made_listed_used_and_deleted() {
+    let (app, _) = app();
+    let id = new_session(&app).await;
+    let (status, _, body) = call(
+        &app,
+        post(
+            &format!("/v1/sessions/{id}/contexts"),
+            json!({"language": "bash"}),
+        ),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    let ctx: Value = serde_json::from_slice(&body).expect("json");
+    let ctx_id = ctx["id"].as_str().expect("id").to_string();
+    assert_eq!(ctx["language"], "bash");
+    // Cells of the new context count on their own; the first context's do not move.
+    for expected in 1..=2 {
+        let (status, _, body) = call(
+            &app,
+            post(
+                &format!("/v1/sessions/{id}/execute"),
+                json!({"code": "echo hi", "context": ctx_id}),
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let v: Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(v["execution_count"], expected, "{v}");
+    }
+    let (_, _, body) = call(&app, get(&format!("/v1/sessions/{id}/contexts"))).await;
+    let list: Value = serde_json::from_slice(&body).expect("json");
+    let contexts = list["contexts"].as_array().expect("array");
+    assert_eq!(contexts.len(), 2, "{list}");
+    assert_eq!(contexts[0]["id"], "default");
+    assert_eq!(contexts[0]["execution_count"], 0);
+    assert_eq!(contexts[1]["execution_count"], 2);
+    let del = |path: String| {
+        Request::delete(path)
+            .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+            .body(Body::empty())
+            .expect("request")
+    };
+    let (status, _, _) = call(&app, del(format!("/v1/sessions/{id}/contexts/default"))).await;
+    assert_eq!(status, StatusCode::CONFLICT, "the first context stays");
+    let (status, _, _) = call(&app, del(format!("/v1/sessions/{id}/contexts/{ctx_id}"))).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _, body) = call(
+        &app,
+        post(
+            &format!("/v1/sessions/{id}/execute"),
+            json!({"code": "x", "context": ctx_id}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let v: Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(v["error"]["code"], "context_not_found");
+}
+
+#[tokio::test]
+async fn bad_languages_are_refused_and_the_context_count_is_bounded() {
+    let (app, _) = app();
+    let (status, _, body) = call(&app, post("/v1/sessions", json!({"language": "cobol"}))).await;
+    // Invalid input is 422 throughout the v1 door.
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    let id = new_session(&app).await;
+    let path = format!("/v1/sessions/{id}/contexts");
+    let (status, _, body) = call(&app, post(&path, json!({"language": "fortran"}))).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let v: Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(v["error"]["code"], "invalid_request");
+    let (status, _, _) = call(&app, post(&path, json!({"lang": "bash"}))).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    for _ in 1..crate::services::contexts::MAX_CONTEXTS {
+        let (status, _, _) = call(&app, post(&path, json!({"language": "js"}))).await;
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    let (status, _, body) = call(&app, post(&path, json!({"language": "ts"}))).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    let v: Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(v["error"]["code"], "too_many");
+    let (status, _, _) = call(
+        &app,
+        post("/v1/sessions/nope/contexts", json!({"language": "bash"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }

@@ -129,6 +129,29 @@ impl SandboxHandle for FakeSandbox {
     fn start_kernel(self: Arc<Self>) -> BoxFuture<'static, Result<KernelConn, SandboxError>> {
         Box::pin(async move { self.spawn_kernel() })
     }
+    fn start_context(
+        self: Arc<Self>,
+        req: super::joined::ExecRequest,
+    ) -> BoxFuture<'static, Result<(KernelConn, super::joined::Joined), SandboxError>> {
+        Box::pin(async move {
+            // A context's kernel is one more fake kernel; its "process" never exits.
+            let _ = req;
+            let (ours, theirs) = tokio::net::UnixStream::pair()?;
+            tokio::spawn(fake_kernel(theirs));
+            let (exit_tx, exit) = tokio::sync::watch::channel(None);
+            std::mem::forget(exit_tx);
+            let joined = super::joined::Joined {
+                pid: 0,
+                ns_pid: 0,
+                stdin: None,
+                stdout: None,
+                stderr: None,
+                kernel: None,
+                exit,
+            };
+            Ok((KernelConn::new(ours, 1 << 24), joined))
+        })
+    }
     fn oom_kills(&self) -> u64 {
         0
     }

@@ -14,7 +14,7 @@ const MAX_ENV_BYTES: usize = 64 * 1024;
 /// A new session as a client asks for it (before validation).
 #[derive(Debug, Clone, Default)]
 pub struct NewSession {
-    /// Only `python` for now.
+    /// The first context's language (`python` by default; see `contexts::Language`).
     pub language: Option<String>,
     /// Environment variables of the interpreter.
     pub env: BTreeMap<String, String>,
@@ -28,6 +28,8 @@ pub struct NewSession {
     pub cpus: Option<f64>,
     /// Free-form client data.
     pub metadata: Option<serde_json::Value>,
+    /// `network: {egress, allow}` (none: the operator's default).
+    pub network: Option<crate::services::egress::NetworkRequest>,
 }
 
 /// Check client-given environment variables.
@@ -75,14 +77,12 @@ pub fn timeout_from(given: Option<f64>, default: Duration, max: Duration) -> Res
 
 /// Validate a creation request into session options.
 pub fn session_options(cfg: &Config, req: NewSession) -> Result<SessionOptions> {
-    if let Some(lang) = &req.language {
-        if !lang.eq_ignore_ascii_case("python") {
-            return Err(ServiceError::Invalid(format!(
-                "unsupported language {lang:?}: only python"
-            )));
-        }
-    }
+    let language = match &req.language {
+        Some(lang) => crate::services::contexts::Language::parse(lang)?,
+        None => crate::services::contexts::Language::Python,
+    };
     validate_env(&req.env)?;
+    let network = crate::services::egress::session_policy(cfg, req.network)?;
     let timeout = timeout_from(req.timeout_s, cfg.exec_timeout, cfg.max_exec_timeout)?;
     let mut limits = cfg.default_limits();
     if let Some(mb) = req.memory_mb {
@@ -118,5 +118,7 @@ pub fn session_options(cfg: &Config, req: NewSession) -> Result<SessionOptions> 
         timeout,
         limits,
         metadata: req.metadata,
+        network,
+        language,
     })
 }

@@ -62,9 +62,11 @@ pub async fn execute_cell(
         session.default_timeout().min(app.config.max_exec_timeout),
         app.config.max_exec_timeout,
     )?;
-    let handle = app
-        .sessions
-        .execute(&session, CellRequest::new(req.code, timeout))?;
+    let cell = CellRequest {
+        context: req.context,
+        ..CellRequest::new(req.code, timeout)
+    };
+    let handle = app.sessions.execute(&session, cell)?;
     answer(handle, wants_sse(&headers)).await
 }
 

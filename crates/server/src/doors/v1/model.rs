@@ -34,6 +34,21 @@ pub struct CreateSession {
     pub limits: Option<LimitsRequest>,
     /// Free-form client data, returned as given.
     pub metadata: Option<serde_json::Value>,
+    /// What the session may reach through the server's egress proxy (default: the
+    /// operator's, `none` unless configured).
+    pub network: Option<NetworkRequest>,
+}
+
+/// A session's network policy as a client asks for it.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkRequest {
+    /// `none` (nothing), `allow` (the allow-list) or `public` (any public address), at
+    /// most the server's `PYXIS_EGRESS_MAX`.
+    pub egress: Option<String>,
+    /// Host names, `*.wildcards`, networks and `host:port`s (with `allow`).
+    #[serde(default)]
+    pub allow: Vec<String>,
 }
 
 /// Effective limits of a session.
@@ -87,6 +102,8 @@ pub struct SessionInfo {
     pub usage: Option<Usage>,
     /// Client data given at creation.
     pub metadata: Option<serde_json::Value>,
+    /// What it may reach through the egress proxy.
+    pub network: crate::services::egress::NetworkView,
 }
 
 /// `GET /v1/sessions` answer.
@@ -100,10 +117,12 @@ pub struct SessionList {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExecuteRequest {
-    /// Python source of one cell.
+    /// Source of one cell, in the context's language.
     pub code: String,
     /// Time limit in seconds (default: the session's).
     pub timeout_s: Option<f64>,
+    /// The context to run in (`GET …/contexts`; default: the session's first).
+    pub context: Option<String>,
 }
 
 /// The `Accept` header asks for server-sent events.
@@ -333,6 +352,7 @@ impl From<crate::services::SessionView> for SessionInfo {
                 disk_bytes: u.disk_bytes,
             }),
             metadata: v.metadata,
+            network: v.network,
         }
     }
 }
@@ -374,6 +394,10 @@ impl From<CreateSession> for crate::services::NewSession {
             pids: l.pids,
             cpus: l.cpus,
             metadata: c.metadata,
+            network: c.network.map(|n| crate::services::egress::NetworkRequest {
+                egress: n.egress,
+                allow: n.allow,
+            }),
         }
     }
 }
@@ -617,8 +641,10 @@ pub struct Status {
 /// `GET /v1/capabilities` answer.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Capabilities {
-    /// Supported languages.
+    /// Supported languages (of a session's first context and of its other contexts).
     pub languages: Vec<String>,
+    /// The interpreter version of each language (TypeScript runs on the Node.js kernel).
+    pub language_versions: BTreeMap<String, String>,
     /// Python version.
     pub python_version: String,
     /// Preinstalled libraries and versions.

@@ -39,8 +39,10 @@ pub async fn capabilities(State(app): State<AppState>) -> Json<Capabilities> {
     let info = app.sessions.launcher().runtime_info();
     let cfg = &app.config;
     let defaults = app.sessions.default_options();
+    let langs = crate::services::contexts::languages(&info.python);
     Json(Capabilities {
-        languages: vec!["python".into()],
+        languages: langs.iter().map(|(l, _)| l.to_string()).collect(),
+        language_versions: langs.into_iter().map(|(l, v)| (l.to_string(), v)).collect(),
         python_version: info.python,
         libraries: info.libraries,
         limits: app.sessions.limits_of(&defaults).into(),

@@ -1,0 +1,314 @@
+"""The bash kernel driver: one `bash` whose state (working directory, variables, functions,
+options) persists between cells, served over the framed kernel protocol.
+
+Started inside a sandbox by the server through the join path
+(`python -m pyxis_runtime.bash_kernel 3`, its socket on fd 3); standard library only.
+
+A cell's code is written to a file under the sandbox's /tmp and sourced by the shell, with
+stdin from /dev/null, so `cd`, `export` and function definitions stay. After it, the shell
+writes a per-cell random token and the status of the cell's last command to a pipe only the
+driver reads (closed inside the cell), so the cell cannot forge the end of another cell. Its
+stdout and stderr stream as `stream` events; a non-zero status makes the reply an error
+named `ExitCode`.
+
+Interrupt (SIGINT to the driver) is passed to the driver's process group, which the shell and
+what it runs share: the running command ends, and the shell's INT trap returns from the
+sourced cell (status 130) without the shell exiting. A cell that runs `exit` ends the shell: the driver then exits, and the
+server reports the kernel's death and starts a fresh one.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import select
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+
+from . import framing
+
+DEFAULT_MAX_OUTPUT = 1024 * 1024
+READ_SIZE = 64 * 1024
+# The shell's descriptor for the status pipe: high, so cells rarely collide with it.
+STATUS_FD = 199
+# Bash's setup: the INT trap that aborts a cell without ending the shell, and the function
+# that sources a cell with the status pipe closed inside it.
+PRELUDE = f"""
+trap 'return 130 2>/dev/null' INT
+__pyxis_cell() {{ builtin source "$1" </dev/null {STATUS_FD}>&-; }}
+"""
+
+
+class BashKernel:
+    """Serves one kernel socket with one bash process."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.reader = framing.FrameReader(sock)
+        self.count = 0
+        self.dir = tempfile.mkdtemp(prefix="pyxis-bash-")
+        status_read, status_write = os.pipe()
+        os.set_inheritable(status_write, True)
+        env = dict(os.environ)
+        env.pop("PYXIS_WORKSPACE", None)
+        env.setdefault("TERM", "dumb")
+        env.setdefault("PAGER", "cat")
+        cwd = os.environ.get("PYXIS_WORKSPACE") or os.getcwd()
+        self.shell = subprocess.Popen(  # pylint: disable=consider-using-with
+            ["bash", "--noprofile", "--norc"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=cwd if os.path.isdir(cwd) else None,
+            env=env,
+            # In the driver's process group: killing the context's group (the server does)
+            # ends the shell and what it runs with the driver.
+            pass_fds=(status_write,),
+        )
+        # The shell's copy moves to STATUS_FD with its first command.
+        os.close(status_write)
+        self.status = status_read
+        self.interrupted = False
+        os.set_blocking(self.shell.stdout.fileno(), False)
+        os.set_blocking(self.shell.stderr.fileno(), False)
+        os.set_blocking(self.status, False)
+        self.send_shell(f"exec {STATUS_FD}>&{status_write} {status_write}>&-\n{PRELUDE}")
+
+    def send(self, msg: dict) -> None:
+        """One frame to the server."""
+        framing.send(self.sock, msg)
+
+    def send_shell(self, text: str) -> None:
+        """Writes commands to the shell's stdin."""
+        self.shell.stdin.write(text.encode("utf-8", "surrogateescape"))
+        self.shell.stdin.flush()
+
+    def on_sigint(self, _signum, _frame) -> None:
+        """SIGINT: the process group gets it (the running command and the cell end), the
+        driver itself ignoring it meanwhile."""
+        self.interrupted = True
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            os.killpg(0, signal.SIGINT)
+        except OSError:
+            pass
+        finally:
+            signal.signal(signal.SIGINT, self.on_sigint)
+
+    def execute(self, msg: dict) -> None:
+        """Runs one cell; streams its output; replies with the last command's status."""
+        ident = str(msg.get("id", ""))
+        code = str(msg.get("code", ""))
+        cap = int(msg.get("max_output_bytes") or DEFAULT_MAX_OUTPUT)
+        silent = bool(msg.get("silent"))
+        if not silent:
+            self.count += 1
+        path = os.path.join(self.dir, "cell.sh")
+        with open(path, "w", encoding="utf-8", errors="surrogateescape") as cell:
+            cell.write(code)
+            if not code.endswith("\n"):
+                cell.write("\n")
+        token = secrets.token_hex(16)
+        self.interrupted = False
+        self.send_shell(f"__pyxis_cell {path}; printf '%s %s\\n' {token} $? >&{STATUS_FD}\n")
+        sent = 0
+        truncated = False
+        status_buf = b""
+        code_out = None
+        decoders = {"stdout": _Utf8(), "stderr": _Utf8()}
+        streams = {self.shell.stdout.fileno(): "stdout", self.shell.stderr.fileno(): "stderr"}
+        while code_out is None:
+            try:
+                ready, _, _ = select.select([*streams, self.status], [], [])
+            except InterruptedError:
+                continue
+            for fd in ready:
+                if fd != self.status and fd not in streams:
+                    continue
+                try:
+                    data = os.read(fd, READ_SIZE)
+                except BlockingIOError:
+                    continue
+                if fd == self.status:
+                    if not data:
+                        raise SystemExit(0)  # the shell is gone
+                    status_buf += data
+                    for line in status_buf.split(b"\n")[:-1]:
+                        parts = line.decode("ascii", "replace").split()
+                        if len(parts) == 2 and parts[0] == token:
+                            code_out = int(parts[1]) if parts[1].isdigit() else 1
+                    status_buf = status_buf.rsplit(b"\n", 1)[-1]
+                    continue
+                if not data:
+                    # The cell closed the shell's output; its status still comes.
+                    decoders[streams.pop(fd)].flush()
+                    continue
+                name = streams[fd]
+                text = decoders[name].feed(data)
+                sent, truncated = self.stream(ident, name, text, sent, cap, truncated)
+        # What the cell wrote before its status is in the pipes already.
+        for fd, name in streams.items():
+            while True:
+                try:
+                    data = os.read(fd, READ_SIZE)
+                except BlockingIOError:
+                    break
+                if not data:
+                    break
+                sent, truncated = self.stream(
+                    ident, name, decoders[name].feed(data), sent, cap, truncated
+                )
+        for name, decoder in decoders.items():
+            sent, truncated = self.stream(ident, name, decoder.flush(), sent, cap, truncated)
+        status = "ok"
+        if code_out != 0:
+            status = "error"
+            if self.interrupted or code_out == 130:
+                ename, evalue = "KeyboardInterrupt", "interrupted"
+            else:
+                ename, evalue = "ExitCode", f"the cell's last command exited with status {code_out}"
+            self.send(
+                {
+                    "type": "error",
+                    "id": ident,
+                    "ename": ename,
+                    "evalue": evalue,
+                    "traceback": [f"{ename}: {evalue}"],
+                }
+            )
+        self.send(
+            {
+                "type": "execute_reply",
+                "id": ident,
+                "status": status,
+                "execution_count": self.count,
+                "truncated": truncated,
+                "user_expressions": {},
+            }
+        )
+
+    def stream(self, ident: str, name: str, text: str, sent: int, cap: int, truncated: bool):
+        """Sends `text` as a stream event within the cell's output cap."""
+        if not text:
+            return sent, truncated
+        size = len(text.encode("utf-8", "surrogatepass"))
+        if sent + size > cap:
+            truncated = True
+            room = max(cap - sent, 0)
+            text = text.encode("utf-8", "surrogatepass")[:room].decode("utf-8", "ignore")
+            size = len(text.encode("utf-8", "surrogatepass"))
+            if not text:
+                return sent, truncated
+        self.send({"type": "stream", "id": ident, "name": name, "text": text})
+        return sent + size, truncated
+
+    def configure(self, msg: dict) -> None:
+        """Exports the given variables in the shell."""
+        env = msg.get("env") or {}
+        lines = []
+        for key, value in env.items():
+            key = str(key)
+            if key.isidentifier():
+                lines.append(f"export {key}={_quote(str(value))}\n")
+        if lines:
+            self.send_shell("".join(lines))
+        self.send({"type": "configure_reply", "id": str(msg.get("id", "")), "status": "ok"})
+
+    def serve(self) -> None:
+        """Answers requests until EOF or shutdown."""
+        while True:
+            msg = self.reader.read()
+            if msg is None:
+                return
+            kind = msg.get("type")
+            ident = str(msg.get("id", ""))
+            if kind == "execute_request":
+                self.execute(msg)
+            elif kind == "configure":
+                self.configure(msg)
+            elif kind == "shutdown":
+                return
+            elif kind == "complete_request":
+                cursor = int(msg.get("cursor_pos") or 0)
+                self.send(
+                    {
+                        "type": "complete_reply",
+                        "id": ident,
+                        "matches": [],
+                        "cursor_start": cursor,
+                        "cursor_end": cursor,
+                    }
+                )
+            elif kind == "inspect_request":
+                self.send({"type": "inspect_reply", "id": ident, "found": False})
+            elif kind == "is_complete_request":
+                self.send({"type": "is_complete_reply", "id": ident, "status": "unknown"})
+            elif kind == "comm_info_request":
+                self.send({"type": "comm_info_reply", "id": ident, "comms": {}})
+
+
+class _Utf8:
+    """Incremental UTF-8 decoding: a character split between two reads is kept."""
+
+    def __init__(self) -> None:
+        self.pending = b""
+
+    def feed(self, data: bytes) -> str:
+        """The complete characters of what arrived so far."""
+        data = self.pending + data
+        cut = len(data)
+        # Back up over an incomplete trailing sequence (at most 3 bytes).
+        for back in range(1, min(4, len(data)) + 1):
+            byte = data[-back]
+            if byte & 0xC0 == 0x80:
+                continue
+            needed = _sequence_length(byte)
+            if needed > back:
+                cut = len(data) - back
+            break
+        self.pending = data[cut:]
+        return data[:cut].decode("utf-8", "replace")
+
+    def flush(self) -> str:
+        """Whatever is left."""
+        rest, self.pending = self.pending, b""
+        return rest.decode("utf-8", "replace")
+
+
+def _sequence_length(lead: int) -> int:
+    """How many bytes the UTF-8 sequence that starts with `lead` has."""
+    if lead >> 5 == 0b110:
+        return 2
+    if lead >> 4 == 0b1110:
+        return 3
+    if lead >> 3 == 0b11110:
+        return 4
+    return 1
+
+
+def _quote(value: str) -> str:
+    """A single-quoted shell word."""
+    return "'" + value.replace("'", "'\\''") + "'"
+
+
+def main(fd: int = 3) -> None:
+    """Serves the kernel socket `fd`."""
+    sock = socket.socket(fileno=fd)
+    sock.setblocking(True)
+    kernel = BashKernel(sock)
+    signal.signal(signal.SIGINT, kernel.on_sigint)
+    kernel.send({"type": "ready"})
+    try:
+        kernel.serve()
+    finally:
+        try:
+            kernel.shell.kill()
+        except OSError:
+            pass
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 3)

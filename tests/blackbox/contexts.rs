@@ -1,0 +1,279 @@
+//! Contexts: kernels of several languages in one session's sandbox, each with its own
+//! state, sharing the workspace, `/tmp` and `localhost` (issue 15).
+
+use pyxis_tests::{Session, TestServer};
+use serde_json::{json, Value};
+
+/// Starts a context of `language`; returns its id.
+fn context(s: &Session<'_>, language: &str) -> String {
+    let r = s.server.post(
+        &format!("/v1/sessions/{}/contexts", s.id),
+        &json!({ "language": language }),
+    );
+    let status = r.status();
+    let v: Value = r.json().expect("json");
+    assert_eq!(status, 201, "create {language} context: {v}");
+    assert_eq!(v["language"], canonical(language));
+    v["id"].as_str().expect("id").to_string()
+}
+
+fn canonical(language: &str) -> &str {
+    match language {
+        "js" => "javascript",
+        "ts" => "typescript",
+        other => other,
+    }
+}
+
+/// Runs `code` in context `ctx`.
+fn run(s: &Session<'_>, ctx: &str, code: &str) -> Value {
+    s.exec_with(json!({ "code": code, "context": ctx }))
+}
+
+/// Runs `code` in `ctx` and returns its stdout, asserting success.
+fn ok(s: &Session<'_>, ctx: &str, code: &str) -> String {
+    let v = run(s, ctx, code);
+    assert_eq!(v["status"], "ok", "{ctx}: {code}\n{v:#}");
+    v["stdout"].as_str().unwrap_or_default().to_string()
+}
+
+fn text_result(v: &Value) -> String {
+    v["results"][0]["data"]["text/plain"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn a_bash_context_keeps_its_directory_variables_and_functions() {
+    let s = TestServer::shared().session();
+    let bash = context(&s, "bash");
+    assert_eq!(
+        ok(&s, &bash, "mkdir -p sub && cd sub && export GREETING=hello\ngreet() { echo \"$GREETING, $1\"; }\npwd"),
+        "/workspace/sub\n"
+    );
+    assert_eq!(
+        ok(&s, &bash, "pwd; greet world; echo ${GREETING}s"),
+        "/workspace/sub\nhello, world\nhellos\n"
+    );
+    // The exit status of the cell's last command: non-zero is an error named ExitCode.
+    let v = run(&s, &bash, "echo out; echo err >&2; (exit 7)");
+    assert_eq!(v["status"], "error", "{v:#}");
+    assert_eq!(v["error"]["name"], "ExitCode");
+    assert!(
+        v["error"]["value"].as_str().unwrap_or("").contains('7'),
+        "{v:#}"
+    );
+    assert_eq!(v["stdout"], "out\n");
+    assert_eq!(v["stderr"], "err\n");
+    assert_eq!(v["execution_count"], 3);
+    // A cell reading stdin gets end-of-file, not the driver's commands.
+    assert_eq!(ok(&s, &bash, "cat; echo after"), "after\n");
+    // The Python context's count is its own.
+    assert_eq!(s.exec("1")["execution_count"], 1);
+}
+
+#[test]
+fn contexts_of_one_session_share_files_tmp_and_localhost() {
+    let s = TestServer::shared().session();
+    s.ok(
+        "open('from_py.txt', 'w').write('written by python')\nopen('/tmp/t.txt', 'w').write('tmp')",
+    );
+    let bash = context(&s, "bash");
+    assert_eq!(
+        ok(
+            &s,
+            &bash,
+            "cat from_py.txt; echo; cat /tmp/t.txt; echo -n 'written by bash' > from_bash.txt"
+        ),
+        "written by python\ntmp"
+    );
+    let js = context(&s, "js");
+    let v = run(
+        &s,
+        &js,
+        "const fs = require('fs'); fs.readFileSync('from_bash.txt', 'utf8') + '/' + fs.readFileSync('/workspace/from_py.txt', 'utf8')",
+    );
+    assert_eq!(v["status"], "ok", "{v:#}");
+    assert_eq!(text_result(&v), "'written by bash/written by python'");
+    assert_eq!(
+        run(
+            &s,
+            &js,
+            "fs.writeFileSync('from_js.json', JSON.stringify({n: 42})); 1"
+        )["status"],
+        "ok"
+    );
+    assert_eq!(
+        s.ok("import json; print(json.load(open('from_js.json'))['n'])"),
+        "42\n"
+    );
+    // A server started from bash answers the Python context on the sandbox's loopback.
+    ok(
+        &s,
+        &bash,
+        "python3 -m http.server 8765 --bind 127.0.0.1 >/dev/null 2>&1 &\n\
+         for i in $(seq 100); do (echo > /dev/tcp/127.0.0.1/8765) 2>/dev/null && break; sleep 0.05; done",
+    );
+    let body = s.ok("import socket\n\
+         c = socket.create_connection(('127.0.0.1', 8765))\n\
+         c.sendall(b'GET /from_bash.txt HTTP/1.0\\r\\n\\r\\n')\n\
+         data = b''\n\
+         while chunk := c.recv(4096): data += chunk\n\
+         print(data.split(b'\\r\\n\\r\\n', 1)[1].decode())");
+    assert_eq!(body, "written by bash\n");
+    // TypeScript runs on the same kernel, transpiled.
+    let ts = context(&s, "ts");
+    let v = run(
+        &s,
+        &ts,
+        "interface Box<T> { value: T }\nfunction unbox<T>(b: Box<T>): T { return b.value; }\nunbox<number>({ value: 21 }) * 2",
+    );
+    assert_eq!(v["status"], "ok", "{v:#}");
+    assert_eq!(text_result(&v), "42");
+    // Listed in creation order, the session's first context first.
+    let list: Value = s
+        .server
+        .get(&format!("/v1/sessions/{}/contexts", s.id))
+        .json()
+        .expect("json");
+    let langs: Vec<&str> = list["contexts"]
+        .as_array()
+        .expect("contexts")
+        .iter()
+        .map(|c| c["language"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(langs, ["python", "bash", "javascript", "typescript"]);
+}
+
+#[test]
+fn timeouts_interrupts_and_restarts_hold_per_context() {
+    let s = TestServer::shared().session();
+    s.ok("kept = 'python state'");
+    let bash = context(&s, "bash");
+    ok(&s, &bash, "export KEPT=bash-state");
+    // A command that honours SIGINT: the cell times out, the shell and its state stay.
+    let v = s.exec_with(json!({"code": "sleep 30", "context": bash, "timeout_s": 1}));
+    assert_eq!(v["status"], "timeout", "{v:#}");
+    assert_eq!(v["state_lost"], false, "{v:#}");
+    assert_eq!(ok(&s, &bash, "echo $KEPT"), "bash-state\n");
+    // One that ignores it is killed after the grace period: that context's state is lost.
+    let v = s.exec_with(json!({"code": "trap '' INT; sleep 60", "context": bash, "timeout_s": 1}));
+    assert_eq!(v["status"], "timeout", "{v:#}");
+    assert_eq!(v["state_lost"], true, "{v:#}");
+    assert_eq!(ok(&s, &bash, "echo \"[$KEPT]\""), "[]\n");
+    // An interrupt of one context's cell, from another thread.
+    let js = context(&s, "js");
+    assert_eq!(run(&s, &js, "let counter = 1; counter")["status"], "ok");
+    std::thread::scope(|scope| {
+        let cell = scope.spawn(|| {
+            run(
+                &s,
+                &js,
+                "await new Promise(r => setTimeout(r, 30000)); 'late'",
+            )
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let r: Value = s
+                .server
+                .post(
+                    &format!("/v1/sessions/{}/contexts/{js}/interrupt", s.id),
+                    &json!({}),
+                )
+                .json()
+                .expect("json");
+            if r["interrupted"] == true || std::time::Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let v = cell.join().expect("cell");
+        assert_eq!(v["status"], "error", "{v:#}");
+        assert_eq!(v["error"]["name"], "KeyboardInterrupt", "{v:#}");
+    });
+    assert_eq!(text_result(&run(&s, &js, "counter + 1")), "2");
+    // Restarting the JS context loses its state only.
+    let r = s.server.post(
+        &format!("/v1/sessions/{}/contexts/{js}/restart", s.id),
+        &json!({}),
+    );
+    assert_eq!(r.status(), 200);
+    let v = run(&s, &js, "typeof counter");
+    assert_eq!(text_result(&v), "'undefined'", "{v:#}");
+    // Restarting the first (Python) context while others run keeps theirs.
+    ok(&s, &bash, "export AGAIN=yes");
+    let r = s.server.post(
+        &format!("/v1/sessions/{}/contexts/default/restart", s.id),
+        &json!({}),
+    );
+    assert_eq!(r.status(), 200);
+    assert_eq!(s.exec("kept")["error"]["name"], "NameError");
+    assert_eq!(ok(&s, &bash, "echo $AGAIN"), "yes\n");
+    s.ok("kept = 'again'");
+    assert_eq!(s.ok("print(kept)"), "again\n");
+}
+
+#[test]
+fn out_of_memory_in_a_javascript_context_leaves_python_its_state() {
+    let s = TestServer::shared().session_with(json!({"limits": {"memory_mb": 256}}));
+    s.ok("import numpy as np\nkept = np.arange(10)");
+    let js = context(&s, "javascript");
+    assert_eq!(run(&s, &js, "const before = 'js'; before")["status"], "ok");
+    let v = run(
+        &s,
+        &js,
+        "const hog = []; while (true) { hog.push(new Array(1 << 20).fill(1.5)); }",
+    );
+    assert_eq!(v["status"], "killed", "{v:#}");
+    assert_eq!(v["error"]["name"], "OutOfMemory", "{v:#}");
+    assert_eq!(v["state_lost"], true);
+    // The JS context works again, without its state; Python kept everything.
+    assert_eq!(text_result(&run(&s, &js, "typeof before")), "'undefined'");
+    assert_eq!(s.ok("print(int(kept.sum()))"), "45\n");
+}
+
+#[test]
+fn a_session_can_start_in_bash_and_deleted_contexts_are_gone() {
+    let server = TestServer::shared();
+    let s = server.session_with(json!({"language": "bash"}));
+    let info: Value = server
+        .get(&format!("/v1/sessions/{}", s.id))
+        .json()
+        .expect("json");
+    assert_eq!(info["language"], "bash");
+    // `execute` without a context runs in the first one: bash here.
+    let v = s.exec("echo $BASH_VERSION | cut -d. -f1");
+    assert_eq!(v["status"], "ok", "{v:#}");
+    assert!(
+        !v["stdout"].as_str().unwrap_or("").trim().is_empty(),
+        "{v:#}"
+    );
+    let py = context(&s, "python");
+    assert_eq!(ok(&s, &py, "print(6 * 7)"), "42\n");
+    let r = server.delete(&format!("/v1/sessions/{}/contexts/{py}", s.id));
+    assert_eq!(r.status(), 204);
+    let r = s.server.post(
+        &format!("/v1/sessions/{}/execute", s.id),
+        &json!({"code": "1", "context": py}),
+    );
+    assert_eq!(r.status(), 404);
+    let v: Value = r.json().expect("json");
+    assert_eq!(v["error"]["code"], "context_not_found");
+    let r = server.delete(&format!("/v1/sessions/{}/contexts/default", s.id));
+    assert_eq!(r.status(), 409);
+    let r = server.post(
+        &format!("/v1/sessions/{}/contexts", s.id),
+        &json!({"language": "cobol"}),
+    );
+    assert_eq!(r.status(), 422);
+    let caps: Value = server.get("/v1/capabilities").json().expect("json");
+    for lang in ["python", "javascript", "typescript", "bash"] {
+        assert!(
+            caps["language_versions"][lang]
+                .as_str()
+                .is_some_and(|v| !v.is_empty()),
+            "{lang} in {caps:#}"
+        );
+    }
+}
