@@ -45,7 +45,10 @@ fn create_and_run(server: &TestServer) -> String {
     assert_eq!(status, 201, "create: {v}");
     let id = v["id"].as_str().expect("id").to_string();
     let e: Value = server
-        .post(&format!("/v1/sessions/{id}/execute"), &json!({"code": "1+1"}))
+        .post(
+            &format!("/v1/sessions/{id}/execute"),
+            &json!({"code": "1+1"}),
+        )
         .json()
         .expect("execution");
     assert_eq!(e["status"], "ok", "{e}");
@@ -131,13 +134,7 @@ fn a_killed_zygote_is_replaced_without_a_failed_create() {
         .expect("the first zygote is the server's child");
     let ids = std::thread::scope(|s| {
         let clients: Vec<_> = (0..4)
-            .map(|_| {
-                s.spawn(|| {
-                    (0..8)
-                        .map(|_| create_and_run(&server))
-                        .collect::<Vec<_>>()
-                })
-            })
+            .map(|_| s.spawn(|| (0..8).map(|_| create_and_run(&server)).collect::<Vec<_>>()))
             .collect();
         std::thread::sleep(Duration::from_millis(300));
         // SAFETY: kill(2) of a pid we just read, which is a zygote of our server.
@@ -152,7 +149,11 @@ fn a_killed_zygote_is_replaced_without_a_failed_create() {
         let up = zygote_metric(&server, "pyxis_zygote_up");
         up.len() == 2 && up.values().all(|&v| v == 1.0)
     });
-    assert!(ok, "zygotes up: {:?}", zygote_metric(&server, "pyxis_zygote_up"));
+    assert!(
+        ok,
+        "zygotes up: {:?}",
+        zygote_metric(&server, "pyxis_zygote_up")
+    );
     let restarts = zygote_metric(&server, "pyxis_zygote_restarts_total");
     assert_eq!(restarts.get("0"), Some(&1.0), "{restarts:?}");
     // The replacement serves too.
@@ -233,12 +234,18 @@ fn creates_past_a_cap_of_1000_get_503_with_retry_after() {
     // Sessions across the table still answer, and a freed slot is usable at once.
     for id in [&ids[0], &ids[499], &ids[999]] {
         let e: Value = server
-            .post(&format!("/v1/sessions/{id}/execute"), &json!({"code": "6*7"}))
+            .post(
+                &format!("/v1/sessions/{id}/execute"),
+                &json!({"code": "6*7"}),
+            )
             .json()
             .expect("execution");
         assert_eq!(e["results"][0]["data"]["text/plain"], "42", "{e}");
     }
-    assert_eq!(server.delete(&format!("/v1/sessions/{}", ids[0])).status(), 204);
+    assert_eq!(
+        server.delete(&format!("/v1/sessions/{}", ids[0])).status(),
+        204
+    );
     let again = create_and_run(&server);
     delete_all(&server, &ids[1..]);
     delete_all(&server, &[again]);

@@ -120,6 +120,10 @@ pub struct ZygoteStats {
     pub spawned: u64,
 }
 
+/// How a worker ranks for the next request (lower is better): dead, the one to avoid,
+/// requests waiting.
+type PickKey = (bool, bool, usize);
+
 /// Handle to the zygote threads.
 pub struct Zygote {
     workers: Vec<Arc<Worker>>,
@@ -244,7 +248,7 @@ impl Zygote {
     fn pick(&self, not: Option<usize>) -> &Arc<Worker> {
         let n = self.workers.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        let mut best: Option<(&Arc<Worker>, (bool, bool, usize))> = None;
+        let mut best: Option<(&Arc<Worker>, PickKey)> = None;
         for k in 0..n {
             let w = &self.workers[(start + k) % n];
             // Lower is better: alive first, then not the excluded one, then least pending.
