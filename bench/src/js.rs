@@ -99,7 +99,10 @@ impl Js {
     /// Runs a cell that must succeed; its Execution and round trip.
     async fn exec(&self, id: &str, code: &str) -> Result<(Value, f64)> {
         let (status, v, took) = self
-            .post(&format!("/v1/sessions/{id}/execute"), &json!({ "code": code }))
+            .post(
+                &format!("/v1/sessions/{id}/execute"),
+                &json!({ "code": code }),
+            )
             .await?;
         if status != StatusCode::OK || v["status"] != "ok" {
             bail!("cell {code:?}: HTTP {status}: {v}");
@@ -266,7 +269,8 @@ async fn idle(ctx: &Ctx) -> Result<Row> {
     r.fields.insert("uss_mib_per_session".into(), num(uss));
     r.fields.insert("pss_mib_per_session".into(), num(pss));
     r.fields.insert("rss_mib_per_session".into(), num(rss));
-    r.result = format!("{n} idle JS sessions after `x = 1`: PSS {pss:.1} MiB, RSS {rss:.1} MiB each");
+    r.result =
+        format!("{n} idle JS sessions after `x = 1`: PSS {pss:.1} MiB, RSS {rss:.1} MiB each");
     r.measured = format!("USS {uss:.1} MiB/JS context");
     Ok(r)
 }
