@@ -229,6 +229,89 @@ fn answer(
     not_found
 }
 
+/// A plain HTTP server on loopback for the egress tests: `GET /bytes/N` answers N bytes,
+/// anything else `hello from <port>`; it counts the requests it sees (each with its head).
+pub struct WebServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    heads: Arc<Mutex<Vec<String>>>,
+}
+
+impl WebServer {
+    /// Starts one on an ephemeral port.
+    pub fn start() -> WebServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the web server");
+        let addr = listener.local_addr().expect("addr");
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let seen = heads.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let seen = seen.clone();
+                std::thread::spawn(move || serve_web(stream, addr.port(), &seen));
+            }
+        });
+        WebServer { addr, heads }
+    }
+
+    /// The request heads seen so far.
+    pub fn heads(&self) -> Vec<String> {
+        self.heads.lock().expect("lock").clone()
+    }
+}
+
+fn serve_web(stream: TcpStream, port: u16, heads: &Mutex<Vec<String>>) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    let _ = stream.set_nodelay(true);
+    let mut reader = BufReader::new(&stream);
+    loop {
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            if line == "\r\n" || line == "\n" {
+                break;
+            }
+            head.push_str(&line);
+        }
+        heads.lock().expect("lock").push(head.clone());
+        let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+        let mut writer = &stream;
+        if let Some(n) = path
+            .strip_prefix("/bytes/")
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {n}\r\n\r\n"
+            );
+            if writer.write_all(head.as_bytes()).is_err() {
+                return;
+            }
+            let block = vec![b'x'; 1 << 16];
+            let mut left = n;
+            while left > 0 {
+                let k = left.min(block.len() as u64) as usize;
+                if writer.write_all(&block[..k]).is_err() {
+                    return;
+                }
+                left -= k as u64;
+            }
+        } else {
+            let body = format!("hello from {port}\n");
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
+            if writer.write_all(head.as_bytes()).is_err()
+                || writer.write_all(body.as_bytes()).is_err()
+            {
+                return;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

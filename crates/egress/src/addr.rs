@@ -73,8 +73,14 @@ impl Cidr {
 }
 
 impl std::fmt::Display for Cidr {
+    /// `addr/prefix`, or the bare address for a single one (`127.0.0.1`, not `127.0.0.1/32`).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
+        let single = if self.addr.is_ipv4() { 32 } else { 128 };
+        if self.prefix == single {
+            write!(f, "{}", self.addr)
+        } else {
+            write!(f, "{}/{}", self.addr, self.prefix)
+        }
     }
 }
 
@@ -300,7 +306,11 @@ mod tests {
         );
         assert!(Cidr::parse("example.com").is_err());
         assert!(Cidr::parse("fd00::/129").is_err());
-        assert_eq!(Cidr::parse("::1").expect("parses").to_string(), "::1/128");
+        assert_eq!(Cidr::parse("::1").expect("parses").to_string(), "::1");
+        assert_eq!(
+            Cidr::parse("fd00::/8").expect("parses").to_string(),
+            "fd00::/8"
+        );
     }
 
     #[test]

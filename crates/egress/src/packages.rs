@@ -15,18 +15,21 @@ pub fn site_packages(python_version: &str) -> String {
 }
 
 /// The environment of a sandbox whose init listens on `127.0.0.1:port`: the proxy for pip,
-/// requests, urllib, httpx, curl, git and npm (both spellings: curl reads only the lowercase
-/// `http_proxy`), pip pointed at the index mirror, installs going to [`PACKAGES_PREFIX`], and
-/// that directory on `sys.path` ahead of the runtime's (`PYTHONPATH`) and its scripts on
-/// `PATH` (prepend `path_tail`, the sandbox's usual `PATH`).
-pub fn sandbox_env(port: u16, python_version: &str, path_tail: &str) -> Vec<(String, String)> {
+/// uv, requests, urllib, httpx, curl, git and npm (both spellings: curl reads only the
+/// lowercase `http_proxy`), pip and uv pointed at the index mirror, and installs going to
+/// [`PACKAGES_PREFIX`]. The kernel itself puts that prefix's `site-packages` on `sys.path`
+/// (and `PYTHONPATH`) ahead of the runtime's, and its `bin` on `PATH`: it knows its Python's
+/// version (see `runtime/python/pyxis_runtime/sysenv.py`).
+pub fn sandbox_env(port: u16) -> Vec<(String, String)> {
     let proxy = format!("http://127.0.0.1:{port}");
     let no_proxy = "localhost,127.0.0.1,::1".to_owned();
+    let index = format!("http://{MIRROR_HOST}/simple/");
     let mut env: Vec<(String, String)> = [
         "HTTP_PROXY",
         "HTTPS_PROXY",
         "http_proxy",
         "https_proxy",
+        "ALL_PROXY",
         "npm_config_proxy",
         "npm_config_https_proxy",
     ]
@@ -36,10 +39,7 @@ pub fn sandbox_env(port: u16, python_version: &str, path_tail: &str) -> Vec<(Str
     env.extend([
         ("NO_PROXY".to_owned(), no_proxy.clone()),
         ("no_proxy".to_owned(), no_proxy),
-        (
-            "PIP_INDEX_URL".to_owned(),
-            format!("http://{MIRROR_HOST}/simple/"),
-        ),
+        ("PIP_INDEX_URL".to_owned(), index.clone()),
         // Plain HTTP to the proxy, which is on this host; TLS to the index is the server's.
         ("PIP_TRUSTED_HOST".to_owned(), MIRROR_HOST.to_owned()),
         ("PIP_PREFIX".to_owned(), PACKAGES_PREFIX.to_owned()),
@@ -47,11 +47,11 @@ pub fn sandbox_env(port: u16, python_version: &str, path_tail: &str) -> Vec<(Str
         ("PIP_NO_INPUT".to_owned(), "1".to_owned()),
         // The workspace is no place for pip's HTTP cache; the server keeps the files.
         ("PIP_NO_CACHE_DIR".to_owned(), "1".to_owned()),
-        ("PYTHONPATH".to_owned(), site_packages(python_version)),
-        (
-            "PATH".to_owned(),
-            format!("{PACKAGES_PREFIX}/bin:{path_tail}"),
-        ),
+        ("UV_DEFAULT_INDEX".to_owned(), index.clone()),
+        ("UV_INDEX_URL".to_owned(), index),
+        // uv's cache is in the sandbox's /tmp, another file system than the workspace.
+        ("UV_LINK_MODE".to_owned(), "copy".to_owned()),
+        ("UV_NO_PROGRESS".to_owned(), "1".to_owned()),
     ]);
     env
 }
@@ -169,7 +169,7 @@ mod tests {
 
     #[test]
     fn the_environment_points_every_client_at_the_proxy() {
-        let env = sandbox_env(3128, "3.11", "/usr/bin:/bin");
+        let env = sandbox_env(3128);
         let get = |name: &str| {
             env.iter()
                 .find(|(k, _)| k == name)
@@ -187,12 +187,9 @@ mod tests {
         }
         assert_eq!(get("NO_PROXY"), "localhost,127.0.0.1,::1");
         assert_eq!(get("PIP_INDEX_URL"), "http://pyxis-index/simple/");
+        assert_eq!(get("UV_DEFAULT_INDEX"), "http://pyxis-index/simple/");
         assert_eq!(get("PIP_TRUSTED_HOST"), "pyxis-index");
-        assert_eq!(
-            get("PYTHONPATH"),
-            "/workspace/.pyxis/packages/lib/python3.11/site-packages"
-        );
-        assert_eq!(get("PATH"), "/workspace/.pyxis/packages/bin:/usr/bin:/bin");
+        assert_eq!(get("PIP_PREFIX"), PACKAGES_PREFIX);
         assert!(!get("NO_PROXY").contains(MIRROR_HOST));
     }
 }

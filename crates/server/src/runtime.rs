@@ -14,6 +14,7 @@ use anyhow::{bail, Context};
 use sha2::{Digest, Sha256};
 
 mod node;
+mod uv;
 pub use node::{node_version, LANGUAGES as NODE_LANGUAGES, NODE};
 
 /// The pinned library list.
@@ -119,6 +120,7 @@ impl Runtime {
             self.install()?;
         }
         self.write_driver()?;
+        self.ensure_uv()?;
         self.ensure_node()
     }
 

@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 
-from . import charts, framing, output, sysenv
+from . import charts, framing, output, packages, sysenv
 from .output import Output, Pipes, block_sigint, nbytes
 
 DEFAULT_MAX_OUTPUT = 1024 * 1024
@@ -771,6 +771,8 @@ def _setup_process() -> None:
         if os.path.isdir("/tmp") and os.access("/tmp", os.W_OK):
             os.environ["MPLCONFIGDIR"] = "/tmp/.matplotlib"
         sysenv.apply()  # the system tools' caches in /tmp, ImageMagick's policy
+        sysenv.add_packages()  # the session's own packages, in the workspace
+        packages.add_auto_installer()  # PYXIS_AUTO_INSTALL, when the server sets it
     os.environ.setdefault("MPLBACKEND", "Agg")
 
 
