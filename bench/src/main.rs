@@ -6,6 +6,7 @@
 
 mod burst;
 mod client;
+mod commands;
 mod data;
 mod jupyter;
 mod js;
@@ -40,6 +41,7 @@ const ALL: &[&str] = &[
     "density1000",
     "mcp",
     "js",
+    "command",
 ];
 
 /// Load benchmark of a Pyxis server (loopback only).
@@ -271,6 +273,7 @@ fn order(r: &Row) -> usize {
         ("js", Some("pooled")),
         ("js", Some("roundtrip")),
         ("js", Some("idle")),
+        ("command", None),
     ];
     ORDER
         .iter()
@@ -438,6 +441,7 @@ async fn run(args: Args) -> Result<bool> {
         ("js", Some("pooled"), main_cfg, Some("create to first result p50 ≤ 2 ms")),
         ("js", Some("roundtrip"), main_cfg, Some("p50 ≤ 1 ms")),
         ("js", Some("idle"), cold_cfg, None),
+        ("command", None, main_cfg, Some("p50 ≤ 10 ms")),
         (
             "burst",
             Some("25"),
@@ -508,6 +512,7 @@ async fn run(args: Args) -> Result<bool> {
                 ("density1000", _) => burst::density1000(&ctx).await,
                 ("mcp", _) => mcp::run(&ctx).await,
                 ("js", Some(v)) => js::run(&ctx, v).await,
+                ("command", _) => commands::run(&ctx).await,
                 _ => unreachable!("unknown step {workload}"),
             }
         }

@@ -13,8 +13,8 @@ named `ExitCode`.
 
 Interrupt (SIGINT to the driver) is passed to the driver's process group, which the shell and
 what it runs share: the running command ends, and the shell's INT trap returns from the
-sourced cell (status 130) without the shell exiting. A cell that runs `exit` ends the shell: the driver then exits, and the
-server reports the kernel's death and starts a fresh one.
+sourced cell (status 130) without the shell exiting. A cell that runs `exit` ends the shell:
+the driver then exits, and the server reports the kernel's death and starts a fresh one.
 """
 
 from __future__ import annotations
@@ -102,74 +102,27 @@ class BashKernel:
         """Runs one cell; streams its output; replies with the last command's status."""
         ident = str(msg.get("id", ""))
         code = str(msg.get("code", ""))
-        cap = int(msg.get("max_output_bytes") or DEFAULT_MAX_OUTPUT)
-        silent = bool(msg.get("silent"))
-        if not silent:
+        if not msg.get("silent"):
             self.count += 1
         path = os.path.join(self.dir, "cell.sh")
         with open(path, "w", encoding="utf-8", errors="surrogateescape") as cell:
-            cell.write(code)
-            if not code.endswith("\n"):
-                cell.write("\n")
+            cell.write(code if code.endswith("\n") else code + "\n")
         token = secrets.token_hex(16)
         self.interrupted = False
         self.send_shell(f"__pyxis_cell {path}; printf '%s %s\\n' {token} $? >&{STATUS_FD}\n")
-        sent = 0
-        truncated = False
-        status_buf = b""
-        code_out = None
-        decoders = {"stdout": _Utf8(), "stderr": _Utf8()}
+        out = _CellOutput(self, ident, int(msg.get("max_output_bytes") or DEFAULT_MAX_OUTPUT))
         streams = {self.shell.stdout.fileno(): "stdout", self.shell.stderr.fileno(): "stderr"}
-        while code_out is None:
-            try:
-                ready, _, _ = select.select([*streams, self.status], [], [])
-            except InterruptedError:
-                continue
-            for fd in ready:
-                if fd != self.status and fd not in streams:
-                    continue
-                try:
-                    data = os.read(fd, READ_SIZE)
-                except BlockingIOError:
-                    continue
-                if fd == self.status:
-                    if not data:
-                        raise SystemExit(0)  # the shell is gone
-                    status_buf += data
-                    for line in status_buf.split(b"\n")[:-1]:
-                        parts = line.decode("ascii", "replace").split()
-                        if len(parts) == 2 and parts[0] == token:
-                            code_out = int(parts[1]) if parts[1].isdigit() else 1
-                    status_buf = status_buf.rsplit(b"\n", 1)[-1]
-                    continue
-                if not data:
-                    # The cell closed the shell's output; its status still comes.
-                    decoders[streams.pop(fd)].flush()
-                    continue
-                name = streams[fd]
-                text = decoders[name].feed(data)
-                sent, truncated = self.stream(ident, name, text, sent, cap, truncated)
+        status = self.wait_status(token, streams, out)
         # What the cell wrote before its status is in the pipes already.
         for fd, name in streams.items():
-            while True:
-                try:
-                    data = os.read(fd, READ_SIZE)
-                except BlockingIOError:
-                    break
-                if not data:
-                    break
-                sent, truncated = self.stream(
-                    ident, name, decoders[name].feed(data), sent, cap, truncated
-                )
-        for name, decoder in decoders.items():
-            sent, truncated = self.stream(ident, name, decoder.flush(), sent, cap, truncated)
-        status = "ok"
-        if code_out != 0:
-            status = "error"
-            if self.interrupted or code_out == 130:
+            while data := _read(fd):
+                out.feed(name, data)
+        out.flush()
+        if status != 0:
+            if self.interrupted or status == 130:
                 ename, evalue = "KeyboardInterrupt", "interrupted"
             else:
-                ename, evalue = "ExitCode", f"the cell's last command exited with status {code_out}"
+                ename, evalue = "ExitCode", f"the cell's last command exited with status {status}"
             self.send(
                 {
                     "type": "error",
@@ -183,27 +136,39 @@ class BashKernel:
             {
                 "type": "execute_reply",
                 "id": ident,
-                "status": status,
+                "status": "ok" if status == 0 else "error",
                 "execution_count": self.count,
-                "truncated": truncated,
+                "truncated": out.truncated,
                 "user_expressions": {},
             }
         )
 
-    def stream(self, ident: str, name: str, text: str, sent: int, cap: int, truncated: bool):
-        """Sends `text` as a stream event within the cell's output cap."""
-        if not text:
-            return sent, truncated
-        size = len(text.encode("utf-8", "surrogatepass"))
-        if sent + size > cap:
-            truncated = True
-            room = max(cap - sent, 0)
-            text = text.encode("utf-8", "surrogatepass")[:room].decode("utf-8", "ignore")
-            size = len(text.encode("utf-8", "surrogatepass"))
-            if not text:
-                return sent, truncated
-        self.send({"type": "stream", "id": ident, "name": name, "text": text})
-        return sent + size, truncated
+    def wait_status(self, token: str, streams: dict, out: "_CellOutput") -> int:
+        """Streams the cell's output until the shell reports its status with `token`."""
+        pending = b""
+        while True:
+            try:
+                ready, _, _ = select.select([*streams, self.status], [], [])
+            except InterruptedError:
+                continue
+            for fd in ready:
+                if fd == self.status:
+                    data = _read(fd)
+                    if data == b"":
+                        raise SystemExit(0)  # the shell is gone
+                    pending += data or b""
+                    *lines, pending = pending.split(b"\n")
+                    for line in lines:
+                        parts = line.decode("ascii", "replace").split()
+                        if len(parts) == 2 and parts[0] == token:
+                            return int(parts[1]) if parts[1].isdigit() else 1
+                elif fd in streams:
+                    data = _read(fd)
+                    if data == b"":
+                        # The cell closed the shell's output; its status still comes.
+                        streams.pop(fd)
+                    elif data:
+                        out.feed(streams[fd], data)
 
     def configure(self, msg: dict) -> None:
         """Exports the given variables in the shell."""
@@ -248,6 +213,50 @@ class BashKernel:
                 self.send({"type": "is_complete_reply", "id": ident, "status": "unknown"})
             elif kind == "comm_info_request":
                 self.send({"type": "comm_info_reply", "id": ident, "comms": {}})
+
+
+class _CellOutput:
+    """One cell's stream events, decoded as UTF-8 and bounded by its output cap."""
+
+    def __init__(self, kernel: BashKernel, ident: str, cap: int) -> None:
+        self.kernel = kernel
+        self.ident = ident
+        self.cap = cap
+        self.sent = 0
+        self.truncated = False
+        self.decoders = {"stdout": _Utf8(), "stderr": _Utf8()}
+
+    def feed(self, name: str, data: bytes) -> None:
+        """Bytes read from the shell's `name` output."""
+        self.send(name, self.decoders[name].feed(data))
+
+    def flush(self) -> None:
+        """What is left of split characters."""
+        for name, decoder in self.decoders.items():
+            self.send(name, decoder.flush())
+
+    def send(self, name: str, text: str) -> None:
+        """A stream event, within the cap (beyond it, text is dropped and flagged)."""
+        if not text:
+            return
+        raw = text.encode("utf-8", "surrogatepass")
+        if self.sent + len(raw) > self.cap:
+            self.truncated = True
+            raw = raw[: max(self.cap - self.sent, 0)]
+            text = raw.decode("utf-8", "ignore")
+            raw = text.encode("utf-8", "surrogatepass")
+            if not text:
+                return
+        self.sent += len(raw)
+        self.kernel.send({"type": "stream", "id": self.ident, "name": name, "text": text})
+
+
+def _read(fd: int) -> bytes | None:
+    """What `fd` has now: b"" at its end, None when nothing is there yet."""
+    try:
+        return os.read(fd, READ_SIZE)
+    except BlockingIOError:
+        return None
 
 
 class _Utf8:
