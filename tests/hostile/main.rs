@@ -2,6 +2,7 @@
 //! each with the outcome it must meet.
 
 mod commands;
+mod egress;
 mod escape;
 mod exhaustion;
 mod files_api;

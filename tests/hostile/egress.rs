@@ -1,0 +1,184 @@
+//! The egress proxy under attack, from inside a sandbox, through a real server: it is no
+//! open relay, request smuggling and header tricks do not get a request past the policy, a
+//! flood of CONNECTs is refused by the limits without harm, and garbage to the listener is
+//! answered and closed. The only servers reached are the test's own, on loopback.
+
+use std::time::Duration;
+
+use pyxis_tests::packages::WebServer;
+use pyxis_tests::TestServer;
+use serde_json::json;
+
+/// `send(raw)`: one connection to the sandbox's egress listener, `raw` written, everything
+/// read until the proxy closes or 2 s of silence; returns it as text.
+const SEND: &str = r#"
+import socket
+def send(raw, wait=2):
+    s = socket.create_connection(("127.0.0.1", 3128), timeout=wait)
+    try:
+        s.sendall(raw.encode() if isinstance(raw, str) else raw)
+    except OSError:
+        pass
+    data = b""
+    try:
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except OSError:
+        pass
+    s.close()
+    return data.decode(errors="replace")
+"#;
+
+fn start(allowed: &[&WebServer]) -> TestServer {
+    let allow: Vec<String> = allowed
+        .iter()
+        .map(|w| format!("127.0.0.1:{}", w.addr.port()))
+        .collect();
+    TestServer::start(&[
+        ("PYXIS_EGRESS_ALLOW", &allow.join(",")),
+        ("PYXIS_EGRESS_RATE", "10"),
+        ("PYXIS_EGRESS_MAX_CONNECTIONS", "16"),
+    ])
+}
+
+#[test]
+fn egress_is_no_open_relay() {
+    let w = WebServer::start();
+    let other = WebServer::start();
+    let server = start(&[&w, &other]);
+    let (pw, po) = (w.addr.port(), other.addr.port());
+    // Policy none: nothing, whatever the form of the request.
+    let none = server.session();
+    none.ok(SEND);
+    for raw in [
+        format!("GET http://127.0.0.1:{pw}/ HTTP/1.1\r\nHost: 127.0.0.1:{pw}\r\n\r\n"),
+        format!("CONNECT 127.0.0.1:{pw} HTTP/1.1\r\nHost: 127.0.0.1:{pw}\r\n\r\n"),
+        format!("GET / HTTP/1.1\r\nHost: 127.0.0.1:{pw}\r\n\r\n"),
+        format!("GET https://127.0.0.1:{pw}/ HTTP/1.1\r\nHost: 127.0.0.1:{pw}\r\n\r\n"),
+        format!("GET ftp://127.0.0.1:{pw}/ HTTP/1.1\r\nHost: 127.0.0.1:{pw}\r\n\r\n"),
+        "GET http://pyxis-index/simple/x/ HTTP/1.1\r\nHost: pyxis-index\r\n\r\n".to_owned(),
+    ] {
+        let answer = none.ok(&format!("print(send({raw:?}))"));
+        assert!(
+            answer.starts_with("HTTP/1.1 403") || answer.starts_with("HTTP/1.1 400"),
+            "{raw:?} → {answer}"
+        );
+    }
+    assert!(w.heads().is_empty(), "{:?}", w.heads());
+
+    // Allowed to reach `w` only: tricks to reach `other` through it fail.
+    let s = server.session_with(
+        json!({"network": {"egress": "allow", "allow": [format!("127.0.0.1:{pw}")]}}),
+    );
+    s.ok(SEND);
+    let tricks = [
+        // The URL names `other`, the Host header `w`.
+        format!("GET http://127.0.0.1:{po}/ HTTP/1.1\r\nHost: 127.0.0.1:{pw}\r\n\r\n"),
+        // Credentials in the authority, an `@` to confuse a parser.
+        format!("GET http://127.0.0.1:{pw}@127.0.0.1:{po}/ HTTP/1.1\r\nHost: x\r\n\r\n"),
+        format!("CONNECT 127.0.0.1:{pw}@127.0.0.1:{po} HTTP/1.1\r\nHost: x\r\n\r\n"),
+        // Smuggling: both framings, a second request hidden in the body.
+        format!(
+            "POST http://127.0.0.1:{pw}/a HTTP/1.1\r\nHost: 127.0.0.1:{pw}\r\nContent-Length: 4\r\n\
+             Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET http://127.0.0.1:{po}/smuggled HTTP/1.1\r\n\
+             Host: 127.0.0.1:{po}\r\n\r\n"
+        ),
+        // Two Content-Lengths.
+        format!(
+            "POST http://127.0.0.1:{pw}/b HTTP/1.1\r\nHost: 127.0.0.1:{pw}\r\nContent-Length: 0\r\n\
+             Content-Length: 60\r\n\r\nGET http://127.0.0.1:{po}/smuggled2 HTTP/1.1\r\nHost: x\r\n\r\n"
+        ),
+        // A pipelined second request to `other` after a good one.
+        format!(
+            "GET http://127.0.0.1:{pw}/c HTTP/1.1\r\nHost: 127.0.0.1:{pw}\r\n\r\n\
+             GET http://127.0.0.1:{po}/d HTTP/1.1\r\nHost: 127.0.0.1:{po}\r\n\r\n"
+        ),
+        // An upgrade over plain HTTP (a tunnel by another name).
+        format!(
+            "GET http://127.0.0.1:{pw}/e HTTP/1.1\r\nHost: 127.0.0.1:{pw}\r\nConnection: Upgrade\r\n\
+             Upgrade: websocket\r\n\r\n"
+        ),
+    ];
+    for raw in &tricks {
+        s.ok(&format!("print(send({raw:?}))"));
+    }
+    assert!(
+        other.heads().is_empty(),
+        "the other server was reached: {:?}",
+        other.heads()
+    );
+    // What reached `w` carried its own Host, never the client's, and no proxy headers.
+    // (Heads only: this simple server reads no bodies, so a body's lines show up too.)
+    for head in w
+        .heads()
+        .iter()
+        .filter(|h| h.lines().next().is_some_and(|l| l.ends_with("HTTP/1.1")))
+    {
+        assert!(
+            head.contains(&format!("host: 127.0.0.1:{pw}"))
+                || head.contains(&format!("Host: 127.0.0.1:{pw}")),
+            "{head}"
+        );
+        assert!(!head.to_ascii_lowercase().contains("proxy-"), "{head}");
+    }
+}
+
+#[test]
+fn egress_connect_flood_and_garbage_are_refused_without_harm() {
+    let w = WebServer::start();
+    let server = start(&[&w]);
+    let pw = w.addr.port();
+    let network = json!({"network": {"egress": "allow", "allow": [format!("127.0.0.1:{pw}")]}});
+    let s = server.session_with(network.clone());
+    s.ok(SEND);
+    let neighbour = server.session_with(network);
+    neighbour.ok(SEND);
+
+    // 300 CONNECTs as fast as the sandbox can make them.
+    let flood = s.ok(&format!(
+        "import socket, collections\ncodes = collections.Counter()\nheld = []\n\
+         for _ in range(300):\n    try:\n        c = socket.create_connection(('127.0.0.1', 3128), timeout=5)\n        \
+         c.sendall(b'CONNECT 127.0.0.1:{pw} HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')\n        \
+         line = c.recv(200).split(b'\\r\\n')[0].decode(errors='replace')\n        codes[line[9:12] or 'closed'] += 1\n        held.append(c)\n    \
+         except OSError as e:\n        codes[type(e).__name__] += 1\nfor c in held: c.close()\nprint(dict(codes))"
+    ));
+    assert!(
+        flood.contains("'429'"),
+        "no limit refused the flood: {flood}"
+    );
+    assert!(!flood.contains("'200': 300"), "{flood}");
+
+    // Garbage, an oversized head, a head that never ends.
+    for expr in [
+        r"b'\x00\xff garbage \r\n\r\n'",
+        r"b'NOT-A-METHOD http://x/ HTTP/9.9\r\n\r\n'",
+        r"b'GET http://x/ HTTP/1.1\r\nX: ' + b'a' * 200000 + b'\r\n\r\n'",
+    ] {
+        let answer = s.ok(&format!("print(repr(send({expr})[:40]))"));
+        assert!(
+            answer.contains("HTTP/1.1 4") || answer.trim() == "''",
+            "{expr}: {answer}"
+        );
+    }
+    let slow = s.ok("import socket, time\nc = socket.create_connection(('127.0.0.1', 3128))\nc.sendall(b'GET http://x/ HTTP/1.1\\r\\nHost: x\\r\\n')\nc.settimeout(30)\nt = time.time()\ntry:\n    data = c.recv(100)\nexcept OSError:\n    data = b''\nprint(round(time.time() - t), data[:12])");
+    let waited: u64 = slow
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(99);
+    assert!(waited <= 20, "a slow head was held {slow}");
+
+    // Everyone still works: the neighbour at once, the flooder once its rate recovers.
+    let ok = |sess: &pyxis_tests::Session<'_>| {
+        sess.ok(&format!(
+            "print(send('GET http://127.0.0.1:{pw}/ok HTTP/1.1\\r\\nHost: 127.0.0.1:{pw}\\r\\nConnection: close\\r\\n\\r\\n').split('\\r\\n')[0])"
+        ))
+    };
+    assert_eq!(ok(&neighbour).trim(), "HTTP/1.1 200 OK");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(ok(&s).trim(), "HTTP/1.1 200 OK");
+    assert_eq!(server.get("/healthz").status(), 200);
+}
