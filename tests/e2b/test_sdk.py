@@ -257,3 +257,55 @@ def test_cells_in_parallel_sandboxes(pyxis):  # pylint: disable=unused-argument
     finally:
         for s in sandboxes:
             s.kill()
+
+
+def test_commands_exit_code_and_output(sbx):
+    from e2b import CommandExitException  # pylint: disable=import-outside-toplevel
+
+    ok = sbx.commands.run("echo hello; echo oops >&2")
+    assert (ok.exit_code, ok.stdout, ok.stderr) == (0, "hello\n", "oops\n")
+    with pytest.raises(CommandExitException) as err:
+        sbx.commands.run("echo hi; exit 3")
+    assert err.value.exit_code == 3
+    assert err.value.stdout == "hi\n"
+    # Commands share the workspace with the kernel.
+    sbx.commands.run("echo from-bash > /home/user/shared.txt")
+    assert sbx.run_code("open('shared.txt').read() == 'from-bash\\n'").text == "True"
+    streamed: list[str] = []
+    sbx.commands.run("for i in 1 2 3; do echo $i; done", on_stdout=streamed.append)
+    assert "".join(streamed) == "1\n2\n3\n"
+
+
+def test_background_command_and_its_kill(sbx):
+    handle = sbx.commands.run("sleep 60", background=True)
+    assert handle.pid > 0
+    assert handle.pid in [p.pid for p in sbx.commands.list()]
+    assert sbx.commands.kill(handle.pid)
+    from e2b import CommandExitException  # pylint: disable=import-outside-toplevel
+
+    with pytest.raises(CommandExitException):
+        handle.wait()
+    assert handle.pid not in [p.pid for p in sbx.commands.list()]
+    assert not sbx.commands.kill(handle.pid), "a second kill finds nothing"
+
+
+def test_command_stdin(sbx):
+    handle = sbx.commands.run("read line; echo got:$line", background=True, stdin=True)
+    sbx.commands.send_stdin(handle.pid, "abc\n")
+    assert handle.wait().stdout == "got:abc\n"
+
+
+def test_javascript_context(sbx):
+    ctx = sbx.create_code_context(language="js")
+    assert ctx.language == "javascript"
+    sbx.run_code("const answer = 40", context=ctx)
+    assert sbx.run_code("answer + 2", context=ctx).text == "42"
+    # Its own state: Python does not see it.
+    assert sbx.run_code("answer").error.name == "NameError"
+    assert ctx.id in [c.id for c in sbx.list_code_contexts()]
+    by_language = sbx.run_code("1 + 1", language="js")
+    assert by_language.text == "2"
+    sbx.remove_code_context(ctx)
+    assert ctx.id not in [c.id for c in sbx.list_code_contexts()]
+    with pytest.raises(NotFoundException):
+        sbx.run_code("1", context=ctx)

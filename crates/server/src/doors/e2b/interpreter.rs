@@ -4,12 +4,14 @@
 //! `{"type": "end_of_execution"}` last; `/contexts` lists, creates, restarts and removes
 //! contexts. Errors are plain text with their status, as that server answers.
 //!
-//! The default Python context is the session's own kernel. A client that goes away while
-//! its cell runs interrupts the cell, as E2B's server does, so the next one is not stuck
-//! behind it.
+//! Contexts are the session's contexts (kernels of python, javascript, typescript, bash in
+//! the same sandbox); the first one, `default`, is Python. As in E2B's server, `/execute`
+//! with a `language` runs in that language's default context, made on first use. A client
+//! that goes away while its cell runs interrupts the cell, as E2B's server does, so the
+//! next one is not stuck behind it.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -24,19 +26,18 @@ use serde_json::Value;
 
 use super::{Target, HOME};
 use crate::app::{App, AppState};
+use crate::services::contexts::{Language, DEFAULT_CONTEXT};
 use crate::services::events::JsonMap;
 use crate::services::{CellEvent, CellRequest, ServiceError, Session};
 
 /// Seconds of silence after which `/execute` sends a keepalive line (E2B's
 /// `KEEPALIVE_INTERVAL`).
 const KEEPALIVE: Duration = Duration::from_secs(5);
-/// The id of the default Python context: the session's own kernel.
-const DEFAULT_PYTHON: &str = "python";
-
-/// The contexts of one sandbox.
+/// The door's default context per language (E2B's `default_websockets`): the context
+/// `/execute {language}` runs in. Python's is the session's first context.
 #[derive(Default)]
 pub struct Contexts {
-    inner: Mutex<Vec<Context>>,
+    by_language: tokio::sync::Mutex<BTreeMap<&'static str, String>>,
 }
 
 /// One context as the API shows it.
@@ -47,17 +48,12 @@ struct Context {
     cwd: String,
 }
 
-impl Contexts {
-    fn list(&self) -> Vec<Context> {
-        let mut v = vec![Context {
-            id: DEFAULT_PYTHON.into(),
-            language: "python".into(),
-            cwd: HOME.into(),
-        }];
-        if let Ok(inner) = self.inner.lock() {
-            v.extend(inner.iter().cloned());
-        }
-        v
+/// A context's working directory as E2B shows it (`/workspace` is `/home/user`).
+fn e2b_cwd(cwd: &str) -> String {
+    match cwd.strip_prefix("/workspace") {
+        Some("") => HOME.to_string(),
+        Some(rest) if rest.starts_with('/') => format!("{HOME}{rest}"),
+        _ => cwd.to_string(),
     }
 }
 
@@ -88,6 +84,8 @@ fn service_text(e: ServiceError) -> Response {
         ServiceError::Busy => text(StatusCode::TOO_MANY_REQUESTS, e.to_string()),
         ServiceError::Exhausted(_) => text(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         ServiceError::Invalid(_) => text(StatusCode::BAD_REQUEST, e.to_string()),
+        ServiceError::TooMany(_) => text(StatusCode::TOO_MANY_REQUESTS, e.to_string()),
+        ServiceError::NotFound { .. } => text(StatusCode::NOT_FOUND, e.to_string()),
         e => {
             tracing::error!(error = %e, "e2b interpreter: service error");
             text(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
@@ -130,30 +128,76 @@ async fn execute(
             "Only one of context_id or language can be provided",
         );
     }
-    if let Some(id) = &req.context_id {
-        if id != DEFAULT_PYTHON {
-            return text(StatusCode::NOT_FOUND, format!("Context {id} not found"));
-        }
-    }
-    let language = normalize_language(req.language.as_deref());
-    if language != "python" {
-        return text(
-            StatusCode::NOT_IMPLEMENTED,
-            format!("language {language} is not served by this Pyxis: python only"),
-        );
-    }
     let env = req.env_vars.unwrap_or_default();
     if let Err(e) = crate::services::validate_env(&env) {
         return service_text(e);
     }
-    run_python(&app, &t.session, req.code, &env)
+    let ctx = match (&req.context_id, &req.language) {
+        (Some(id), _) => match t.session.context(Some(id)) {
+            Ok(c) => c,
+            Err(_) => return text(StatusCode::NOT_FOUND, format!("Context {id} not found")),
+        },
+        (None, language) => {
+            let name = normalize_language(language.as_deref());
+            let language = match Language::parse(&name) {
+                Ok(l) => l,
+                Err(e) => return service_text(e),
+            };
+            match default_context(&app, &t, language).await {
+                Ok(c) => c,
+                Err(e) => return service_text(e),
+            }
+        }
+    };
+    run_cell(&app, &t.session, &ctx, req.code, &env)
+}
+
+/// The default context of `language`: the session's first for Python, else the one this
+/// door made for it, made now if there is none (or it was removed).
+async fn default_context(
+    app: &Arc<App>,
+    t: &Target,
+    language: Language,
+) -> Result<Arc<crate::services::contexts::Context>, ServiceError> {
+    if language == Language::Python {
+        return t.session.context(None);
+    }
+    let mut map = t.sbx.contexts.by_language.lock().await;
+    if let Some(id) = map.get(language.name()) {
+        if let Ok(c) = t.session.context(Some(id)) {
+            return Ok(c);
+        }
+    }
+    let ctx = app
+        .sessions
+        .create_context(&t.session, language, None)
+        .await?;
+    map.insert(language.name(), ctx.id.clone());
+    Ok(ctx)
 }
 
 /// Python that sets `env` for the next cell and remembers what it replaced, and Python that
 /// puts it back (E2B's server does the same around a cell with `env_vars`). JSON string
 /// literals are Python string literals.
-fn env_cells(env: &BTreeMap<String, String>) -> (String, String) {
+fn env_cells(language: Language, env: &BTreeMap<String, String>) -> Option<(String, String)> {
     let map = serde_json::to_string(env).unwrap_or_else(|_| "{}".into());
+    match language {
+        Language::Python => Some(python_env_cells(&map)),
+        Language::JavaScript | Language::TypeScript => Some((
+            format!(
+                "globalThis.__pyxis_e2b_env = Object.fromEntries(Object.keys({map}).map(\
+                 (k) => [k, process.env[k]])); Object.assign(process.env, {map});"
+            ),
+            "for (const [k, v] of Object.entries(globalThis.__pyxis_e2b_env)) { if (v === \
+             undefined) delete process.env[k]; else process.env[k] = v; } delete \
+             globalThis.__pyxis_e2b_env;"
+                .to_string(),
+        )),
+        Language::Bash => None,
+    }
+}
+
+fn python_env_cells(map: &str) -> (String, String) {
     let set = format!(
         "import os as __pyxis_os\n\
          __pyxis_e2b_env = {{k: __pyxis_os.environ.get(k) for k in {map}}}\n\
@@ -167,45 +211,68 @@ fn env_cells(env: &BTreeMap<String, String>) -> (String, String) {
     (set, reset)
 }
 
-fn silent(code: String, timeout: Duration) -> CellRequest {
+fn cell(code: String, timeout: Duration, context: &str, silent: bool) -> CellRequest {
     CellRequest {
-        silent: true,
-        store_history: Some(false),
+        silent,
+        store_history: silent.then_some(false),
+        context: (context != DEFAULT_CONTEXT).then(|| context.to_string()),
         ..CellRequest::new(code, timeout)
     }
 }
 
-fn run_python(
+fn run_cell(
     app: &Arc<App>,
     session: &Arc<Session>,
+    ctx: &crate::services::contexts::Context,
     code: String,
     env: &BTreeMap<String, String>,
 ) -> Response {
     let timeout = app.config.max_exec_timeout;
-    // Cells run in the order they are asked for: set, run, reset.
-    if !env.is_empty() {
-        let (set, _) = env_cells(env);
-        match app.sessions.execute(session, silent(set, timeout)) {
+    let cells = if env.is_empty() {
+        None
+    } else {
+        match env_cells(ctx.language, env) {
+            Some(c) => Some(c),
+            None => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "env_vars are served for python and javascript contexts, not {}",
+                        ctx.language.name()
+                    ),
+                )
+            }
+        }
+    };
+    // Cells of a context run in the order they are asked for: set, run, reset.
+    if let Some((set, _)) = &cells {
+        match app
+            .sessions
+            .execute(session, cell(set.clone(), timeout, &ctx.id, true))
+        {
             Ok(h) => drain(h),
             Err(e) => return service_text(e),
         }
     }
     let handle = match app
         .sessions
-        .execute(session, CellRequest::new(code, timeout))
+        .execute(session, cell(code, timeout, &ctx.id, false))
     {
         Ok(h) => h,
         Err(e) => return service_text(e),
     };
-    if !env.is_empty() {
-        let (_, reset) = env_cells(env);
-        if let Ok(h) = app.sessions.execute(session, silent(reset, timeout)) {
+    if let Some((_, reset)) = cells {
+        if let Ok(h) = app
+            .sessions
+            .execute(session, cell(reset, timeout, &ctx.id, true))
+        {
             drain(h);
         }
     }
     let guard = Interrupter {
         app: app.clone(),
         session: session.clone(),
+        context: ctx.id.clone(),
         running: false,
         done: false,
     };
@@ -278,6 +345,7 @@ fn run_python(
 struct Interrupter {
     app: Arc<App>,
     session: Arc<Session>,
+    context: String,
     running: bool,
     done: bool,
 }
@@ -286,7 +354,10 @@ impl Drop for Interrupter {
     fn drop(&mut self) {
         if self.running && !self.done {
             tracing::info!(session = %self.session.id, "e2b: client left during a cell; interrupting it");
-            self.app.sessions.interrupt(&self.session);
+            let _ = self
+                .app
+                .sessions
+                .interrupt_context(&self.session, &self.context);
         }
     }
 }
@@ -358,29 +429,53 @@ struct CreateContext {
     cwd: Option<String>,
 }
 
-/// `GET /contexts`.
-async fn list_contexts(Extension(t): Extension<Target>) -> Response {
-    Json(t.sbx.contexts.list()).into_response()
+fn view(c: &crate::services::contexts::ContextView) -> Context {
+    Context {
+        id: c.id.clone(),
+        language: c.language.to_string(),
+        cwd: e2b_cwd(&c.cwd),
+    }
 }
 
-/// `POST /contexts {language?, cwd?}`.
+/// `GET /contexts`.
+async fn list_contexts(State(app): State<AppState>, Extension(t): Extension<Target>) -> Response {
+    let all: Vec<Context> = app
+        .sessions
+        .list_contexts(&t.session)
+        .iter()
+        .map(view)
+        .collect();
+    Json(all).into_response()
+}
+
+/// `POST /contexts {language?, cwd?}`: a new context (kernel) in the sandbox.
 async fn create_context(
-    Extension(_t): Extension<Target>,
+    State(app): State<AppState>,
+    Extension(t): Extension<Target>,
     body: Result<Json<CreateContext>, JsonRejection>,
 ) -> Response {
     let req = match body {
         Ok(Json(r)) => r,
         Err(e) => return bad_json(e),
     };
-    let language = normalize_language(req.language.as_deref());
-    let _cwd = req.cwd;
-    text(
-        StatusCode::NOT_IMPLEMENTED,
-        format!(
-            "creating a {language} context is not served by this Pyxis yet: the sandbox's \
-             default python context runs the code"
-        ),
-    )
+    let language = match Language::parse(&normalize_language(req.language.as_deref())) {
+        Ok(l) => l,
+        Err(e) => return service_text(e),
+    };
+    let cwd = match req.cwd.as_deref().map(super::workspace_path) {
+        None => None,
+        Some(Ok(rel)) if rel.is_empty() => Some("/workspace".to_string()),
+        Some(Ok(rel)) => Some(format!("/workspace/{rel}")),
+        Some(Err(m)) => return text(StatusCode::BAD_REQUEST, m),
+    };
+    match app
+        .sessions
+        .create_context(&t.session, language, cwd.as_deref())
+        .await
+    {
+        Ok(ctx) => Json(view(&ctx.view())).into_response(),
+        Err(e) => service_text(e),
+    }
 }
 
 /// `POST /contexts/{id}/restart`: a fresh interpreter, same files.
@@ -389,24 +484,32 @@ async fn restart_context(
     Extension(t): Extension<Target>,
     Path(id): Path<String>,
 ) -> Response {
-    if id != DEFAULT_PYTHON {
-        return text(StatusCode::NOT_FOUND, format!("Context {id} not found"));
-    }
-    match app.sessions.restart(&t.session).await {
+    match app.sessions.restart_context(&t.session, &id).await {
         Ok(()) => Json(Value::Null).into_response(),
+        Err(ServiceError::NotFound { .. }) => {
+            text(StatusCode::NOT_FOUND, format!("Context {id} not found"))
+        }
         Err(e) => service_text(e),
     }
 }
 
 /// `DELETE /contexts/{id}`.
-async fn remove_context(Extension(_t): Extension<Target>, Path(id): Path<String>) -> Response {
-    if id == DEFAULT_PYTHON {
-        return text(
+async fn remove_context(
+    State(app): State<AppState>,
+    Extension(t): Extension<Target>,
+    Path(id): Path<String>,
+) -> Response {
+    match app.sessions.delete_context(&t.session, &id).await {
+        Ok(()) => Json(Value::Null).into_response(),
+        Err(ServiceError::NotFound { .. }) => {
+            text(StatusCode::NOT_FOUND, format!("Context {id} not found"))
+        }
+        Err(ServiceError::Conflict { .. }) => text(
             StatusCode::BAD_REQUEST,
-            "the default python context is the sandbox's own kernel and stays",
-        );
+            "the default python context is the sandbox's first kernel and stays",
+        ),
+        Err(e) => service_text(e),
     }
-    text(StatusCode::NOT_FOUND, format!("Context {id} not found"))
 }
 
 #[cfg(test)]
@@ -439,7 +542,7 @@ mod tests {
     fn env_cells_are_python_literals() {
         let mut env = BTreeMap::new();
         env.insert("A".to_string(), "it's \"q\"\n".to_string());
-        let (set, reset) = env_cells(&env);
+        let (set, reset) = env_cells(Language::Python, &env).unwrap();
         assert!(set.contains(r#"{"A":"it's \"q\"\n"}"#));
         assert!(reset.contains("del __pyxis_e2b_env"));
     }
