@@ -168,3 +168,107 @@ fn a_secret_in_a_query_string_is_refused_except_on_the_jupyter_channels() {
     assert!(line.contains(" 101"), "channels with ?token=: {line}");
     a.call(Method::DELETE, &format!("/v1/sessions/{id}"), None);
 }
+
+/// A minimal MCP client over Streamable HTTP (JSON-RPC in, JSON or SSE out), as one key.
+struct Mcp<'a> {
+    who: As<'a>,
+    session: String,
+    next: u64,
+}
+
+impl<'a> Mcp<'a> {
+    fn connect(server: &'a TestServer, secret: &str) -> Self {
+        let who = As::new(server, secret);
+        let r = who
+            .req(Method::POST, "/mcp")
+            .header("Accept", "application/json, text/event-stream")
+            .json(
+                &json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+                "protocolVersion": "2025-03-26", "capabilities": {},
+                "clientInfo": {"name": "hostile-tenants", "version": "1"}}}),
+            )
+            .send()
+            .expect("initialize");
+        assert_eq!(r.status(), 200, "initialize");
+        let session = r
+            .headers()
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+            .expect("Mcp-Session-Id")
+            .to_string();
+        let _ = r.text();
+        let mut me = Self {
+            who,
+            session,
+            next: 1,
+        };
+        let r = me
+            .post(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+            .send()
+            .expect("initialized");
+        assert!(r.status().is_success(), "initialized: {}", r.status());
+        me
+    }
+
+    fn post(&mut self, body: Value) -> reqwest::blocking::RequestBuilder {
+        self.who
+            .req(Method::POST, "/mcp")
+            .header("Accept", "application/json, text/event-stream")
+            .header("Mcp-Session-Id", &self.session)
+            .json(&body)
+    }
+
+    /// Call a tool; the JSON-RPC `result`.
+    fn tool(&mut self, name: &str, arguments: Value) -> Value {
+        let id = self.next;
+        self.next += 1;
+        let r = self
+            .post(json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+                "params": {"name": name, "arguments": arguments}}))
+            .send()
+            .expect("tools/call");
+        assert_eq!(r.status(), 200, "tools/call {name}");
+        let text = r.text().expect("body");
+        // A JSON body, or SSE whose data lines carry the answer.
+        let answer = std::iter::once(text.as_str())
+            .chain(text.lines().filter_map(|l| l.strip_prefix("data:")))
+            .filter_map(|t| serde_json::from_str::<Value>(t.trim()).ok())
+            .find(|v| v["id"] == id)
+            .unwrap_or_else(|| panic!("no answer to {name}: {text}"));
+        answer["result"].clone()
+    }
+}
+
+#[test]
+fn another_key_s_sessions_are_invisible_over_mcp() {
+    let (_dir, server, alice, mallory) = two_keys();
+    let a = As::new(&server, &alice);
+    let id = a.create();
+    let mut mine = Mcp::connect(&server, &alice);
+    let mut theirs = Mcp::connect(&server, &mallory);
+    let listed = mine.tool("list_sessions", json!({}));
+    assert!(
+        listed.to_string().contains(&id),
+        "alice's own list: {listed}"
+    );
+    let listed = theirs.tool("list_sessions", json!({}));
+    assert!(
+        !listed.to_string().contains(&id),
+        "mallory's list: {listed}"
+    );
+    let ran = theirs.tool("run_code", json!({"session_id": id, "code": "print('in')"}));
+    assert_eq!(
+        ran["isError"], true,
+        "mallory ran in alice's session: {ran}"
+    );
+    let closed = theirs.tool("close_session", json!({"id": id}));
+    assert_eq!(
+        closed["isError"], true,
+        "mallory closed alice's session: {closed}"
+    );
+    // Alice's session is still there, and mallory's own work goes on.
+    assert_eq!(a.listed(), vec![id.clone()]);
+    let ran = theirs.tool("run_code", json!({"code": "print(6 * 7)"}));
+    assert!(ran.to_string().contains("42"), "{ran}");
+    a.call(Method::DELETE, &format!("/v1/sessions/{id}"), None);
+}

@@ -887,8 +887,27 @@ back as PNG images, DataFrames as HTML, errors with their traceback and isError.
 Cancelling a run_code request interrupts its cell. Workspace files are also resources: \
 pyxis://sessions/{session_id}/files/{path}.";
 
+/// The tenant of the HTTP request that carried an MCP message. rmcp serves a session's
+/// messages in a task of its own, outside the auth middleware's tenant scope, so each
+/// handler below runs in the scope of its own request (see `tenants.rs`).
+fn tenant_of(ctx: &RequestContext<RoleServer>) -> Option<Arc<crate::tenants::Tenant>> {
+    ctx.extensions
+        .get::<axum::http::request::Parts>()
+        .and_then(|p| p.extensions.get::<Arc<crate::tenants::Tenant>>().cloned())
+}
+
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for PyxisMcp {
+    async fn call_tool(
+        &self,
+        request: rmcp::model::CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::CallToolResponse, McpError> {
+        let tenant = tenant_of(&context);
+        let call = rmcp::handler::server::tool::ToolCallContext::new(self, request, context);
+        crate::tenants::within(tenant, self.tool_router.call(call)).await
+    }
+
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(
             ServerCapabilities::builder()
@@ -909,9 +928,9 @@ impl ServerHandler for PyxisMcp {
     async fn list_resources(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, McpError> {
-        resources::list(&self.app).await
+        crate::tenants::within(tenant_of(&context), resources::list(&self.app)).await
     }
 
     async fn list_resource_templates(
@@ -925,9 +944,9 @@ impl ServerHandler for PyxisMcp {
     async fn read_resource(
         &self,
         request: ReadResourceRequestParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, McpError> {
-        resources::read(&self.app, &request.uri)
+        crate::tenants::within(tenant_of(&context), resources::read(&self.app, &request.uri))
             .await
             .map(Into::into)
     }
