@@ -946,9 +946,12 @@ impl ServerHandler for PyxisMcp {
         request: ReadResourceRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, McpError> {
-        crate::tenants::within(tenant_of(&context), resources::read(&self.app, &request.uri))
-            .await
-            .map(Into::into)
+        crate::tenants::within(
+            tenant_of(&context),
+            resources::read(&self.app, &request.uri),
+        )
+        .await
+        .map(Into::into)
     }
 }
 
