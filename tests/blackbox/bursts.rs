@@ -166,10 +166,12 @@ fn a_killed_zygote_is_replaced_without_a_failed_create() {
 
 #[test]
 fn the_pool_grows_under_a_burst_and_shrinks_when_idle() {
+    // Long enough for the refill to reach the maximum first, on a slow host too.
+    let shrink_s = scaled(Duration::from_secs(3)).as_secs_f64().to_string();
     let server = TestServer::start(&[
         ("PYXIS_POOL_MIN_IDLE", "1"),
         ("PYXIS_POOL_MAX_IDLE", "6"),
-        ("PYXIS_POOL_SHRINK_S", "2"),
+        ("PYXIS_POOL_SHRINK_S", shrink_s.as_str()),
     ]);
     assert!(wait_for(Duration::from_secs(30), || pool_idle(&server) == 1));
     let ids = burst(&server, 8);
