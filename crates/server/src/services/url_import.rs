@@ -9,7 +9,7 @@
 //! first URL. Proxies from the environment are ignored. Time and size are
 //! capped.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use reqwest::Url;
@@ -39,124 +39,9 @@ pub enum ImportError {
 
 type Result<T> = std::result::Result<T, ImportError>;
 
-/// An IP network (`addr/prefix`) of the allow-list.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct Cidr {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-impl Cidr {
-    /// Parse `1.2.3.4`, `10.0.0.0/8`, `::1` or `fd00::/8`.
-    pub fn parse(s: &str) -> std::result::Result<Cidr, String> {
-        let (a, p) = match s.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s, None),
-        };
-        let addr: IpAddr = a
-            .trim()
-            .parse()
-            .map_err(|_| format!("{s:?} is not an IP address or network"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match p {
-            Some(p) => p
-                .trim()
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= max)
-                .ok_or_else(|| format!("{s:?} has a bad prefix length"))?,
-            None => max,
-        };
-        Ok(Cidr { addr, prefix })
-    }
-
-    fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
-    }
-}
-
-fn v4_in(ip: Ipv4Addr, net: [u8; 4], prefix: u8) -> bool {
-    Cidr {
-        addr: IpAddr::V4(Ipv4Addr::from(net)),
-        prefix,
-    }
-    .contains(IpAddr::V4(ip))
-}
-
-/// Whether an IPv4 address is globally routable (not loopback, private,
-/// link-local and cloud metadata, CGNAT, multicast, reserved, …; IANA IPv4
-/// Special-Purpose Address Registry).
-fn is_public_v4(ip: Ipv4Addr) -> bool {
-    const NOT_PUBLIC: &[([u8; 4], u8)] = &[
-        ([0, 0, 0, 0], 8),       // "this network"
-        ([10, 0, 0, 0], 8),      // private
-        ([100, 64, 0, 0], 10),   // CGNAT (shared address space)
-        ([127, 0, 0, 0], 8),     // loopback
-        ([169, 254, 0, 0], 16),  // link-local, cloud metadata 169.254.169.254
-        ([172, 16, 0, 0], 12),   // private
-        ([192, 0, 0, 0], 24),    // IETF protocol assignments
-        ([192, 0, 2, 0], 24),    // documentation
-        ([192, 88, 99, 0], 24),  // 6to4 relay anycast
-        ([192, 168, 0, 0], 16),  // private
-        ([198, 18, 0, 0], 15),   // benchmarking
-        ([198, 51, 100, 0], 24), // documentation
-        ([203, 0, 113, 0], 24),  // documentation
-        ([224, 0, 0, 0], 4),     // multicast
-        ([240, 0, 0, 0], 4),     // reserved, broadcast
-    ];
-    !NOT_PUBLIC
-        .iter()
-        .any(|(net, prefix)| v4_in(ip, *net, *prefix))
-}
-
-/// Whether an IPv6 address is globally routable. Addresses that embed an
-/// IPv4 address (mapped, compatible, NAT64, 6to4, Teredo) are refused outright:
-/// they can reach IPv4 hosts the IPv4 check would refuse.
-fn is_public_v6(ip: Ipv6Addr) -> bool {
-    const NOT_PUBLIC: &[(u128, u8)] = &[
-        (0, 96),                      // ::, ::1, IPv4-compatible
-        (0xffff_0000_0000, 96),       // IPv4-mapped ::ffff:0:0/96
-        (0x0064_ff9b << 96, 96),      // NAT64 64:ff9b::/96
-        (0x0064_ff9b_0001 << 80, 48), // local NAT64 64:ff9b:1::/48
-        (0x0100 << 112, 64),          // discard 100::/64
-        (0x2001 << 112, 32),          // Teredo 2001::/32
-        (0x2001_0db8 << 96, 32),      // documentation
-        (0x2002 << 112, 16),          // 6to4
-        (0xfc00 << 112, 7),           // unique local (incl. fd00:ec2::254)
-        (0xfe80 << 112, 10),          // link-local
-        (0xfec0 << 112, 10),          // site-local (deprecated)
-        (0xff00 << 112, 8),           // multicast
-    ];
-    !NOT_PUBLIC.iter().any(|(net, prefix)| {
-        Cidr {
-            addr: IpAddr::V6(Ipv6Addr::from(*net)),
-            prefix: *prefix,
-        }
-        .contains(IpAddr::V6(ip))
-    })
-}
-
-/// Whether `ip` is globally routable.
-pub fn is_public(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => is_public_v4(v4),
-        IpAddr::V6(v6) => is_public_v6(v6),
-    }
-}
+// The address rules have one owner, the egress crate: URL imports and the egress proxy
+// refuse the same addresses.
+pub use pyxis_egress::{is_public, Cidr};
 
 /// What may be fetched.
 #[derive(Debug, Clone)]
