@@ -16,9 +16,15 @@ fn fork_bomb_hits_the_pids_limit() {
     let out = attack(s, &v, |v| {
         json_of(
             v,
-            r#"
+            // The bomb's four seconds, stretched on a slower host (PYXIS_TEST_TIME_SCALE):
+            // under emulation a Python fork takes long enough that four seconds never
+            // reach the limit.
+            &format!(
+                "SCALE = {}\n{}",
+                pyxis_tests::time_scale(),
+                r#"
 import os, time, errno, json
-end = time.time() + 4
+end = time.time() + 4 * SCALE
 eagain = 0
 others = 0
 while time.time() < end:
@@ -44,7 +50,8 @@ while True:
     except ChildProcessError:
         break
 print(json.dumps({"eagain": eagain, "others": others, "procs": procs}))
-"#,
+"#
+            ),
         )
     });
     assert!(
