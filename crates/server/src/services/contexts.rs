@@ -97,18 +97,30 @@ pub(crate) struct History {
 }
 
 impl History {
-    pub(crate) fn push(&mut self, rec: CellRecord, max_bytes: u64) {
-        let size = rec.code.len() as u64 + rec.outputs.iter().map(OutputItem::size).sum::<u64>();
+    pub(crate) fn push(&mut self, mut rec: CellRecord, max_bytes: u64) {
+        let size_of = |rec: &CellRecord| {
+            rec.code.len() as u64 + rec.outputs.iter().map(OutputItem::size).sum::<u64>()
+        };
+        let mut size = size_of(&rec);
         if size > max_bytes {
-            // Too large to keep whole: keep the code, drop the outputs.
-            let rec = CellRecord {
-                outputs: vec![OutputItem::Stream {
-                    name: "stderr".into(),
-                    text: "[pyxis: this cell's outputs were too large for the history]\n".into(),
-                }],
-                ..rec
-            };
-            return self.push(rec, max_bytes.max(1 << 16));
+            // Too large to keep whole: drop the outputs, and keep at most half the cap of
+            // the code (a cell's code alone can be larger than the whole history).
+            rec.outputs = vec![OutputItem::Stream {
+                name: "stderr".into(),
+                text: "[pyxis: this cell's outputs were too large for the history]\n".into(),
+            }];
+            let keep = usize::try_from(max_bytes / 2).unwrap_or(usize::MAX);
+            if rec.code.len() > keep {
+                let mut end = keep;
+                while !rec.code.is_char_boundary(end) {
+                    end -= 1;
+                }
+                rec.code.truncate(end);
+                rec.code.push_str(
+                    "\n# [pyxis: the rest of this cell's code was too large for the history]\n",
+                );
+            }
+            size = size_of(&rec);
         }
         self.bytes += size;
         self.cells.push_back((rec, size));
@@ -356,6 +368,7 @@ pub(crate) fn not_found(id: &str) -> ServiceError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::services::CellStatus;
 
     #[test]
     fn languages_parse_by_name_and_alias() {
@@ -367,6 +380,26 @@ mod tests {
         for l in Language::ALL {
             assert_eq!(Language::parse(l.name()).ok(), Some(l));
         }
+    }
+
+    #[test]
+    fn a_cell_larger_than_the_history_is_kept_truncated() {
+        let mut history = History::default();
+        let code = "é".repeat(1 << 20);
+        let rec = CellRecord {
+            code,
+            execution_count: 1,
+            status: CellStatus::Ok,
+            outputs: vec![OutputItem::Stream {
+                name: "stdout".into(),
+                text: "x".repeat(1 << 20),
+            }],
+        };
+        history.push(rec, 1 << 20);
+        let (kept, size) = history.cells.back().expect("an entry");
+        assert!(*size <= 1 << 20, "{size}");
+        assert!(kept.code.ends_with("too large for the history]\n"));
+        assert!(history.bytes <= 1 << 20);
     }
 
     #[test]
