@@ -272,3 +272,68 @@ fn another_key_s_sessions_are_invisible_over_mcp() {
     assert!(ran.to_string().contains("42"), "{ran}");
     a.call(Method::DELETE, &format!("/v1/sessions/{id}"), None);
 }
+
+/// The E2B door answers as the key that sent `X-API-KEY` (also in its `e2b_` form): another
+/// key neither lists nor reaches a sandbox, while the sandbox's own access token keeps
+/// working for its owner's sandbox (with a keys file, outside-of-scope lookups fail closed).
+#[test]
+fn the_e2b_door_keeps_each_key_to_its_own_sandboxes() {
+    let (_dir, server, alice, mallory) = two_keys();
+    let http = reqwest::blocking::Client::builder()
+        .timeout(scaled(Duration::from_secs(120)))
+        .build()
+        .expect("client");
+    let control = |method: Method, path: &str, key: &str, body: Option<Value>| {
+        let mut r = http
+            .request(method, format!("{}{path}", server.base))
+            .header("X-API-KEY", key);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let r = r.send().expect("request");
+        let status = r.status().as_u16();
+        (status, r.json::<Value>().unwrap_or(Value::Null))
+    };
+    let (status, made) = control(
+        Method::POST,
+        "/sandboxes",
+        &format!("e2b_{alice}"),
+        Some(json!({"templateID": "code-interpreter-v1", "timeout": 120})),
+    );
+    assert_eq!(status, 201, "{made}");
+    let id = made["sandboxID"].as_str().expect("sandboxID").to_string();
+    let token = made["envdAccessToken"].as_str().expect("token").to_string();
+
+    // The owner lists and runs code in it through its own access token.
+    let (status, listed) = control(Method::GET, "/sandboxes", &alice, None);
+    assert_eq!(status, 200, "{listed}");
+    assert!(listed.to_string().contains(&id), "{listed}");
+    let r = http
+        .post(format!("{}/execute", server.base))
+        .header("E2b-Sandbox-Id", &id)
+        .header("E2b-Sandbox-Port", "49999")
+        .header("X-Access-Token", &token)
+        .json(&json!({"code": "print(6*7)"}))
+        .send()
+        .expect("execute");
+    assert_eq!(r.status().as_u16(), 200);
+    let text = r.text().expect("body");
+    assert!(text.contains("42"), "{text}");
+
+    // Another key: not listed, not found, cannot kill it.
+    let (status, listed) = control(Method::GET, "/sandboxes", &mallory, None);
+    assert_eq!(status, 200, "{listed}");
+    assert!(!listed.to_string().contains(&id), "{listed}");
+    let (status, v) = control(Method::GET, &format!("/sandboxes/{id}"), &mallory, None);
+    assert_eq!(status, 404, "{v}");
+    let (status, v) = control(Method::DELETE, &format!("/sandboxes/{id}"), &mallory, None);
+    assert_eq!(status, 404, "{v}");
+    // A wrong key is refused outright.
+    let (status, _) = control(Method::GET, "/sandboxes", "e2b_0123456789abcdef", None);
+    assert_eq!(status, 401);
+    // Still alive for its owner.
+    let (status, v) = control(Method::GET, &format!("/sandboxes/{id}"), &alice, None);
+    assert_eq!(status, 200, "{v}");
+    let (status, _) = control(Method::DELETE, &format!("/sandboxes/{id}"), &alice, None);
+    assert_eq!(status, 204);
+}

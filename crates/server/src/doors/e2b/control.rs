@@ -268,6 +268,7 @@ async fn create_sandbox(
         started: now,
         end: Mutex::new(now + timeout),
         contexts: Default::default(),
+        owner: crate::tenants::current(),
     });
     app.e2b.insert(sbx.clone());
     (StatusCode::CREATED, Json(created(&app, &sbx))).into_response()

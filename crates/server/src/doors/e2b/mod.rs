@@ -87,6 +87,9 @@ pub struct Sandbox {
     end: Mutex<SystemTime>,
     /// The interpreter's contexts.
     contexts: interpreter::Contexts,
+    /// The key (tenant) that made it: its requests, authenticated by the sandbox's own
+    /// tokens, and the deadline keeper run as that tenant.
+    pub owner: Option<Arc<crate::tenants::Tenant>>,
 }
 
 impl Sandbox {
@@ -147,16 +150,22 @@ fn start_reaper(app: &Arc<App>) {
                 let Some(app) = weak.upgrade() else { return };
                 let now = SystemTime::now();
                 for sbx in app.e2b.all() {
-                    match app.sessions.get(&sbx.id) {
-                        Err(_) => {
-                            app.e2b.remove(&sbx.id);
+                    let keep = async {
+                        match app.sessions.get(&sbx.id) {
+                            Err(_) => {
+                                app.e2b.remove(&sbx.id);
+                            }
+                            Ok(_) if now >= sbx.end_at() => {
+                                tracing::info!(id = %sbx.id, "e2b sandbox reached its timeout");
+                                app.e2b.remove(&sbx.id);
+                                app.sessions.delete(&sbx.id).await;
+                            }
+                            Ok(session) => session.touch(),
                         }
-                        Ok(_) if now >= sbx.end_at() => {
-                            tracing::info!(id = %sbx.id, "e2b sandbox reached its timeout");
-                            app.e2b.remove(&sbx.id);
-                            app.sessions.delete(&sbx.id).await;
-                        }
-                        Ok(session) => session.touch(),
+                    };
+                    match sbx.owner.clone() {
+                        Some(owner) => crate::tenants::scope(owner, keep).await,
+                        None => keep.await,
                     }
                 }
             }
@@ -253,42 +262,65 @@ pub fn front(rest: Router, app: Arc<App>) -> Router {
     Router::new().fallback_service(svc)
 }
 
-async fn dispatch(State(door): State<Arc<Door>>, mut req: Request, next: Next) -> Response {
+async fn dispatch(State(door): State<Arc<Door>>, req: Request, next: Next) -> Response {
     match classify(&door.app, &req) {
         Addressed::Other => next.run(req).await,
         Addressed::Control => {
             start_reaper(&door.app);
-            if !api_key_ok(&door.app, req.headers()) {
+            let Some(tenant) = api_key(&door.app, req.headers()) else {
                 return error(
                     StatusCode::UNAUTHORIZED,
-                    "Invalid API key: send X-API-KEY with the Pyxis token (or e2b_ and the token)",
+                    "Invalid API key: send X-API-KEY with a Pyxis key or token (or e2b_ and it)",
                 );
-            }
-            into_response(door.control.clone().oneshot(req).await)
+            };
+            let control = door.control.clone();
+            into_response(crate::tenants::scope(tenant, control.oneshot(req)).await)
         }
         Addressed::Sandbox { id, port } => {
-            let Some((sbx, session)) = live(&door.app, &id) else {
-                return sandbox_not_found(&id);
-            };
-            let router = match port {
-                Some(ENVD_PORT) => &door.envd,
-                Some(INTERPRETER_PORT) => &door.interpreter,
-                Some(p) => return port_not_open(&id, p),
-                None => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        "E2b-Sandbox-Port is missing or not a port number",
-                    )
+            let owner = door
+                .app
+                .e2b
+                .table
+                .lock()
+                .ok()
+                .and_then(|t| t.get(&id).cloned());
+            match owner.and_then(|sbx| sbx.owner.clone()) {
+                Some(owner) => {
+                    crate::tenants::scope(owner, sandbox_request(door, req, id, port)).await
                 }
-            };
-            let open = req.uri().path() == "/health";
-            if !open && !access_ok(&sbx, port == Some(INTERPRETER_PORT), req.headers()) {
-                return unauthorized(req.uri().path(), req.headers());
+                None => sandbox_request(door, req, id, port).await,
             }
-            req.extensions_mut().insert(Target { sbx, session });
-            into_response(router.clone().oneshot(req).await)
         }
     }
+}
+
+/// A request to a port of sandbox `id`, run as the sandbox's owner.
+async fn sandbox_request(
+    door: Arc<Door>,
+    mut req: Request,
+    id: String,
+    port: Option<u16>,
+) -> Response {
+    let Some((sbx, session)) = live(&door.app, &id) else {
+        return sandbox_not_found(&id);
+    };
+    let router = match port {
+        Some(ENVD_PORT) => &door.envd,
+        Some(INTERPRETER_PORT) => &door.interpreter,
+        Some(p) => return port_not_open(&id, p),
+        None => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "E2b-Sandbox-Port is missing or not a port number",
+            )
+        }
+    };
+    let open = req.uri().path() == "/health";
+    if !open && !access_ok(&sbx, port == Some(INTERPRETER_PORT), req.headers()) {
+        return unauthorized(req.uri().path(), req.headers());
+    }
+    req.extensions_mut().insert(Target { sbx, session });
+    into_response(router.clone().oneshot(req).await)
 }
 
 fn into_response(r: Result<Response, std::convert::Infallible>) -> Response {
@@ -318,16 +350,15 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(str::trim)
 }
 
-/// `X-API-KEY: <token>` or `X-API-KEY: e2b_<token>` (or a bearer token, which the SDKs send
-/// as `access_token`).
-fn api_key_ok(app: &App, headers: &HeaderMap) -> bool {
+/// The tenant of `X-API-KEY: <key>` or `X-API-KEY: e2b_<key>` (or a bearer token, which the
+/// SDKs send as `access_token`), where the key is the Pyxis token or a keys file's secret.
+fn api_key(app: &App, headers: &HeaderMap) -> Option<Arc<crate::tenants::Tenant>> {
     let key = header_str(headers, "x-api-key").or_else(|| {
         header_str(headers, header::AUTHORIZATION.as_str()).and_then(|v| v.strip_prefix("Bearer "))
-    });
-    match key {
-        Some(k) => eq(k.strip_prefix("e2b_").unwrap_or(k), &app.token) || eq(k, &app.token),
-        None => false,
-    }
+    })?;
+    app.tenants
+        .authenticate(key)
+        .or_else(|| app.tenants.authenticate(key.strip_prefix("e2b_")?))
 }
 
 fn access_ok(sbx: &Sandbox, interpreter: bool, headers: &HeaderMap) -> bool {
