@@ -158,7 +158,7 @@ fn listed<'a>(app: &'a App, sbx: &'a Sandbox, detail: bool) -> Listed<'a> {
         envd_version: ENVD_VERSION,
         metadata: &sbx.metadata,
         envd_access_token: detail.then_some(sbx.envd_token.as_str()),
-        allow_internet_access: detail.then_some(false),
+        allow_internet_access: detail.then_some(sbx.internet),
         domain: if detail {
             app.config.e2b_domain.as_deref()
         } else {
@@ -245,12 +245,30 @@ async fn create_sandbox(
     if let Err(e) = crate::services::validate_env(&env) {
         return service_error(e);
     }
-    if req.allow_internet_access == Some(true) {
-        tracing::debug!(
-            "e2b create: allow_internet_access=true, the sandbox keeps the default egress policy"
-        );
-    }
     let mut opts: SessionOptions = app.sessions.default_options();
+    // E2B's `allow_internet_access` (the SDKs send true by default) onto the egress policy:
+    // false is `none`; true is `public` where the operator's PYXIS_EGRESS_MAX allows it,
+    // else the operator's default (the most this server grants without a list).
+    use pyxis_egress::{EgressMode, EgressPolicy};
+    let wanted = match req.allow_internet_access {
+        Some(false) => Some(EgressMode::None),
+        Some(true) if app.config.egress.max >= EgressMode::Public => Some(EgressMode::Public),
+        Some(true) => {
+            tracing::debug!(
+                max = ?app.config.egress.max,
+                "e2b create: allow_internet_access=true beyond PYXIS_EGRESS_MAX; default policy"
+            );
+            None
+        }
+        None => None,
+    };
+    if let Some(mode) = wanted {
+        match EgressPolicy::new::<&str>(mode, &[]) {
+            Ok(policy) => opts.network = policy,
+            Err(e) => return error(StatusCode::BAD_REQUEST, &format!("network: {e}")),
+        }
+    }
+    let internet = opts.network.mode() == EgressMode::Public;
     opts.env = env;
     opts.metadata = Some(serde_json::json!({"e2b": &metadata}));
     let session = match app.sessions.create(opts).await {
@@ -269,6 +287,7 @@ async fn create_sandbox(
         end: Mutex::new(now + timeout),
         contexts: Default::default(),
         owner: crate::tenants::current(),
+        internet,
     });
     app.e2b.insert(sbx.clone());
     (StatusCode::CREATED, Json(created(&app, &sbx))).into_response()

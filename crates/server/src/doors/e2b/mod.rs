@@ -90,6 +90,8 @@ pub struct Sandbox {
     /// The key (tenant) that made it: its requests, authenticated by the sandbox's own
     /// tokens, and the deadline keeper run as that tenant.
     pub owner: Option<Arc<crate::tenants::Tenant>>,
+    /// Whether its egress policy is `public` (E2B's `allowInternetAccess`).
+    pub internet: bool,
 }
 
 impl Sandbox {
