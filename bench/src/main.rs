@@ -8,8 +8,8 @@ mod burst;
 mod client;
 mod commands;
 mod data;
-mod jupyter;
 mod js;
+mod jupyter;
 mod mcp;
 mod procmem;
 mod server;
@@ -437,8 +437,18 @@ async fn run(args: Args) -> Result<bool> {
         ("data", Some("docx2pdf"), main_cfg, None),
         ("data", Some("ocr"), main_cfg, None),
         // Issue 15 (bench/src/js.rs): the Node kernel.
-        ("js", Some("cold"), cold_cfg, Some("create to first result p50 ≤ 80 ms")),
-        ("js", Some("pooled"), main_cfg, Some("create to first result p50 ≤ 2 ms")),
+        (
+            "js",
+            Some("cold"),
+            cold_cfg,
+            Some("create to first result p50 ≤ 80 ms"),
+        ),
+        (
+            "js",
+            Some("pooled"),
+            main_cfg,
+            Some("create to first result p50 ≤ 2 ms"),
+        ),
         ("js", Some("roundtrip"), main_cfg, Some("p50 ≤ 1 ms")),
         ("js", Some("idle"), cold_cfg, None),
         ("command", None, main_cfg, Some("p50 ≤ 10 ms")),

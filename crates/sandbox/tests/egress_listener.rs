@@ -54,6 +54,7 @@ fn spec(root: &Path, egress: Option<EgressListener>) -> SandboxSpec {
         report_fd: 4,
         loopback: true,
         egress,
+        outlive_kernel: false,
     }
 }
 

@@ -421,9 +421,11 @@ impl Config {
             })?;
         let pool_min_idle = s.pool_min_idle.unwrap_or(2);
         // A pool turned off (minimum 0) does not grow unless a maximum is set.
-        let pool_max_idle = s
-            .pool_max_idle
-            .unwrap_or(if pool_min_idle == 0 { 0 } else { pool_min_idle.max(32) });
+        let pool_max_idle = s.pool_max_idle.unwrap_or(if pool_min_idle == 0 {
+            0
+        } else {
+            pool_min_idle.max(32)
+        });
         if pool_max_idle < pool_min_idle {
             bail!(
                 "pool_max_idle ({pool_max_idle}) must be at least pool_min_idle ({pool_min_idle})"

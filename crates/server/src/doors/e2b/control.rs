@@ -265,7 +265,7 @@ async fn create_sandbox(
     if let Some(mode) = wanted {
         match EgressPolicy::new::<&str>(mode, &[]) {
             Ok(policy) => opts.network = policy,
-            Err(e) => return error(StatusCode::BAD_REQUEST, &format!("network: {e}")),
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("network: {e}")),
         }
     }
     let internet = opts.network.mode() == EgressMode::Public;
