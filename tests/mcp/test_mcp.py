@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 
 import httpx2
 import jsonschema
 import pytest
 from helpers import PNG_MAGIC, new_session, run, text_of
+from mcp import ClientSession, StdioServerParameters
+from mcp.client.stdio import stdio_client
 from mcp.shared.exceptions import MCPError
 
 TOOLS = {
@@ -329,3 +332,38 @@ def test_not_json_is_a_jsonrpc_error(pyxis):
     auth = {"Authorization": f"Bearer {pyxis.token}"}
     r = httpx2.post(pyxis.url, content=b"{not json", headers=ACCEPT | auth, timeout=10)
     assert 400 <= r.status_code < 500, (r.status_code, r.text)
+
+
+def test_capabilities_say_how_to_add_pyxis_to_a_client(pyxis):
+    """The snippets `/v1/capabilities` gives, filled with the token, work as they are: the
+    HTTP one with the SDK's Streamable HTTP client, the stdio one launching `pyxis mcp`."""
+    caps = httpx2.get(
+        pyxis.base + "/v1/capabilities",
+        headers={"Authorization": f"Bearer {pyxis.token}"},
+        timeout=30,
+    ).json()
+    mcp = caps["mcp"]
+    assert mcp["url"] == pyxis.url, mcp
+    http_cfg = mcp["http_config"]["mcpServers"]["pyxis"]
+    assert http_cfg["url"] == pyxis.url
+    headers = {k: v.replace("<token>", pyxis.token) for k, v in http_cfg["headers"].items()}
+    stdio_cfg = mcp["stdio_config"]["mcpServers"]["pyxis"]
+    assert stdio_cfg["command"] == "pyxis"
+    args = [a.replace("<token>", pyxis.token) for a in stdio_cfg["args"]]
+
+    async def body():
+        async with pyxis.client(headers=headers) as client:
+            names = {t.name for t in (await client.list_tools()).tools}
+            assert names == TOOLS
+        params = StdioServerParameters(
+            command=pyxis.binary,
+            args=args,
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYXIS_LOG": "warn"},
+        )
+        async with stdio_client(params) as (read, write):
+            async with ClientSession(read, write) as session:
+                await session.initialize()
+                names = {t.name for t in (await session.list_tools()).tools}
+                assert names == TOOLS
+
+    asyncio.run(body())

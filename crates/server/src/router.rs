@@ -53,7 +53,7 @@ use crate::error::ApiError;
         model::CreateSession, model::LimitsRequest, model::Limits, model::Usage,
         model::SessionInfo, model::SessionList, model::ExecuteRequest, model::OneShotRequest,
         model::ExecStatus, model::ResultItem, model::ExecError, model::Execution,
-        model::InterruptReply, model::Status, model::Capabilities, model::ErrorBody,
+        model::InterruptReply, model::Status, model::Capabilities, model::McpInfo, model::ErrorBody,
         model::ErrorDetail, model::FileChange, model::FileKind, model::FileEntry,
         model::FileList, model::UploadedFile, model::UploadedFiles, model::ImportItem,
         model::ImportRequest, model::OneShotFile, model::ExportMethod, model::ExportItem,

@@ -659,6 +659,22 @@ pub struct Capabilities {
     pub network: String,
     /// Cgroup version used on this host.
     pub cgroup_version: String,
+    /// How to add this server to an MCP client.
+    pub mcp: McpInfo,
+}
+
+/// How to add Pyxis to an MCP client: over Streamable HTTP, or over stdio with the
+/// `pyxis mcp` bridge.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct McpInfo {
+    /// The Streamable HTTP endpoint.
+    pub url: String,
+    /// The header every request carries.
+    pub auth_header: String,
+    /// A client configuration (`mcpServers`) for Streamable HTTP.
+    pub http_config: serde_json::Value,
+    /// A client configuration for stdio through `pyxis mcp`.
+    pub stdio_config: serde_json::Value,
 }
 
 /// The single error envelope: `{"error": {"code": "...", "message": "..."}}`.
