@@ -277,3 +277,34 @@ fn a_session_can_start_in_bash_and_deleted_contexts_are_gone() {
         );
     }
 }
+
+/// A Python context that cannot start within the session's memory limit is a clear 422
+/// `context_start_failed` naming the limit (schemathesis found a 500 at 256 MiB). The
+/// OOM killer picks its victim by size, so the first context's kernel may be the one killed
+/// (its next cell says so); the session stays usable.
+#[test]
+fn a_context_that_runs_out_of_memory_starting_is_a_clear_error() {
+    let server = TestServer::shared();
+    let s = server.session_with(json!({"limits": {"memory_mb": 64}}));
+    s.ok("kept = 41");
+    let r = s.server.post(
+        &format!("/v1/sessions/{}/contexts", s.id),
+        &json!({"language": "python", "cwd": ""}),
+    );
+    let status = r.status().as_u16();
+    let v: Value = r.json().expect("json");
+    assert_eq!(status, 422, "{v}");
+    assert_eq!(v["error"]["code"], "context_start_failed", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("64 MiB"),
+        "{v}"
+    );
+    let first = s.exec("kept");
+    if first["status"] != "ok" {
+        assert_eq!(first["state_lost"], true, "{first}");
+    }
+    assert_eq!(s.ok("print(6 * 7)"), "42\n");
+}

@@ -174,6 +174,10 @@ pub enum SandboxError {
     /// directory cannot be entered, …): the message is the client's.
     #[error("{0}")]
     Exec(String),
+    /// A context's kernel started but did not report ready (it died, often of the
+    /// session's memory limit, or timed out): the message is the client's.
+    #[error("{0}")]
+    ContextStart(String),
 }
 
 /// Makes and destroys sandboxes.
@@ -304,8 +308,14 @@ impl SandboxHandle for Sandbox {
                 Ok(Ok(KernelEvent::Ready {})) => Ok((conn, joined)),
                 other => {
                     joined.signal_group(nix::sys::signal::Signal::SIGKILL);
-                    Err(SandboxError::Internal(format!(
-                        "the context's kernel did not start: {other:?}"
+                    tracing::warn!(?other, "a context's kernel did not start");
+                    let why = match other {
+                        Err(_) => "it did not report ready within 30 s",
+                        Ok(Err(_)) => "it exited before it was ready",
+                        Ok(Ok(_)) => "it sent something other than ready",
+                    };
+                    Err(SandboxError::ContextStart(format!(
+                        "the context's kernel did not start: {why}"
                     )))
                 }
             }

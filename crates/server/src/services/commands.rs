@@ -298,6 +298,10 @@ pub(crate) fn start_error(e: SandboxError) -> ServiceError {
     match e {
         SandboxError::Exec(m) => ServiceError::Invalid(m),
         SandboxError::NoSlot => ServiceError::TooMany("no sandbox slot".into()),
+        SandboxError::ContextStart(message) => ServiceError::Failed {
+            code: "context_start_failed",
+            message,
+        },
         e => ServiceError::internal(e),
     }
 }

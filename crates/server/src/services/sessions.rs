@@ -1291,12 +1291,22 @@ impl Sessions {
             &session.opts.env,
             session.opts.limits.memory_bytes,
         );
-        let (conn, joined) = session
-            .sandbox
-            .clone()
-            .start_context(req)
-            .await
-            .map_err(crate::services::commands::start_error)?;
+        let oom_before = session.sandbox.oom_kills();
+        let (conn, joined) = match session.sandbox.clone().start_context(req).await {
+            Ok(started) => started,
+            Err(SandboxError::ContextStart(why)) if session.sandbox.oom_kills() > oom_before => {
+                return Err(ServiceError::Failed {
+                    code: "context_start_failed",
+                    message: format!(
+                        "{why}: the session ran out of memory (limit {} MiB) starting another \
+                         {} interpreter",
+                        session.opts.limits.memory_bytes >> 20,
+                        language.name()
+                    ),
+                })
+            }
+            Err(e) => return Err(crate::services::commands::start_error(e)),
+        };
         let process = KernelProcess::Joined {
             pid: joined.pid,
             exit: joined.exit.clone(),

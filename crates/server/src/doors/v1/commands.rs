@@ -329,6 +329,9 @@ pub async fn write_stdin(
     let Json(req) = body?;
     let session = app.sessions.get(&id)?;
     let pid = parse_pid(&pid)?;
+    if !commands::list(&session).iter().any(|c| c.pid == pid) {
+        return Err(not_found(pid).into());
+    }
     if !req.data.is_empty() {
         commands::write_stdin(&session, pid, req.data.as_bytes()).await?;
     }
@@ -350,11 +353,21 @@ pub async fn write_stdin(
 pub async fn kill_command(
     State(app): State<AppState>,
     Path((id, pid)): Path<(String, String)>,
-    body: Option<Json<KillRequest>>,
+    body: axum::body::Bytes,
 ) -> Result<Json<KillReply>, ApiError> {
+    // The body is optional (no body: SIGKILL), so it is parsed here rather than by `Json`,
+    // whose rejections would not be this API's JSON errors.
+    let body: Option<KillRequest> = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        Some(
+            serde_json::from_slice(&body)
+                .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?,
+        )
+    };
     let session = app.sessions.get(&id)?;
     let pid = parse_pid(&pid)?;
-    let signal = match body.and_then(|Json(b)| b.signal) {
+    let signal = match body.and_then(|b| b.signal) {
         Some(name) => commands::parse_signal(&name)?,
         None => nix::sys::signal::Signal::SIGKILL,
     };
