@@ -84,8 +84,7 @@ fn host_paths_token_and_environment_are_invisible() {
          home = sorted(os.listdir('/home')) if os.path.exists('/home') else []\n\
          print('host-home', home not in ([], ['user']) or (home == ['user'] and not os.path.samefile('/home/user', '/workspace')))\n\
          env = dict(os.environ)\n\
-         ours = {{'PYXIS_INSTALL_TIMEOUT_S', 'PYXIS_AUTO_INSTALL'}}\n\
-         print('secret-in-env', any('s3cr3t' in v for v in env.values()), any(k.startswith('PYXIS') and k not in ours for k in env))\n\
+         print('secret-in-env', any('s3cr3t' in v for v in env.values()), any(k.startswith('PYXIS') for k in env))\n\
          blob = b''\n\
          for p in os.listdir('/proc'):\n\
          \x20   if p.isdigit():\n\

@@ -772,7 +772,7 @@ def _setup_process() -> None:
             os.environ["MPLCONFIGDIR"] = "/tmp/.matplotlib"
         sysenv.apply()  # the system tools' caches in /tmp, ImageMagick's policy
         sysenv.add_packages()  # the session's own packages, in the workspace
-        packages.add_auto_installer()  # PYXIS_AUTO_INSTALL, when the server sets it
+        packages.add_auto_installer()  # PYX_AUTO_INSTALL, when the server sets it
     os.environ.setdefault("MPLBACKEND", "Agg")
 
 

@@ -6,8 +6,9 @@ the kernel's environment, so it reaches the package index only through the serve
 proxy (`PIP_INDEX_URL` / `UV_DEFAULT_INDEX` name the mirror the proxy serves). Packages go to
 `sysenv.PACKAGES_PREFIX`, whose `site-packages` the kernel already has on `sys.path`.
 
-It also holds the auto-install finder (`PYXIS_AUTO_INSTALL`): an import of a name on the
-operator's list that nothing else can find installs the package and imports it again.
+It also holds the auto-install finder (`PYX_AUTO_INSTALL`, from the server's
+`PYXIS_AUTO_INSTALL`): an import of a name on the operator's list that nothing else can find
+installs the package and imports it again.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from . import sysenv
 MARKER = "\x1epyxis-packages "
 # Most of uv's output kept in an answer.
 LOG_LIMIT = 16 << 10
-AUTO_INSTALL_ENV = "PYXIS_AUTO_INSTALL"
-INSTALL_TIMEOUT_ENV = "PYXIS_INSTALL_TIMEOUT_S"
+AUTO_INSTALL_ENV = "PYX_AUTO_INSTALL"
+INSTALL_TIMEOUT_ENV = "PYX_INSTALL_TIMEOUT_S"
 
 
 def uv_program() -> str:
@@ -128,7 +129,7 @@ def api(request: str) -> None:
 
 class AutoInstaller(importlib.abc.MetaPathFinder):
     """Last on `sys.meta_path`: a top-level import that no other finder found, of a name in
-    `PYXIS_AUTO_INSTALL` (a JSON object, import name → requirement, set by the server),
+    `PYX_AUTO_INSTALL` (a JSON object, import name → requirement, set by the server),
     installs the requirement once and looks again."""
 
     def __init__(self) -> None:

@@ -775,7 +775,7 @@ async fn configure_egress(conn: &mut KernelConn, cfg: &Config) -> Result<(), San
     let mut env: std::collections::BTreeMap<String, String> =
         pyxis_egress::sandbox_env(EGRESS_PORT).into_iter().collect();
     env.insert(
-        "PYXIS_INSTALL_TIMEOUT_S".into(),
+        "PYX_INSTALL_TIMEOUT_S".into(),
         cfg.egress.install_timeout.as_secs_f64().to_string(),
     );
     if !cfg.egress.auto_install.is_empty() {
@@ -786,7 +786,7 @@ async fn configure_egress(conn: &mut KernelConn, cfg: &Config) -> Result<(), San
             .map(|(module, requirement)| (module.clone(), requirement.clone().into()))
             .collect();
         env.insert(
-            "PYXIS_AUTO_INSTALL".into(),
+            "PYX_AUTO_INSTALL".into(),
             serde_json::Value::Object(wanted).to_string(),
         );
     }
