@@ -54,3 +54,22 @@ pub async fn run_cell(
 pub fn wants_gateway(query: Option<&str>) -> bool {
     url::form_urlencoded::parse(query.unwrap_or("").as_bytes()).any(|(k, _)| k == "user_uuid")
 }
+
+/// Strict percent-decoding (any `%XX`, `+` kept): `None` for a bad escape or bytes that are
+/// not UTF-8 (the `percent-encoding` crate passes bad escapes through instead).
+pub(crate) fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}

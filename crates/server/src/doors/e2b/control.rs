@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{error, new_secret, rfc3339, service_error, Refusal, Sandbox, ENVD_VERSION};
 use crate::app::{App, AppState};
+use crate::doors::percent_decode;
 use crate::services::SessionOptions;
 
 /// The templates a sandbox may be asked with: Pyxis serves one sandbox image, which is both
@@ -313,23 +314,6 @@ fn metadata_filter(query: &str) -> Result<Vec<(String, String)>, Refusal> {
     url::form_urlencoded::parse(raw.as_bytes())
         .map(|(k, v)| Ok((decode(&k)?, decode(&v)?)))
         .collect()
-}
-
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// The sandboxes matching the query's `metadata` and `state`.
