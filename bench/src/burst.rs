@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use futures_util::future::join_all;
 use rand::Rng;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use crate::client::{check_ok, Api};
 use crate::stats::{num, Summary};
@@ -32,16 +32,7 @@ const FRAME_CELL: &str =
 const PROBE_CELL: &str = "int(df['a'].sum())";
 
 fn row(workload: &'static str, variant: Option<&'static str>) -> Row {
-    Row {
-        workload,
-        variant,
-        fields: Map::new(),
-        budget: None,
-        budget_metric: None,
-        pass: None,
-        result: String::new(),
-        measured: String::new(),
-    }
+    Row::new(workload, variant)
 }
 
 fn ms(x: f64) -> String {

@@ -15,7 +15,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use crate::client::check_ok;
 use crate::procmem;
@@ -34,16 +34,7 @@ const PRELOADED_CHECK: &str =
     "import sys\nprint(all(m in sys.modules for m in ('numpy', 'pandas', 'matplotlib')))";
 
 fn row(variant: &'static str) -> Row {
-    Row {
-        workload: "data",
-        variant: Some(variant),
-        fields: Map::new(),
-        budget: None,
-        budget_metric: None,
-        pass: None,
-        result: String::new(),
-        measured: String::new(),
-    }
+    Row::new("data", Some(variant))
 }
 
 fn ms(x: f64) -> String {

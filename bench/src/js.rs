@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use reqwest::StatusCode;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use crate::procmem;
 use crate::stats::{num, Summary};
@@ -23,16 +23,7 @@ pub const POOLED_BUDGET_MS: f64 = 2.0;
 pub const ROUNDTRIP_BUDGET_MS: f64 = 1.0;
 
 fn row(variant: &'static str) -> Row {
-    Row {
-        workload: "js",
-        variant: Some(variant),
-        fields: Map::new(),
-        budget: None,
-        budget_metric: None,
-        pass: None,
-        result: String::new(),
-        measured: String::new(),
-    }
+    Row::new("js", Some(variant))
 }
 
 fn ms(x: f64) -> String {

@@ -44,7 +44,8 @@ pub struct Row {
 }
 
 impl Row {
-    fn new(workload: &'static str, variant: Option<&'static str>) -> Row {
+    /// An empty row of `workload` (and `variant`).
+    pub fn new(workload: &'static str, variant: Option<&'static str>) -> Row {
         Row {
             workload,
             variant,
