@@ -324,3 +324,24 @@ fn javascript_out_of_memory_is_reported_and_python_keeps_its_state() {
         "the Python context kept its state"
     );
 }
+
+#[test]
+fn packages_of_a_javascript_session_need_a_python_context() {
+    let s = TestServer::shared();
+    let sess = s.session_with(json!({ "language": "javascript" }));
+    let path = format!("/v1/sessions/{}/packages", sess.id);
+    let r = s.get(&path);
+    assert_eq!(r.status().as_u16(), 409, "packages of a JS-only session");
+    let v: Value = r.json().expect("error json");
+    assert_eq!(v["error"]["code"], "no_python_context", "{v}");
+    let r = s.delete(&format!("{path}/numpy"));
+    assert_eq!(r.status().as_u16(), 409, "removing from a JS-only session");
+    // The JS context was not handed Python source: its state is intact.
+    ok(&sess.exec("globalThis.kept = 41"));
+    new_context(&sess, "python");
+    let r = s.get(&path);
+    assert_eq!(r.status().as_u16(), 200, "with a Python context");
+    let v: Value = r.json().expect("packages json");
+    assert_eq!(v["packages"], json!([]), "{v}");
+    assert_eq!(plain(ok(&sess.exec("kept + 1"))), "42");
+}

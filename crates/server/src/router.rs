@@ -94,8 +94,8 @@ impl Modify for Security {
 }
 
 /// The answers any operation can give besides its own: 401 where a token is
-/// needed, 404 where the path names a session, 413/415/422 where a body is
-/// read. Declared once here rather than on every handler.
+/// needed, 404 where the path names a session, 422 where it names something
+/// else too, 413/415/422 where a body is read. Declared once here rather than on every handler.
 fn add_common_responses(api: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
     let error = |description: &str| -> RefOr<utoipa::openapi::Response> {
@@ -113,6 +113,9 @@ fn add_common_responses(api: &mut utoipa::openapi::OpenApi) {
     };
     for (path, item) in api.paths.paths.iter_mut() {
         let names_session = path.contains("{id}");
+        // A path parameter other than the session id (a context, pid, package name,
+        // file path) is validated by the handler: a malformed one is a 422.
+        let names_more = path.matches('{').count() > usize::from(names_session);
         for op in [
             &mut item.get,
             &mut item.put,
@@ -134,6 +137,9 @@ fn add_common_responses(api: &mut utoipa::openapi::OpenApi) {
             }
             if names_session {
                 add("404", "no such session (or file)");
+            }
+            if names_more {
+                add("422", "invalid path parameter");
             }
             if op.request_body.is_some() {
                 add("413", "request body too large");

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use pyxis_egress::{EgressMode, Requirement};
 use serde::{Deserialize, Serialize};
 
+use crate::services::contexts::Language;
 use crate::services::error::{Result, ServiceError};
 use crate::services::sessions::{CellRequest, Session, Sessions};
 
@@ -108,6 +109,22 @@ async fn check_reach(sessions: &Sessions, session: &Session) -> Result<()> {
 }
 
 /// Runs one request of `pyxis_runtime.packages.api` in the session's kernel.
+/// The session's first Python context: packages are Python's (a JavaScript or bash
+/// first context must not be handed Python source).
+fn python_context(session: &Session) -> Result<String> {
+    session
+        .all_contexts()
+        .into_iter()
+        .find(|c| c.language == Language::Python)
+        .map(|c| c.id.clone())
+        .ok_or_else(|| ServiceError::Conflict {
+            code: "no_python_context",
+            message: "this session has no Python context; add one with POST \
+                      /v1/sessions/{id}/contexts {\"language\": \"python\"}"
+                .into(),
+        })
+}
+
 async fn ask(
     sessions: &Arc<Sessions>,
     session: &Arc<Session>,
@@ -121,6 +138,7 @@ async fn ask(
     let code = format!("__import__('pyxis_runtime.packages').packages.api({literal})");
     let mut cell = CellRequest::new(code, timeout + CELL_SLACK);
     cell.store_history = Some(false);
+    cell.context = Some(python_context(session)?);
     let outcome = sessions.execute(session, cell)?.collect().await?;
     let line = outcome
         .stdout

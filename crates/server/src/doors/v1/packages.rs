@@ -29,9 +29,9 @@ pub struct InstallRequest {
     request_body = InstallRequest,
     responses(
         (status = 200, body = PackagesOutcome),
-        (status = 400, body = ErrorBody, description = "not a requirement"),
         (status = 403, body = ErrorBody, description = "the session's network policy cannot reach the index"),
-        (status = 422, body = ErrorBody, description = "the install failed (the installer's output says why)"),
+        (status = 409, body = ErrorBody, description = "the session has no Python context (`no_python_context`)"),
+        (status = 422, body = ErrorBody, description = "not a requirement (`invalid_request`), or the install failed (the installer's output says why)"),
     ), security(("token" = [])), tag = "packages")]
 pub async fn install_packages(
     State(app): State<AppState>,
@@ -47,7 +47,11 @@ pub async fn install_packages(
 
 /// The packages the session added (not the runtime's own).
 #[utoipa::path(get, path = "/v1/sessions/{id}/packages", params(("id" = String, Path)),
-    responses((status = 200, body = PackagesOutcome)),
+    responses(
+        (status = 200, body = PackagesOutcome),
+        (status = 409, body = ErrorBody, description = "the session has no Python context (`no_python_context`)"),
+        (status = 422, body = ErrorBody, description = "the package call failed"),
+    ),
     security(("token" = [])), tag = "packages")]
 pub async fn list_packages(
     State(app): State<AppState>,
@@ -63,6 +67,8 @@ pub async fn list_packages(
     responses(
         (status = 200, body = PackagesOutcome),
         (status = 404, body = ErrorBody, description = "no such session, or the session added no such package"),
+        (status = 409, body = ErrorBody, description = "the session has no Python context (`no_python_context`)"),
+        (status = 422, body = ErrorBody, description = "not a package name, or the removal failed"),
     ), security(("token" = [])), tag = "packages")]
 pub async fn remove_package(
     State(app): State<AppState>,
