@@ -25,7 +25,9 @@ impl Api {
         let http = reqwest::Client::builder()
             .tcp_nodelay(true)
             .pool_max_idle_per_host(512)
-            .pool_idle_timeout(Duration::from_secs(300))
+            // Under the server's header timeout (10 s), which also closes an idle
+            // keep-alive connection: a pooled one is never reused as it closes.
+            .pool_idle_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(300))
             .no_proxy()
             .build()

@@ -103,6 +103,13 @@ const SCALED_DEFAULTS: &[(&str, f64)] = &[
     ("PYXIS_CONN_IDLE_TIMEOUT_S", 60.0),
 ];
 
+/// How long the tests' HTTP clients keep an idle connection: under the server's header
+/// timeout (which also bounds an idle keep-alive connection, as in hyper), so that a
+/// request never races the server closing the connection it was written to.
+pub fn client_pool_idle() -> Duration {
+    scaled(Duration::from_secs(5))
+}
+
 /// `value` of the setting `key`, scaled when it is one of [`SCALED_SETTINGS`].
 fn scaled_setting(key: &str, value: &str) -> String {
     if !SCALED_SETTINGS.contains(&key) {
@@ -215,6 +222,7 @@ impl TestServer {
             _dir: None,
             client: Client::builder()
                 .timeout(scaled(Duration::from_secs(120)))
+                .pool_idle_timeout(client_pool_idle())
                 .build()
                 .expect("client"),
         };

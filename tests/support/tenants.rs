@@ -56,6 +56,7 @@ impl<'a> As<'a> {
             secret: secret.to_string(),
             client: Client::builder()
                 .timeout(scaled(Duration::from_secs(120)))
+                .pool_idle_timeout(crate::client_pool_idle())
                 .build()
                 .expect("client"),
         }
