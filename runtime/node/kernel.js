@@ -274,6 +274,12 @@ class Kernel {
         let status = 'ok';
         try {
           for (const [k, v] of Object.entries(msg.env || {})) process.env[String(k)] = String(v);
+          // A pooled kernel claimed by a session of the other language switches to it.
+          const language = process.env.PYXIS_KERNEL_LANGUAGE;
+          if (language !== undefined) {
+            delete process.env.PYXIS_KERNEL_LANGUAGE;
+            this.typescript = ['ts', 'typescript'].includes(language.toLowerCase());
+          }
         } catch (err) {
           status = `error: ${safe(() => err.message, 'bad env')}`;
         }

@@ -32,12 +32,21 @@ pub struct Settings {
     /// Path of libpyxis_sandbox.so (default: beside the executable).
     #[arg(long, env = "PYXIS_SANDBOX_LIB")]
     pub sandbox_lib: Option<PathBuf>,
-    /// Idle sandboxes kept ready for new sessions.
+    /// Idle sandboxes kept ready for new sessions (per language of `PYXIS_POOL_LANGUAGES`
+    /// that names no count of its own).
     #[arg(long, env = "PYXIS_POOL_MIN_IDLE")]
     pub pool_min_idle: Option<usize>,
-    /// Most idle sandboxes the pool grows to when creates come faster than it refills.
+    /// Most idle sandboxes the pool grows to when creates come faster than it refills (per
+    /// language; default 32, or 0 for a language whose minimum is 0).
     #[arg(long, env = "PYXIS_POOL_MAX_IDLE")]
     pub pool_max_idle: Option<usize>,
+    /// Languages the warm pool keeps sandboxes for, each with its first kernel ready:
+    /// `python` (default), `python,javascript` (each `PYXIS_POOL_MIN_IDLE`), or with a
+    /// minimum each, `python:4,javascript:1`. The JavaScript sandboxes serve TypeScript
+    /// sessions too. Every language follows its own demand up to `PYXIS_POOL_MAX_IDLE`;
+    /// `PYXIS_POOL_MAX_MB` bounds them together.
+    #[arg(long, env = "PYXIS_POOL_LANGUAGES")]
+    pub pool_languages: Option<String>,
     /// Memory the idle sandboxes of the pool may hold together, in MiB.
     #[arg(long, env = "PYXIS_POOL_MAX_MB")]
     pub pool_max_mb: Option<u64>,
@@ -231,6 +240,7 @@ pub struct Config {
     pub sandbox_lib: PathBuf,
     pub pool_min_idle: usize,
     pub pool_max_idle: usize,
+    pub pool_languages: Vec<crate::services::pool::PoolLanguage>,
     pub pool_max_bytes: u64,
     pub pool_shrink_after: Duration,
     pub zygotes: usize,
@@ -295,6 +305,7 @@ impl Settings {
             sandbox_lib,
             pool_min_idle,
             pool_max_idle,
+            pool_languages,
             pool_max_mb,
             pool_shrink_s,
             zygotes,
@@ -431,6 +442,14 @@ impl Config {
                 "pool_max_idle ({pool_max_idle}) must be at least pool_min_idle ({pool_min_idle})"
             );
         }
+        // One lane per language; `pool_min_idle`/`pool_max_idle` below are their totals.
+        let pool_languages = crate::services::pool::parse_pool_languages(
+            s.pool_languages.as_deref().unwrap_or("python"),
+            pool_min_idle,
+            s.pool_max_idle,
+        )?;
+        let pool_min_idle = pool_languages.iter().map(|l| l.min_idle).sum();
+        let pool_max_idle = pool_languages.iter().map(|l| l.max_idle).sum();
         let zygotes = match s.zygotes {
             Some(n) if (1..=crate::sandboxes::zygote::MAX_ZYGOTES).contains(&n) => n,
             Some(n) => bail!(
@@ -451,6 +470,7 @@ impl Config {
             sandbox_lib,
             pool_min_idle,
             pool_max_idle,
+            pool_languages,
             pool_max_bytes: s.pool_max_mb.unwrap_or(512) * MIB,
             pool_shrink_after: secs("pool_shrink_s", s.pool_shrink_s.unwrap_or(60.0))?,
             zygotes,

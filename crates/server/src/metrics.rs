@@ -44,6 +44,11 @@ pub fn sessions_live(live: usize, pooled: usize) {
     gauge!("pyxis_pool_idle").set(pooled as f64);
 }
 
+/// Sandboxes ready in the warm pool's lane of `language`.
+pub fn pool_lane_idle(language: &'static str, idle: usize) {
+    gauge!("pyxis_pool_lane_idle", "language" => language).set(idle as f64);
+}
+
 /// A session's sandbox was taken from the pool or made cold.
 pub fn session_created(pooled: bool, took: Duration) {
     let source = if pooled { "pooled" } else { "cold" };

@@ -36,8 +36,14 @@ use crate::services::sessions::CellRecord;
 /// Most contexts in one session (the first included).
 pub const MAX_CONTEXTS: usize = 8;
 
+/// Set by a `configure` request, switches a Node kernel's language (`javascript` or
+/// `typescript`): how a pooled JavaScript kernel serves a TypeScript session. The kernel
+/// removes it from its environment.
+pub(crate) const KERNEL_LANGUAGE_VAR: &str = "PYXIS_KERNEL_LANGUAGE";
+
 /// A context's language.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Language {
     /// IPython-based Python.
     Python,
@@ -311,6 +317,30 @@ pub(crate) fn kernel_request(
         stdio: false,
         kernel_socket: true,
     }
+}
+
+/// Gives a new sandbox a first kernel of `language` (not Python): the zygote's Python
+/// kernel (`conn`) is killed and the other one started by the join path in `/workspace`,
+/// with `env` and a V8 heap bound above `memory_bytes`. Returns once it is ready.
+pub(crate) async fn replace_first_kernel(
+    cfg: &Config,
+    sandbox: &std::sync::Arc<dyn crate::sandboxes::SandboxHandle>,
+    conn: KernelConn,
+    language: Language,
+    env: &std::collections::BTreeMap<String, String>,
+    memory_bytes: u64,
+) -> std::result::Result<(KernelConn, KernelProcess), crate::sandboxes::SandboxError> {
+    sandbox.kill_first_kernel();
+    drop(conn);
+    let req = kernel_request(cfg, language, "/workspace", env, memory_bytes);
+    let (conn, joined) = sandbox.clone().start_context(req).await?;
+    Ok((
+        conn,
+        KernelProcess::Joined {
+            pid: joined.pid,
+            exit: joined.exit,
+        },
+    ))
 }
 
 /// The languages contexts can have on this host, with the version of each interpreter

@@ -1,47 +1,138 @@
-//! The warm pool: sandboxes made ahead of demand, each with its kernel ready, so that a new
-//! session only has to take one.
+//! The warm pool: sandboxes made ahead of demand, each with its first kernel ready, so that
+//! a new session only has to take one.
 //!
-//! The pool follows demand between `PYXIS_POOL_MIN_IDLE` and `PYXIS_POOL_MAX_IDLE`:
-//! - every create that finds it empty (a *miss*) raises its target by one, so after a burst
-//!   it holds about as many sandboxes as the burst lacked, ready for the next one;
-//! - after `PYXIS_POOL_SHRINK_S` without a create its target halves (never below the
-//!   minimum) and the sandboxes beyond it are destroyed, one period at a time;
-//! - it never holds more than `PYXIS_POOL_MAX_MB` of memory (what its sandboxes' cgroups
-//!   use), and grows beyond its minimum only while the host has a tenth of its memory free.
+//! The pool keeps a *lane* for each language of `PYXIS_POOL_LANGUAGES` (default `python`):
+//! a Python lane holds sandboxes as the zygote forks them (their Python kernel ready); a
+//! JavaScript lane holds sandboxes whose first kernel is already the Node.js kernel, started
+//! by the join path and ready (it serves TypeScript sessions too: the kernel switches
+//! language when the session is claimed). `python,javascript` gives every lane
+//! `PYXIS_POOL_MIN_IDLE`; `python:4,javascript:1` gives each its own minimum.
 //!
-//! Refilling stays out of the way of live work: it makes one sandbox at a time, only while
-//! no create of a client is being made (those go to every zygote at once), and only while
-//! there is room under the session cap.
+//! Each lane follows its own demand between its minimum and maximum:
+//! - every create of its language that finds it empty (a *miss*) raises its target by one,
+//!   so after a burst it holds about as many sandboxes as the burst lacked, ready for the
+//!   next one;
+//! - after `PYXIS_POOL_SHRINK_S` without a create of its language its target halves (never
+//!   below the minimum) and the sandboxes beyond it are destroyed, one period at a time;
+//! - the lanes together never hold more than `PYXIS_POOL_MAX_MB` of memory (what their
+//!   sandboxes' cgroups use), and a lane grows beyond its minimum only while the host has a
+//!   tenth of its memory free.
+//!
+//! Refilling stays out of the way of live work: it makes one sandbox at a time (the lanes
+//! below their minimum first, in the configured order), only while no create of a client is
+//! being made (those go to every zygote at once), and only while there is room under the
+//! session cap.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::future::BoxFuture;
+use serde::Serialize;
 use tokio::sync::Notify;
 
 use crate::sandboxes::kernel::KernelConn;
-use crate::sandboxes::{Launcher, SandboxHandle};
+use crate::sandboxes::{Launcher, SandboxError, SandboxHandle};
+use crate::services::contexts::{KernelProcess, Language};
 
-/// A pooled sandbox whose kernel has said it is ready.
+/// A pooled sandbox whose first kernel has said it is ready.
 pub struct Ready {
     /// The sandbox.
     pub sandbox: Arc<dyn SandboxHandle>,
-    /// Its kernel's connection.
+    /// Its first kernel's connection.
     pub conn: KernelConn,
+    /// The process of that kernel (the zygote's for Python, a joined one otherwise).
+    pub(crate) process: KernelProcess,
 }
 
-/// The pool's bounds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PoolBounds {
+/// One lane of the pool as configured: its language and bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PoolLanguage {
+    /// The language of the lane's first kernels (never TypeScript: the JavaScript lane
+    /// serves it).
+    pub language: Language,
     /// Idle sandboxes always kept (when there is room).
     pub min_idle: usize,
     /// Most idle sandboxes.
     pub max_idle: usize,
-    /// Most memory the idle sandboxes may hold together.
+}
+
+/// The language whose lane serves a session of `language` (TypeScript: JavaScript's).
+pub fn lane_language(language: Language) -> Language {
+    match language {
+        Language::TypeScript => Language::JavaScript,
+        other => other,
+    }
+}
+
+/// Parses `PYXIS_POOL_LANGUAGES`: names separated by commas, each with an optional
+/// `:N` minimum (`python,javascript`, `python:4,javascript:1`). A name without `:N` gets
+/// `default_min`. Each lane's maximum is `max_idle` when set (raised to its minimum),
+/// otherwise 0 for a lane with minimum 0 and `max(min, 32)` for the others.
+pub fn parse_pool_languages(
+    spec: &str,
+    default_min: usize,
+    max_idle: Option<usize>,
+) -> anyhow::Result<Vec<PoolLanguage>> {
+    let mut out: Vec<PoolLanguage> = Vec::new();
+    for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (name, min) = match item.split_once(':') {
+            Some((name, n)) => {
+                let n: usize = n.trim().parse().map_err(|_| {
+                    anyhow::anyhow!("pool_languages: {item:?} is not LANGUAGE or LANGUAGE:COUNT")
+                })?;
+                (name.trim(), n)
+            }
+            None => (item, default_min),
+        };
+        let language = lane_language(
+            Language::parse(name).map_err(|e| anyhow::anyhow!("pool_languages: {e}"))?,
+        );
+        if out.iter().any(|l| l.language == language) {
+            anyhow::bail!("pool_languages names {} twice", language.name());
+        }
+        let max = match max_idle {
+            Some(max) => max.max(min),
+            None if min == 0 => 0,
+            None => min.max(32),
+        };
+        out.push(PoolLanguage {
+            language,
+            min_idle: min,
+            max_idle: max,
+        });
+    }
+    if out.is_empty() {
+        anyhow::bail!("pool_languages names no language (python is the default)");
+    }
+    Ok(out)
+}
+
+/// The pool's bounds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolBounds {
+    /// The lanes, in the order they are refilled.
+    pub lanes: Vec<PoolLanguage>,
+    /// Most memory the idle sandboxes of every lane may hold together.
     pub max_bytes: u64,
-    /// Time without a create after which the target halves.
+    /// Time without a create after which a lane's target halves.
     pub shrink_after: Duration,
+}
+
+/// One lane as `/v1/status` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LaneStatus {
+    /// Its language.
+    pub language: Language,
+    /// Sandboxes ready now.
+    pub idle: usize,
+    /// Its minimum.
+    pub min_idle: usize,
+    /// Its maximum.
+    pub max_idle: usize,
+    /// How many it is filling up to now.
+    pub target: usize,
 }
 
 /// How the pool sees the rest of the server.
@@ -52,9 +143,11 @@ pub trait PoolHost: Send + Sync {
     fn stopping(&self) -> bool;
     /// The pool's size changed (for gauges).
     fn changed(&self) {}
+    /// Makes a sandbox with the default limits whose first kernel is of `language`.
+    fn make(&self, language: Language) -> BoxFuture<'_, Result<Ready, SandboxError>>;
 }
 
-/// The demand the pool follows.
+/// The demand a lane follows.
 #[derive(Debug)]
 struct Demand {
     /// How many idle sandboxes to hold.
@@ -63,11 +156,53 @@ struct Demand {
     last: Instant,
 }
 
-/// The warm pool (see the module docs).
-pub struct WarmPool {
-    bounds: PoolBounds,
+struct Lane {
+    spec: PoolLanguage,
     ready: Mutex<VecDeque<Ready>>,
     demand: Mutex<Demand>,
+}
+
+impl Lane {
+    fn idle(&self) -> usize {
+        self.ready.lock().map(|p| p.len()).unwrap_or(0)
+    }
+
+    fn target(&self) -> usize {
+        self.demand
+            .lock()
+            .map(|d| d.target)
+            .unwrap_or(self.spec.min_idle)
+    }
+
+    /// Memory held by the lane's sandboxes.
+    fn held_bytes(&self) -> u64 {
+        self.ready
+            .lock()
+            .map(|p| {
+                p.iter()
+                    .filter_map(|r| r.sandbox.usage())
+                    .map(|u| u.memory_bytes)
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+
+    /// The lane's target now, halved first when its shrink is due.
+    fn target_now(&self, shrink_after: Duration) -> Option<usize> {
+        let mut d = self.demand.lock().ok()?;
+        if d.target > self.spec.min_idle && d.last.elapsed() >= shrink_after {
+            d.target = (d.target / 2).max(self.spec.min_idle);
+            d.last = Instant::now();
+        }
+        Some(d.target)
+    }
+}
+
+/// The warm pool (see the module docs).
+pub struct WarmPool {
+    lanes: Vec<Lane>,
+    max_bytes: u64,
+    shrink_after: Duration,
     wake: Notify,
     /// Creates of clients in progress; the refill waits while there are any.
     foreground: AtomicUsize,
@@ -85,49 +220,99 @@ impl Drop for Foreground<'_> {
 }
 
 impl WarmPool {
-    /// An empty pool with these bounds (`max_idle` is raised to `min_idle` if below it).
-    pub fn new(mut bounds: PoolBounds) -> Self {
-        bounds.max_idle = bounds.max_idle.max(bounds.min_idle);
+    /// An empty pool with these bounds (each lane's `max_idle` is raised to its `min_idle`
+    /// if below it).
+    pub fn new(bounds: PoolBounds) -> Self {
+        let lanes = bounds
+            .lanes
+            .into_iter()
+            .map(|mut spec| {
+                spec.max_idle = spec.max_idle.max(spec.min_idle);
+                Lane {
+                    spec,
+                    ready: Mutex::new(VecDeque::new()),
+                    demand: Mutex::new(Demand {
+                        target: spec.min_idle,
+                        last: Instant::now(),
+                    }),
+                }
+            })
+            .collect();
         Self {
-            bounds,
-            ready: Mutex::new(VecDeque::new()),
-            demand: Mutex::new(Demand {
-                target: bounds.min_idle,
-                last: Instant::now(),
-            }),
+            lanes,
+            max_bytes: bounds.max_bytes,
+            shrink_after: bounds.shrink_after,
             wake: Notify::new(),
             foreground: AtomicUsize::new(0),
         }
     }
 
-    /// The bounds.
-    pub fn bounds(&self) -> PoolBounds {
-        self.bounds
+    fn lane(&self, language: Language) -> Option<&Lane> {
+        let language = lane_language(language);
+        self.lanes.iter().find(|l| l.spec.language == language)
     }
 
-    /// Sandboxes ready now.
+    /// The languages the pool keeps sandboxes for, in its order.
+    pub fn languages(&self) -> Vec<Language> {
+        self.lanes.iter().map(|l| l.spec.language).collect()
+    }
+
+    /// Sandboxes ready now, in every lane.
     pub fn idle(&self) -> usize {
-        self.ready.lock().map(|p| p.len()).unwrap_or(0)
+        self.lanes.iter().map(Lane::idle).sum()
     }
 
-    /// How many the pool is filling up to now.
-    pub fn target(&self) -> usize {
-        self.demand
-            .lock()
-            .map(|d| d.target)
-            .unwrap_or(self.bounds.min_idle)
+    /// Each lane's counters.
+    pub fn lanes(&self) -> Vec<LaneStatus> {
+        self.lanes
+            .iter()
+            .map(|l| LaneStatus {
+                language: l.spec.language,
+                idle: l.idle(),
+                min_idle: l.spec.min_idle,
+                max_idle: l.spec.max_idle,
+                target: l.target(),
+            })
+            .collect()
     }
 
-    /// Take a ready sandbox, if there is one; a miss raises the target.
-    pub fn take(&self) -> Option<Ready> {
-        let got = self.ready.lock().ok().and_then(|mut p| p.pop_front());
-        if let Ok(mut d) = self.demand.lock() {
+    /// How many the lane of `language` is filling up to now (0 without a lane).
+    pub fn target(&self, language: Language) -> usize {
+        self.lane(language).map_or(0, Lane::target)
+    }
+
+    /// Take a ready sandbox for a session of `language`, if its lane has one; a miss
+    /// raises the lane's target. A language without a lane always misses.
+    pub fn take(&self, language: Language) -> Option<Ready> {
+        let lane = self.lane(language)?;
+        let got = lane.ready.lock().ok().and_then(|mut p| p.pop_front());
+        if let Ok(mut d) = lane.demand.lock() {
             d.last = Instant::now();
             if got.is_none() {
-                d.target = (d.target + 1).min(self.bounds.max_idle);
+                d.target = (d.target + 1).min(lane.spec.max_idle);
             }
         }
         self.wake.notify_one();
+        got
+    }
+
+    /// Whether the pool has a lane for sessions of `language`.
+    pub fn serves(&self, language: Language) -> bool {
+        self.lane(language).is_some()
+    }
+
+    /// Take a ready sandbox of `language`'s lane for a session of another language whose
+    /// own lane missed: the lane's demand is left as it is (the miss raised the other's).
+    pub fn take_spare(&self, language: Language) -> Option<Ready> {
+        let got = self
+            .lane(language)?
+            .ready
+            .lock()
+            .ok()
+            .and_then(|mut p| p.pop_front());
+        if got.is_some() {
+            self.wake.notify_one();
+        }
         got
     }
 
@@ -144,59 +329,66 @@ impl WarmPool {
 
     /// Take every pooled sandbox out (at shutdown).
     pub fn drain(&self) -> Vec<Ready> {
-        self.ready
-            .lock()
-            .map(|mut p| p.drain(..).collect())
-            .unwrap_or_default()
-    }
-
-    /// Memory held by the pooled sandboxes.
-    fn held_bytes(&self) -> u64 {
-        self.ready
-            .lock()
-            .map(|p| {
-                p.iter()
-                    .filter_map(|r| r.sandbox.usage())
-                    .map(|u| u.memory_bytes)
-                    .sum()
+        self.lanes
+            .iter()
+            .flat_map(|l| {
+                l.ready
+                    .lock()
+                    .map(|mut p| p.drain(..).collect::<Vec<_>>())
+                    .unwrap_or_default()
             })
-            .unwrap_or(0)
+            .collect()
     }
 
-    /// Whether one more sandbox may be made now, and if not, whether to shrink.
+    /// What the refill does next: shrink a lane beyond its target, make a sandbox for the
+    /// first lane below its minimum (then for the first below its target), or wait.
     fn next_step(&self, host: &dyn PoolHost) -> Step {
-        let idle = self.idle();
-        let target = {
-            let Ok(mut d) = self.demand.lock() else {
+        let mut counts = Vec::with_capacity(self.lanes.len());
+        for (i, lane) in self.lanes.iter().enumerate() {
+            let idle = lane.idle();
+            let Some(target) = lane.target_now(self.shrink_after) else {
                 return Step::Wait;
             };
-            if d.target > self.bounds.min_idle && d.last.elapsed() >= self.bounds.shrink_after {
-                d.target = (d.target / 2).max(self.bounds.min_idle);
-                d.last = Instant::now();
+            if idle > target {
+                return Step::Shrink(i, idle - target);
             }
-            d.target
+            counts.push((idle, target));
+        }
+        if !host.has_room() || self.foreground.load(Ordering::Acquire) > 0 {
+            return Step::Wait;
+        }
+        let below_min = self
+            .lanes
+            .iter()
+            .zip(&counts)
+            .position(|(l, (idle, target))| idle < target && *idle < l.spec.min_idle);
+        if let Some(i) = below_min {
+            return Step::Make(i);
+        }
+        let Some(i) = counts.iter().position(|(idle, target)| idle < target) else {
+            return Step::Wait;
         };
-        if idle > target {
-            return Step::Shrink(idle - target);
-        }
-        if idle == target || !host.has_room() {
-            return Step::Wait;
-        }
-        if self.foreground.load(Ordering::Acquire) > 0 {
-            return Step::Wait;
-        }
-        if idle >= self.bounds.min_idle {
-            // Growing beyond the minimum: within the memory bound, with memory to spare.
-            let held = self.held_bytes();
-            let each = if idle > 0 { held / idle as u64 } else { 0 };
-            if held + each > self.bounds.max_bytes || !host_has_spare_memory() {
-                return Step::Wait;
+        // Growing beyond the minimum: within the memory bound, with memory to spare.
+        let held: Vec<u64> = self.lanes.iter().map(Lane::held_bytes).collect();
+        let total: u64 = held.iter().sum();
+        let idle = counts[i].0;
+        let each = if idle > 0 {
+            held[i] / idle as u64
+        } else {
+            let all: usize = counts.iter().map(|c| c.0).sum();
+            if all > 0 {
+                total / all as u64
+            } else {
+                0
             }
+        };
+        if total + each > self.max_bytes || !host_has_spare_memory() {
+            return Step::Wait;
         }
-        Step::Make
+        Step::Make(i)
     }
 
-    /// The refill: keeps the pool at its target until the host stops. Runs as one task.
+    /// The refill: keeps every lane at its target until the host stops. Runs as one task.
     pub async fn refill_loop(
         self: Arc<Self>,
         launcher: Arc<dyn Launcher>,
@@ -208,27 +400,35 @@ impl WarmPool {
                 return;
             }
             match self.next_step(host.as_ref()) {
-                Step::Make => match launcher.create(&launcher.default_limits()).await {
-                    Ok((sandbox, conn)) => {
-                        failures = 0;
-                        if host.stopping() {
-                            launcher.destroy(sandbox).await;
-                            return;
+                Step::Make(i) => {
+                    let lane = &self.lanes[i];
+                    match host.make(lane.spec.language).await {
+                        Ok(ready) => {
+                            failures = 0;
+                            if host.stopping() {
+                                launcher.destroy(ready.sandbox).await;
+                                return;
+                            }
+                            if let Ok(mut p) = lane.ready.lock() {
+                                p.push_back(ready);
+                            }
+                            host.changed();
                         }
-                        if let Ok(mut p) = self.ready.lock() {
-                            p.push_back(Ready { sandbox, conn });
+                        Err(e) => {
+                            failures += 1;
+                            tracing::error!(
+                                error = %e,
+                                language = lane.spec.language.name(),
+                                "warm pool: creating a sandbox failed"
+                            );
+                            let backoff = Duration::from_millis(200 * u64::from(failures.min(25)));
+                            tokio::time::sleep(backoff).await;
                         }
-                        host.changed();
                     }
-                    Err(e) => {
-                        failures += 1;
-                        tracing::error!(error = %e, "warm pool: creating a sandbox failed");
-                        let backoff = Duration::from_millis(200 * u64::from(failures.min(25)));
-                        tokio::time::sleep(backoff).await;
-                    }
-                },
-                Step::Shrink(n) => {
-                    let extra: Vec<Ready> = self
+                }
+                Step::Shrink(i, n) => {
+                    let lane = &self.lanes[i];
+                    let extra: Vec<Ready> = lane
                         .ready
                         .lock()
                         .map(|mut p| {
@@ -236,7 +436,11 @@ impl WarmPool {
                             p.drain(keep..).collect()
                         })
                         .unwrap_or_default();
-                    tracing::debug!(n = extra.len(), "warm pool: shrinking");
+                    tracing::debug!(
+                        n = extra.len(),
+                        language = lane.spec.language.name(),
+                        "warm pool: shrinking"
+                    );
                     for r in extra {
                         launcher.destroy(r.sandbox).await;
                     }
@@ -252,13 +456,14 @@ impl WarmPool {
 
     /// How long the refill sleeps without a wake-up before it looks again.
     fn recheck(&self) -> Duration {
-        (self.bounds.shrink_after / 2).clamp(Duration::from_millis(100), Duration::from_secs(5))
+        (self.shrink_after / 2).clamp(Duration::from_millis(100), Duration::from_secs(5))
     }
 }
 
+#[derive(Debug, PartialEq, Eq)]
 enum Step {
-    Make,
-    Shrink(usize),
+    Make(usize),
+    Shrink(usize, usize),
     Wait,
 }
 
@@ -291,12 +496,22 @@ mod tests {
         fn stopping(&self) -> bool {
             false
         }
+        fn make(&self, _: Language) -> BoxFuture<'_, Result<Ready, SandboxError>> {
+            Box::pin(async { Err(SandboxError::Internal("not in unit tests".into())) })
+        }
+    }
+
+    fn lane(language: Language, min: usize, max: usize) -> PoolLanguage {
+        PoolLanguage {
+            language,
+            min_idle: min,
+            max_idle: max,
+        }
     }
 
     fn bounds(min: usize, max: usize, shrink_ms: u64) -> PoolBounds {
         PoolBounds {
-            min_idle: min,
-            max_idle: max,
+            lanes: vec![lane(Language::Python, min, max)],
             max_bytes: 1 << 30,
             shrink_after: Duration::from_millis(shrink_ms),
         }
@@ -305,26 +520,26 @@ mod tests {
     #[test]
     fn misses_raise_the_target_up_to_the_maximum() {
         let pool = WarmPool::new(bounds(2, 5, 60_000));
-        assert_eq!(pool.target(), 2);
+        assert_eq!(pool.target(Language::Python), 2);
         for _ in 0..10 {
-            assert!(pool.take().is_none());
+            assert!(pool.take(Language::Python).is_none());
         }
-        assert_eq!(pool.target(), 5);
+        assert_eq!(pool.target(Language::Python), 5);
     }
 
     #[test]
     fn an_idle_pool_halves_its_target_down_to_the_minimum() {
         let pool = WarmPool::new(bounds(1, 16, 1));
         for _ in 0..15 {
-            pool.take();
+            pool.take(Language::Python);
         }
-        assert_eq!(pool.target(), 16);
+        assert_eq!(pool.target(Language::Python), 16);
         let host = Host(true);
         let mut seen = vec![];
         for _ in 0..6 {
             std::thread::sleep(Duration::from_millis(3));
             let _ = pool.next_step(&host);
-            seen.push(pool.target());
+            seen.push(pool.target(Language::Python));
         }
         assert_eq!(seen, vec![8, 4, 2, 1, 1, 1]);
     }
@@ -332,19 +547,84 @@ mod tests {
     #[test]
     fn the_refill_waits_for_room_and_for_clients_creates() {
         let pool = WarmPool::new(bounds(2, 4, 60_000));
-        assert!(matches!(pool.next_step(&Host(false)), Step::Wait));
-        assert!(matches!(pool.next_step(&Host(true)), Step::Make));
+        assert_eq!(pool.next_step(&Host(false)), Step::Wait);
+        assert_eq!(pool.next_step(&Host(true)), Step::Make(0));
         let guard = pool.foreground();
-        assert!(matches!(pool.next_step(&Host(true)), Step::Wait));
+        assert_eq!(pool.next_step(&Host(true)), Step::Wait);
         drop(guard);
-        assert!(matches!(pool.next_step(&Host(true)), Step::Make));
+        assert_eq!(pool.next_step(&Host(true)), Step::Make(0));
     }
 
     #[test]
     fn max_is_never_below_min() {
         let pool = WarmPool::new(bounds(6, 2, 60_000));
-        assert_eq!(pool.bounds().max_idle, 6);
-        pool.take();
-        assert_eq!(pool.target(), 6);
+        assert_eq!(pool.lanes()[0].max_idle, 6);
+        pool.take(Language::Python);
+        assert_eq!(pool.target(Language::Python), 6);
+    }
+
+    #[test]
+    fn each_lane_follows_its_own_demand_and_typescript_takes_from_javascript() {
+        let pool = WarmPool::new(PoolBounds {
+            lanes: vec![
+                lane(Language::Python, 0, 0),
+                lane(Language::JavaScript, 1, 3),
+            ],
+            max_bytes: 1 << 30,
+            shrink_after: Duration::from_secs(60),
+        });
+        // Python's lane is off: nothing to make for it; JavaScript's is below its minimum.
+        assert_eq!(pool.next_step(&Host(true)), Step::Make(1));
+        assert!(pool.take(Language::TypeScript).is_none());
+        assert!(pool.take(Language::JavaScript).is_none());
+        assert_eq!(pool.target(Language::JavaScript), 3);
+        assert!(pool.take(Language::Python).is_none());
+        assert_eq!(pool.target(Language::Python), 0);
+        // Bash has no lane: it always misses and changes nothing.
+        assert!(pool.take(Language::Bash).is_none());
+        assert_eq!(pool.target(Language::Bash), 0);
+        assert_eq!(
+            pool.languages(),
+            vec![Language::Python, Language::JavaScript]
+        );
+    }
+
+    #[test]
+    fn pool_languages_parse_with_and_without_counts() {
+        let l = parse_pool_languages("python", 2, None).unwrap();
+        assert_eq!(l, vec![lane(Language::Python, 2, 32)]);
+        let l = parse_pool_languages(" python:4 , js:1 ", 2, None).unwrap();
+        assert_eq!(
+            l,
+            vec![
+                lane(Language::Python, 4, 32),
+                lane(Language::JavaScript, 1, 32)
+            ]
+        );
+        let l = parse_pool_languages("python,javascript:0", 3, Some(8)).unwrap();
+        assert_eq!(
+            l,
+            vec![
+                lane(Language::Python, 3, 8),
+                lane(Language::JavaScript, 0, 8)
+            ]
+        );
+        let l = parse_pool_languages("typescript:2", 0, None).unwrap();
+        assert_eq!(l, vec![lane(Language::JavaScript, 2, 32)]);
+        assert_eq!(
+            parse_pool_languages("python:0", 2, None).unwrap(),
+            vec![lane(Language::Python, 0, 0)]
+        );
+        for bad in [
+            "",
+            " , ",
+            "cobol",
+            "python:x",
+            "python:-1",
+            "js,ts",
+            "python,python:2",
+        ] {
+            assert!(parse_pool_languages(bad, 2, None).is_err(), "{bad:?}");
+        }
     }
 }

@@ -34,7 +34,7 @@ use crate::services::events::{
     map_size, CellError, CellEvent, CellStatus, CellSummary, ExecutionState, FileChange, JsonMap,
     OutputBudget, OutputItem,
 };
-use crate::services::pool::{PoolBounds, PoolHost, Ready, WarmPool};
+use crate::services::pool::{self as warm, LaneStatus, PoolBounds, PoolHost, Ready, WarmPool};
 use crate::services::workspace_fs::{Snapshot, WorkspaceFs, WorkspaceFsError};
 
 /// Options of a new session, validated.
@@ -209,7 +209,7 @@ pub struct UsageView {
 }
 
 /// Counters of the whole table, for status routes.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct TableStatus {
     /// Live sessions.
     pub sessions: usize,
@@ -221,6 +221,8 @@ pub struct TableStatus {
     pub pool_idle: usize,
     /// Target size of the warm pool.
     pub pool_min_idle: usize,
+    /// Each lane of the warm pool (one per language of `PYXIS_POOL_LANGUAGES`).
+    pub pool_lanes: Vec<LaneStatus>,
     /// Seconds since start.
     pub uptime_s: f64,
     /// Cells executed since start.
@@ -244,8 +246,7 @@ impl Sessions {
     /// A session manager over `launcher`.
     pub fn new(cfg: Arc<Config>, launcher: Arc<dyn Launcher>) -> Arc<Self> {
         let pool = Arc::new(WarmPool::new(PoolBounds {
-            min_idle: cfg.pool_min_idle,
-            max_idle: cfg.pool_max_idle,
+            lanes: cfg.pool_languages.clone(),
             max_bytes: cfg.pool_max_bytes,
             shrink_after: cfg.pool_shrink_after,
         }));
@@ -290,8 +291,16 @@ impl Sessions {
         self.pool.idle()
     }
 
+    /// The languages the warm pool keeps sandboxes for.
+    pub fn pool_languages(&self) -> Vec<Language> {
+        self.pool.languages()
+    }
+
     fn gauges(&self) {
         metrics::sessions_live(self.live(), self.pool_idle());
+        for lane in self.pool.lanes() {
+            metrics::pool_lane_idle(lane.language.name(), lane.idle);
+        }
     }
 
     async fn reap_loop(self: Arc<Self>) {
@@ -323,10 +332,31 @@ impl Sessions {
         }
     }
 
-    /// Take a ready sandbox from the pool, or make one.
-    async fn acquire(&self, limits: &ResourceLimits) -> Result<Ready> {
+    /// Take a ready sandbox from the pool, or make one, for a session of `language`: from
+    /// its lane when there is one, else a Python one (its kernel is replaced). Returns the
+    /// language of its first kernel.
+    async fn acquire(
+        &self,
+        language: Language,
+        limits: &ResourceLimits,
+    ) -> Result<(Ready, Language)> {
         let t0 = Instant::now();
-        if let Some(r) = self.pool.take() {
+        let lane = warm::lane_language(language);
+        let taken = match self.pool.take(lane) {
+            Some(r) => Some((r, lane)),
+            // Without a lane of its own, a language is served by Python's, whose demand
+            // it then is; with one that missed, it takes a spare Python sandbox if any.
+            None if lane != Language::Python && !self.pool.serves(lane) => self
+                .pool
+                .take(Language::Python)
+                .map(|r| (r, Language::Python)),
+            None if lane != Language::Python => self
+                .pool
+                .take_spare(Language::Python)
+                .map(|r| (r, Language::Python)),
+            None => None,
+        };
+        if let Some((r, first)) = taken {
             if *limits != self.launcher.default_limits() {
                 if let Err(e) = r.sandbox.set_limits(limits) {
                     self.launcher.destroy(r.sandbox).await;
@@ -334,7 +364,7 @@ impl Sessions {
                 }
             }
             metrics::session_created(true, t0.elapsed());
-            return Ok(r);
+            return Ok((r, first));
         }
         let made = {
             let _foreground = self.pool.foreground();
@@ -343,7 +373,15 @@ impl Sessions {
         match made {
             Ok((sandbox, conn)) => {
                 metrics::session_created(false, t0.elapsed());
-                Ok(Ready { sandbox, conn })
+                let process = KernelProcess::Zygote;
+                Ok((
+                    Ready {
+                        sandbox,
+                        conn,
+                        process,
+                    },
+                    Language::Python,
+                ))
             }
             Err(SandboxError::NoSlot) => Err(ServiceError::Exhausted(
                 "no sandbox is free; retry shortly".into(),
@@ -384,47 +422,54 @@ impl Sessions {
     async fn make_session(&self, mut opts: SessionOptions) -> Result<Arc<Session>> {
         let default_memory = self.launcher.default_limits().memory_bytes;
         let owner = crate::tenants::admit_new(&mut opts.limits.memory_bytes, default_memory)?;
-        let Ready { sandbox, mut conn } = self.acquire(&opts.limits).await?;
+        let (ready, first) = self.acquire(opts.language, &opts.limits).await?;
+        let Ready {
+            sandbox,
+            mut conn,
+            mut process,
+        } = ready;
         if let Some(egress) = sandbox.egress() {
             egress.set_policy(opts.network.clone());
         }
-        if !opts.env.is_empty() {
-            let configured =
-                tokio::time::timeout(Duration::from_secs(10), configure(&mut conn, &opts.env))
-                    .await
-                    .unwrap_or(Err(KernelError::Closed));
-            if let Err(e) = configured {
-                self.launcher.destroy(sandbox).await;
-                return Err(ServiceError::internal(e));
-            }
-        }
-        // Another language first: the zygote's Python kernel gives way to it.
-        let (conn, process) = if opts.language == Language::Python {
-            (conn, KernelProcess::Zygote)
-        } else {
-            sandbox.kill_first_kernel();
-            drop(conn);
-            let req = contexts::kernel_request(
+        if first != warm::lane_language(opts.language) {
+            // A Python sandbox for another language: its kernel gives way to that one's,
+            // started with the session's environment.
+            match contexts::replace_first_kernel(
                 &self.cfg,
+                &sandbox,
+                conn,
                 opts.language,
-                "/workspace",
                 &opts.env,
                 opts.limits.memory_bytes,
-            );
-            match sandbox.clone().start_context(req).await {
-                Ok((conn, joined)) => (
-                    conn,
-                    KernelProcess::Joined {
-                        pid: joined.pid,
-                        exit: joined.exit,
-                    },
-                ),
+            )
+            .await
+            {
+                Ok(started) => (conn, process) = started,
                 Err(e) => {
                     self.launcher.destroy(sandbox).await;
                     return Err(crate::services::commands::start_error(e));
                 }
             }
-        };
+        } else {
+            // A pooled kernel of the session's language (or the zygote's Python one) gets
+            // the session's environment now; a pooled JavaScript kernel serving TypeScript
+            // switches its language first.
+            let mut env = std::borrow::Cow::Borrowed(&opts.env);
+            if opts.language == Language::TypeScript {
+                env.to_mut()
+                    .insert(contexts::KERNEL_LANGUAGE_VAR.into(), "typescript".into());
+            }
+            if !env.is_empty() {
+                let configured =
+                    tokio::time::timeout(Duration::from_secs(10), configure(&mut conn, &env))
+                        .await
+                        .unwrap_or(Err(KernelError::Closed));
+                if let Err(e) = configured {
+                    self.launcher.destroy(sandbox).await;
+                    return Err(ServiceError::internal(e));
+                }
+            }
+        }
         let first = Context::new(
             DEFAULT_CONTEXT.into(),
             opts.language,
@@ -1105,6 +1150,7 @@ impl Sessions {
             max_sessions: self.cfg.max_sessions,
             pool_idle: self.pool_idle(),
             pool_min_idle: self.cfg.pool_min_idle,
+            pool_lanes: self.pool.lanes(),
             uptime_s: self.started.elapsed().as_secs_f64(),
             executions_total: self.executions_total.load(Ordering::Relaxed),
         }
@@ -1155,6 +1201,45 @@ impl PoolHost for Sessions {
 
     fn changed(&self) {
         self.gauges();
+    }
+
+    fn make(
+        &self,
+        language: Language,
+    ) -> futures_util::future::BoxFuture<'_, std::result::Result<Ready, SandboxError>> {
+        Box::pin(async move {
+            let limits = self.launcher.default_limits();
+            let (sandbox, conn) = self.launcher.create(&limits).await?;
+            if language == Language::Python {
+                let process = KernelProcess::Zygote;
+                return Ok(Ready {
+                    sandbox,
+                    conn,
+                    process,
+                });
+            }
+            let env = std::collections::BTreeMap::new();
+            let started = contexts::replace_first_kernel(
+                &self.cfg,
+                &sandbox,
+                conn,
+                language,
+                &env,
+                limits.memory_bytes,
+            )
+            .await;
+            match started {
+                Ok((conn, process)) => Ok(Ready {
+                    sandbox,
+                    conn,
+                    process,
+                }),
+                Err(e) => {
+                    self.launcher.destroy(sandbox).await;
+                    Err(e)
+                }
+            }
+        })
     }
 }
 

@@ -377,6 +377,19 @@ impl From<crate::services::sessions::TableStatus> for Status {
             max_sessions: s.max_sessions,
             pool_idle: s.pool_idle,
             pool_min_idle: s.pool_min_idle,
+            pool: s
+                .pool_lanes
+                .iter()
+                .map(|l| {
+                    let lane = PoolLane {
+                        idle: l.idle,
+                        min_idle: l.min_idle,
+                        max_idle: l.max_idle,
+                        target: l.target,
+                    };
+                    (l.language.name().to_string(), lane)
+                })
+                .collect(),
             uptime_s: s.uptime_s,
             executions_total: s.executions_total,
         }
@@ -632,10 +645,27 @@ pub struct Status {
     pub pool_idle: usize,
     /// Target size of the warm pool.
     pub pool_min_idle: usize,
+    /// The warm pool by the language of its sandboxes' first kernel (`PYXIS_POOL_LANGUAGES`;
+    /// `javascript` serves TypeScript sessions too). `pool_idle` and `pool_min_idle` are
+    /// their totals.
+    pub pool: BTreeMap<String, PoolLane>,
     /// Seconds since start.
     pub uptime_s: f64,
     /// Cells executed since start.
     pub executions_total: u64,
+}
+
+/// One language's part of the warm pool.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PoolLane {
+    /// Sandboxes ready now.
+    pub idle: usize,
+    /// Kept ready at least.
+    pub min_idle: usize,
+    /// Most it grows to.
+    pub max_idle: usize,
+    /// How many it fills up to now (raised by creates that found it empty).
+    pub target: usize,
 }
 
 /// `GET /v1/capabilities` answer.
@@ -645,6 +675,9 @@ pub struct Capabilities {
     pub languages: Vec<String>,
     /// The interpreter version of each language (TypeScript runs on the Node.js kernel).
     pub language_versions: BTreeMap<String, String>,
+    /// Languages whose sessions the warm pool serves with a ready first kernel (the others
+    /// take a pooled Python sandbox and start their kernel in it).
+    pub pool_languages: Vec<String>,
     /// Python version.
     pub python_version: String,
     /// Preinstalled libraries and versions.

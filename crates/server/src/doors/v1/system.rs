@@ -47,6 +47,7 @@ pub async fn capabilities(
     Json(Capabilities {
         languages: langs.iter().map(|(l, _)| l.to_string()).collect(),
         language_versions: langs.into_iter().map(|(l, v)| (l.to_string(), v)).collect(),
+        pool_languages: pool_languages(&app.sessions.pool_languages()),
         python_version: info.python,
         libraries: info.libraries,
         limits: app.sessions.limits_of(&defaults).into(),
@@ -61,6 +62,16 @@ pub async fn capabilities(
         cgroup_version: app.sessions.launcher().cgroup_version(),
         mcp: mcp_info(&headers, cfg.listen),
     })
+}
+
+/// The languages whose sessions the pool serves (TypeScript with JavaScript's lane).
+fn pool_languages(lanes: &[crate::services::contexts::Language]) -> Vec<String> {
+    use crate::services::contexts::Language;
+    let mut out: Vec<String> = lanes.iter().map(|l| l.name().to_string()).collect();
+    if lanes.contains(&Language::JavaScript) {
+        out.push(Language::TypeScript.name().into());
+    }
+    out
 }
 
 /// The MCP endpoint as this client reached the server (its `Host`), else the listen address.
