@@ -232,3 +232,49 @@ fn bad_commands_are_refused_clearly() {
     let (status, text) = server.raw("POST", &kill, b"");
     assert_eq!(status, 200, "{text}");
 }
+
+/// Commands get the egress proxy's environment, as the first kernel does: under the
+/// default policy (`none`) curl through it gets the proxy's 403, for http and for an https
+/// tunnel. Nothing leaves the host: the proxy refuses before it connects.
+#[test]
+fn a_command_goes_through_the_egress_proxy_and_is_refused_under_policy_none() {
+    let s = TestServer::shared().session();
+    let (status, v) = command(
+        &s,
+        json!({"cmd": "echo \"$HTTPS_PROXY|$HTTP_PROXY|$https_proxy|$NO_PROXY\""}),
+    );
+    assert_eq!(status, 200, "{v}");
+    let out = v["stdout"].as_str().unwrap_or("").trim().to_string();
+    let proxy = out.split('|').next().unwrap_or("");
+    assert!(proxy.starts_with("http://127.0.0.1:"), "{v}");
+    assert_eq!(
+        out,
+        format!("{proxy}|{proxy}|{proxy}|localhost,127.0.0.1,::1")
+    );
+    // The first kernel sees the same proxy.
+    let py = s.ok("import os; print(os.environ['HTTPS_PROXY'])");
+    assert_eq!(py.trim(), proxy);
+    let (_, v) = command(
+        &s,
+        json!({"cmd": "curl -sS -o /dev/null -w '%{http_code}' http://example.com/; echo; curl -sS -o /dev/null -w '%{http_connect}' https://example.com/; echo \" exit=$?\""}),
+    );
+    let out = v["stdout"].as_str().unwrap_or("");
+    assert_eq!(out, "403\n403 exit=56\n", "{v}");
+}
+
+/// Started contexts and commands have a higher `oom_score_adj` than the first kernel
+/// (0), and cannot go below the first kernel's (nor below their own where the server has
+/// CAP_SYS_RESOURCE, which sets their floor).
+#[test]
+fn commands_and_started_contexts_are_the_oom_killers_first_choice() {
+    let s = TestServer::shared().session();
+    let first = s.ok("print(open('/proc/self/oom_score_adj').read().strip())");
+    assert_eq!(first.trim(), "0");
+    let (_, v) = command(
+        &s,
+        json!({"cmd": "cat /proc/self/oom_score_adj; echo -1 > /proc/self/oom_score_adj || echo refused; cat /proc/self/oom_score_adj"}),
+    );
+    let out = v["stdout"].as_str().unwrap_or("");
+    assert!(out.starts_with("1000\n"), "{v}");
+    assert!(out.ends_with("refused\n1000\n"), "{v}");
+}

@@ -280,8 +280,8 @@ fn a_session_can_start_in_bash_and_deleted_contexts_are_gone() {
 
 /// A Python context that cannot start within the session's memory limit is a clear 422
 /// `context_start_failed` naming the limit (schemathesis found a 500 at 256 MiB). The
-/// OOM killer picks its victim by size, so the first context's kernel may be the one killed
-/// (its next cell says so); the session stays usable.
+/// OOM killer takes the new context's kernel, whose `oom_score_adj` is above the first's:
+/// the first context keeps its state and the session stays usable.
 #[test]
 fn a_context_that_runs_out_of_memory_starting_is_a_clear_error() {
     let server = TestServer::shared();
@@ -303,8 +303,48 @@ fn a_context_that_runs_out_of_memory_starting_is_a_clear_error() {
         "{v}"
     );
     let first = s.exec("kept");
-    if first["status"] != "ok" {
-        assert_eq!(first["state_lost"], true, "{first}");
-    }
+    assert_eq!(
+        first["status"], "ok",
+        "the first context lost its state: {first}"
+    );
+    assert_eq!(text_result(&first), "41");
     assert_eq!(s.ok("print(6 * 7)"), "42\n");
+}
+
+/// A started context's kernel has a higher `oom_score_adj` than the first (which keeps 0),
+/// and cannot go below the first's; so does what it starts. The bash context gets the egress proxy's
+/// environment too, and curl through it the proxy's 403 under the default policy `none`
+/// (refused before any connection leaves the host).
+#[test]
+fn a_started_context_has_a_higher_oom_score_and_the_egress_environment() {
+    let s = TestServer::shared().session();
+    let sh = context(&s, "bash");
+    assert_eq!(ok(&s, &sh, "cat /proc/self/oom_score_adj"), "900\n");
+    let v = run(&s, &sh, "echo -1 > /proc/self/oom_score_adj");
+    assert_eq!(v["status"], "error", "lowered its score: {v}");
+    assert_eq!(ok(&s, &sh, "cat /proc/$$/oom_score_adj"), "900\n");
+    let js = context(&s, "javascript");
+    let v = run(
+        &s,
+        &js,
+        "require('fs').readFileSync('/proc/self/oom_score_adj', 'utf8').trim()",
+    );
+    assert_eq!(text_result(&v), "'900'", "{v}");
+    let proxy = ok(&s, &sh, "echo $HTTPS_PROXY");
+    assert!(proxy.starts_with("http://127.0.0.1:"), "{proxy}");
+    assert_eq!(
+        ok(
+            &s,
+            &sh,
+            "curl -sS -o /dev/null -w '%{http_code}\\n' http://example.com/"
+        ),
+        "403\n"
+    );
+    // Node through the same proxy (an absolute URL, as a proxy client sends it).
+    let v = run(
+        &s,
+        &js,
+        "await new Promise((done, fail) => { const u = new URL(process.env.HTTP_PROXY); require('http').get({ host: u.hostname, port: u.port, path: 'http://example.com/', headers: { host: 'example.com' } }, (r) => done(r.statusCode)).on('error', fail) })",
+    );
+    assert_eq!(text_result(&v), "403", "{v}");
 }

@@ -77,6 +77,11 @@ pub struct ExecSpec {
     /// first is at least [`EXEC_FIRST_EXTRA_FD`], the second above 2.
     #[serde(default)]
     pub fds: Vec<(RawFd, RawFd)>,
+    /// The process's `oom_score_adj`, 0 (as the first kernel's) to 1000: a context or
+    /// command started later is the OOM killer's first choice in the sandbox's cgroup,
+    /// so the first kernel's state outlives it.
+    #[serde(default)]
+    pub oom_score_adj: i32,
 }
 
 /// One report line of `pyxis-sandbox-exec`.
@@ -142,6 +147,9 @@ impl ExecSpec {
         }
         if !self.cwd.is_absolute() {
             return Err("cwd must be absolute".into());
+        }
+        if !(0..=1000).contains(&self.oom_score_adj) {
+            return Err("oom_score_adj must be between 0 and 1000".into());
         }
         for &(from, to) in &self.fds {
             if from < EXEC_FIRST_EXTRA_FD || !(3..=MAX_TARGET_FD).contains(&to) {
@@ -273,6 +281,18 @@ fn become_process(
     report: RawFd,
 ) -> Result<(), EnterError> {
     credentials::set_parent_death_kill().map_err(EnterError::SetParentDeathSignal)?;
+    if spec.oom_score_adj != 0 {
+        // Still as root and in the host's mount namespace (its /proc): a process may not
+        // lower its own score later, and this one is never lower than its parent's.
+        std::fs::write(
+            "/proc/self/oom_score_adj",
+            spec.oom_score_adj.to_string().as_bytes(),
+        )
+        .map_err(|e| EnterError::Setup {
+            who: "the process",
+            message: format!("set its oom_score_adj: {e}"),
+        })?;
+    }
     for signal in RESET_SIGNALS {
         sys::default_action(signal).map_err(EnterError::Signals)?;
     }

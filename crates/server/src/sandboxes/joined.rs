@@ -34,6 +34,8 @@ pub struct ExecRequest {
     pub stdio: bool,
     /// A framed socket at the process's fd 3, as the kernels expect it.
     pub kernel_socket: bool,
+    /// Its `oom_score_adj` (0, as the first kernel's, to 1000).
+    pub oom_score_adj: i32,
 }
 
 /// How a joined process ended.
@@ -114,6 +116,7 @@ pub async fn exec(target: JoinTarget<'_>, req: ExecRequest) -> Result<Joined, Sa
         env,
         cwd: req.cwd.unwrap_or_else(|| PathBuf::from("/workspace")),
         fds: Vec::new(),
+        oom_score_adj: req.oom_score_adj,
     };
     let (kernel_ours, kernel_theirs) = if req.kernel_socket {
         let (a, b) = std::os::unix::net::UnixStream::pair()?;

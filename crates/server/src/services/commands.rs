@@ -42,6 +42,9 @@ const MAX_ARGS_BYTES: usize = 128 * 1024;
 const MAX_STDIN_BYTES: usize = 8 << 20;
 /// Read size of the output pumps.
 const CHUNK: usize = 64 * 1024;
+/// A command's `oom_score_adj`: above every kernel's, so a session that runs out of memory
+/// loses a command before any context's state.
+const COMMAND_OOM_SCORE_ADJ: i32 = 1000;
 
 /// A command as a door asks for it (validated by [`run`]).
 #[derive(Debug, Clone, Default)]
@@ -362,6 +365,7 @@ pub async fn run(
             cwd: Some(cwd.clone()),
             stdio: true,
             kernel_socket: false,
+            oom_score_adj: COMMAND_OOM_SCORE_ADJ,
         })
         .await;
     let remove_placeholder = |table: &CommandTable| {

@@ -41,6 +41,12 @@ pub const MAX_CONTEXTS: usize = 8;
 /// removes it from its environment.
 pub(crate) const KERNEL_LANGUAGE_VAR: &str = "PYXIS_KERNEL_LANGUAGE";
 
+/// The `oom_score_adj` of the kernels of contexts started after the first (whose kernel
+/// keeps 0): when a session runs out of memory, the OOM killer takes one of them (or a
+/// command, at 1000) before the first context's kernel, unless that one holds nine tenths
+/// of the limit more than they do. What they start inherits it and cannot lower it.
+pub(crate) const CONTEXT_OOM_SCORE_ADJ: i32 = 900;
+
 /// A context's language.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -316,6 +322,7 @@ pub(crate) fn kernel_request(
         cwd: Some(cwd.into()),
         stdio: false,
         kernel_socket: true,
+        oom_score_adj: 0,
     }
 }
 

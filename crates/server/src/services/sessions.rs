@@ -982,13 +982,16 @@ impl Sessions {
             slot.conn = Some(conn);
             return Ok(());
         }
-        let req = contexts::kernel_request(
+        let mut req = contexts::kernel_request(
             &self.cfg,
             ctx.language,
             &ctx.cwd,
             &session.opts.env,
             session.opts.limits.memory_bytes,
         );
+        if !first {
+            req.oom_score_adj = contexts::CONTEXT_OOM_SCORE_ADJ;
+        }
         let (conn, joined) = session.sandbox.clone().start_context(req).await?;
         ctx.set_process(KernelProcess::Joined {
             pid: joined.pid,
@@ -1369,13 +1372,14 @@ impl Sessions {
                 "at most {MAX_CONTEXTS} contexts per session"
             )));
         }
-        let req = contexts::kernel_request(
+        let mut req = contexts::kernel_request(
             &self.cfg,
             language,
             &cwd,
             &session.opts.env,
             session.opts.limits.memory_bytes,
         );
+        req.oom_score_adj = contexts::CONTEXT_OOM_SCORE_ADJ;
         let oom_before = session.sandbox.oom_kills();
         let (conn, joined) = match session.sandbox.clone().start_context(req).await {
             Ok(started) => started,
