@@ -152,7 +152,11 @@ fn a_pooled_javascript_sandbox_takes_the_sessions_limits_env_and_typescript() {
     let pooled = created(&server, "pooled");
     let js = server.session_with(json!({
         "language": "javascript",
-        "env": { "GREETING": "hello", "PYXIS_KERNEL_LANGUAGE_X": "kept" },
+        "env": {
+            "GREETING": "hello",
+            "PYXIS_KERNEL_LANGUAGE_X": "kept",
+            "PYXIS_KERNEL_LANGUAGE": "typescript",
+        },
         "limits": { "memory_mb": 160 },
     }));
     assert_eq!(created(&server, "pooled"), pooled + 1.0);
@@ -163,7 +167,7 @@ fn a_pooled_javascript_sandbox_takes_the_sessions_limits_env_and_typescript() {
         "'hello kept'"
     );
     assert_eq!(memory_limit(&js), (160u64 * 1024 * 1024).to_string());
-    // A JavaScript kernel still: TypeScript syntax is an error here.
+    // A JavaScript kernel still, whatever its env says: TypeScript syntax is an error here.
     let v = js.exec("let typed: number = 1");
     assert_eq!(v["status"], "error", "{v}");
     // TypeScript comes from the same lane, its kernel switched to TypeScript.

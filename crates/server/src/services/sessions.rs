@@ -455,9 +455,15 @@ impl Sessions {
             // the session's environment now; a pooled JavaScript kernel serving TypeScript
             // switches its language first.
             let mut env = std::borrow::Cow::Borrowed(&opts.env);
-            if opts.language == Language::TypeScript {
-                env.to_mut()
-                    .insert(contexts::KERNEL_LANGUAGE_VAR.into(), "typescript".into());
+            if opts.language == Language::TypeScript
+                || (first == Language::JavaScript
+                    && env.contains_key(contexts::KERNEL_LANGUAGE_VAR))
+            {
+                // The session's own language, whatever its env says.
+                env.to_mut().insert(
+                    contexts::KERNEL_LANGUAGE_VAR.into(),
+                    opts.language.name().into(),
+                );
             }
             if !env.is_empty() {
                 let configured =
