@@ -40,6 +40,7 @@ mod packages;
 mod policy;
 mod proxy;
 mod resolve;
+mod splice;
 
 pub use addr::{is_public, AddressError, AddressRules, AddressVerdict, Cidr, OperatorAllow};
 pub use limits::{EgressLimits, LimitHit, OpenGuard, Usage};

@@ -539,12 +539,8 @@ impl SessionEgress {
                 Ok(upgraded) => upgraded,
                 Err(_) => return,
             };
-            let mut client = TokioIo::new(upgraded);
-            let mut upstream = Counted::new(upstream, session.clone());
             tokio::select! {
-                _ = tokio::io::copy_bidirectional_with_sizes(
-                    &mut client, &mut upstream, TUNNEL_BUFFER, TUNNEL_BUFFER,
-                ) => {}
+                _ = session.relay(upgraded, upstream) => {}
                 _ = closed.wait_for(|c| *c) => {}
             }
             drop(guard);
@@ -554,6 +550,75 @@ impl SessionEgress {
                 .map_err(|never| match never {})
                 .boxed(),
         ))
+    }
+
+    /// A tunnel's bytes, both ways, until both sides end, either fails or the byte limit
+    /// is passed: spliced in the kernel between the two sockets when the sandbox's side is
+    /// the plain socket it came as (always, but for hyper's internals), else copied.
+    async fn relay(self: &Arc<Self>, upgraded: hyper::upgrade::Upgraded, upstream: TcpStream) {
+        let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => parts,
+            Err(upgraded) => {
+                let mut client = TokioIo::new(upgraded);
+                let mut upstream = Counted::new(upstream, self.clone());
+                let _ = tokio::io::copy_bidirectional_with_sizes(
+                    &mut client,
+                    &mut upstream,
+                    TUNNEL_BUFFER,
+                    TUNNEL_BUFFER,
+                )
+                .await;
+                return;
+            }
+        };
+        let client = parts.io.into_inner();
+        // What the client sent after its CONNECT head (a TLS hello, say) goes first.
+        if !parts.read_buf.is_empty() {
+            use tokio::io::AsyncWriteExt;
+            let mut counted = Counted::new(upstream, self.clone());
+            if counted.write_all(&parts.read_buf).await.is_err() {
+                return;
+            }
+            return self.splice(client, counted.inner).await;
+        }
+        self.splice(client, upstream).await
+    }
+
+    async fn splice(self: &Arc<Self>, client: TcpStream, upstream: TcpStream) {
+        let cut = std::sync::atomic::AtomicBool::new(false);
+        let metrics = self.proxy.metrics();
+        let usage = &self.usage;
+        let max = usage.limits().max_bytes;
+        let passed = || {
+            if !cut.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                self.byte_limit_passed();
+            }
+        };
+        let result = crate::splice::relay(
+            &client,
+            &upstream,
+            |n| {
+                metrics.sent(n);
+                let ok = usage.bytes() < max && usage.spend(n);
+                if !ok {
+                    passed();
+                }
+                ok
+            },
+            |n| {
+                metrics.received(n);
+                let ok = usage.spend(n);
+                if !ok {
+                    passed();
+                }
+                ok
+            },
+            || io::Error::other(ByteLimitPassed),
+        )
+        .await;
+        if let Err(err) = result {
+            tracing::debug!(session = %self.id, ?err, "egress tunnel ended");
+        }
     }
 
     /// The byte limit cut a connection: a refusal, counted and logged once per connection.
