@@ -11,6 +11,7 @@ mod data;
 mod js;
 mod jupyter;
 mod mcp;
+mod packages;
 mod procmem;
 mod server;
 mod stats;
@@ -42,6 +43,7 @@ const ALL: &[&str] = &[
     "mcp",
     "js",
     "command",
+    "packages",
 ];
 
 /// Load benchmark of a Pyxis server (loopback only).
@@ -274,6 +276,8 @@ fn order(r: &Row) -> usize {
         ("js", Some("roundtrip")),
         ("js", Some("idle")),
         ("command", None),
+        ("packages", Some("install")),
+        ("packages", Some("proxy")),
     ];
     ORDER
         .iter()
@@ -387,10 +391,22 @@ async fn run(args: Args) -> Result<bool> {
     let main_cfg = ServerConfig {
         pool_min_idle: args.pool,
         max_sessions: 120,
+        packages: false,
+        js_pool: false,
     };
     let cold_cfg = ServerConfig {
         pool_min_idle: 0,
         max_sessions: 120,
+        packages: false,
+        js_pool: false,
+    };
+    let js_pool_cfg = ServerConfig {
+        js_pool: true,
+        ..main_cfg
+    };
+    let pkg_cfg = ServerConfig {
+        packages: true,
+        ..main_cfg
     };
     // Steps grouped by server configuration, so our servers restart once.
     type Step = (
@@ -446,12 +462,25 @@ async fn run(args: Args) -> Result<bool> {
         (
             "js",
             Some("pooled"),
-            main_cfg,
+            js_pool_cfg,
             Some("create to first result p50 ≤ 2 ms"),
         ),
         ("js", Some("roundtrip"), main_cfg, Some("p50 ≤ 1 ms")),
         ("js", Some("idle"), cold_cfg, None),
         ("command", None, main_cfg, Some("p50 ≤ 10 ms")),
+        // Issue 16 (bench/src/packages.rs): its own loopback index and web server.
+        (
+            "packages",
+            Some("install"),
+            pkg_cfg,
+            Some("cached small wheel p50 ≤ 500 ms"),
+        ),
+        (
+            "packages",
+            Some("proxy"),
+            pkg_cfg,
+            Some("≤ 10% of a 100 MB download's time"),
+        ),
         (
             "burst",
             Some("25"),
@@ -471,6 +500,8 @@ async fn run(args: Args) -> Result<bool> {
             ServerConfig {
                 pool_min_idle: 0,
                 max_sessions: 1000,
+                packages: false,
+                js_pool: false,
             },
             Some("≤ 6 MiB/session, cell p95 ≤ 15 ms"),
         ),
@@ -523,6 +554,7 @@ async fn run(args: Args) -> Result<bool> {
                 ("mcp", _) => mcp::run(&ctx).await,
                 ("js", Some(v)) => js::run(&ctx, v).await,
                 ("command", _) => commands::run(&ctx).await,
+                ("packages", Some(v)) => packages::run(&ctx, v).await,
                 _ => unreachable!("unknown step {workload}"),
             }
         }

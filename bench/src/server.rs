@@ -18,6 +18,10 @@ use crate::client::Api;
 pub struct ServerConfig {
     pub pool_min_idle: u32,
     pub max_sessions: u32,
+    /// With the loopback package index and web server of the `packages` rows.
+    pub packages: bool,
+    /// With a JavaScript lane in the warm pool (`PYXIS_POOL_LANGUAGES=python,javascript`).
+    pub js_pool: bool,
 }
 
 /// A running server we started.
@@ -81,6 +85,19 @@ impl OwnServer {
             .env("PYXIS_UID_BASE", uid_base.to_string())
             .env("PYXIS_POOL_MIN_IDLE", cfg.pool_min_idle.to_string())
             .env("PYXIS_MAX_SESSIONS", cfg.max_sessions.to_string())
+            .env(
+                "PYXIS_POOL_LANGUAGES",
+                if cfg.js_pool {
+                    "python,javascript"
+                } else {
+                    "python"
+                },
+            )
+            .envs(if cfg.packages {
+                crate::packages::server_env()
+            } else {
+                Vec::new()
+            })
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
