@@ -515,3 +515,79 @@ fn egress_auto_install_on_import() {
         .unwrap_or_default()
         .contains("installing"));
 }
+
+/// The function runner's package routes: `/api/pypkg/install` puts a package into the
+/// server's runner set (downloaded once, through the proxy and the cache); every runner call,
+/// each in a fresh sandbox, imports it, and a call that damages its own copy does not reach
+/// the next; `/api/pypkg/list` shows it; sessions of the v1 API do not see it;
+/// `/api/pypkg/uninstall` removes it, a second time is a 404.
+#[test]
+fn egress_runner_packages_install_import_list_uninstall() {
+    let fixtures = Fixtures::build();
+    let index = PackageIndex::start(&fixtures.files);
+    let allow = format!("127.0.0.1:{}", index.addr.port());
+    let server = TestServer::start(&[
+        ("PYXIS_PACKAGE_INDEX", &index.url()),
+        ("PYXIS_EGRESS_ALLOW", &allow),
+        ("PYXIS_RUNNER_PACKAGES", "true"),
+    ]);
+    let run = |code: &str| post_json(&server, "/api/runner/execute", &json!({ "code": code }));
+    let (status, before) = run("import pyxis_tiny");
+    assert_eq!(status, 200);
+    assert_eq!(before["status"], "error", "{before}");
+    let (status, listed) = get_json(&server, "/api/pypkg/list");
+    assert_eq!(status, 200);
+    assert_eq!(listed, json!({"status": "success", "packages": []}));
+
+    let (status, installed) = post_json(
+        &server,
+        "/api/pypkg/install",
+        &json!({"package": "pyxis-tiny", "version": "1.0"}),
+    );
+    assert_eq!(status, 200, "{installed:#}");
+    assert_eq!(installed["status"], "success");
+    assert_eq!(names(&installed), vec!["pyxis-tiny"]);
+    assert_eq!(index.downloads(TINY_WHEEL), 1);
+    let (_, listed) = get_json(&server, "/api/pypkg/list");
+    assert_eq!(names(&listed), vec!["pyxis-tiny"]);
+    assert_eq!(listed["packages"][0]["version"], "1.0");
+
+    let (status, ran) =
+        run("import pyxis_tiny\nprint(pyxis_tiny.VALUE, pyxis_tiny.hello('runner'))");
+    assert_eq!(status, 200);
+    assert_eq!(ran["status"], "success", "{ran}");
+    assert_eq!(ran["result"], "42 hello runner from pyxis_tiny\n");
+    // A call that wrecks its own copy: the next call has a fresh one.
+    let (_, wrecked) = run("import shutil, pyxis_tiny, os\nshutil.rmtree(os.path.dirname(pyxis_tiny.__file__))\nprint('gone')");
+    assert_eq!(wrecked["result"], "gone\n", "{wrecked}");
+    let (status, by_params) = post_json(
+        &server,
+        "/api/coderunner/v1/pycode/run-by-params",
+        &json!({"code": "import pyxis_tiny\ndef main(x):\n    return {'v': pyxis_tiny.VALUE + x}",
+                "input_params": [{"type": "int", "value": 1}], "output_params": [{"key": "v"}]}),
+    );
+    assert_eq!(status, 200, "{by_params}");
+    assert_eq!(by_params, json!({"v": 43}));
+    // Sessions have their own packages, not the runner's.
+    let s = server.session();
+    let out = s.exec("import pyxis_tiny");
+    assert_eq!(out["error"]["name"], "ModuleNotFoundError", "{out:#}");
+    assert_eq!(index.downloads(TINY_WHEEL), 1);
+
+    let r = server
+        .req(reqwest::Method::DELETE, "/api/pypkg/uninstall")
+        .json(&json!({"package": "pyxis_tiny"}))
+        .send()
+        .expect("uninstall");
+    assert_eq!(r.status(), 200);
+    let after: Value = r.json().expect("json");
+    assert!(names(&after).is_empty(), "{after:#}");
+    let (_, listed) = get_json(&server, "/api/pypkg/list");
+    assert_eq!(listed["packages"], json!([]));
+    let (_, gone) = run("import pyxis_tiny");
+    assert_eq!(gone["status"], "error", "{gone}");
+    let r = server.delete("/api/pypkg/uninstall?package=pyxis-tiny");
+    assert_eq!(r.status(), 404);
+    let body: Value = r.json().expect("json");
+    assert_eq!(body["code"], "CodeRunner.PackageNotFound", "{body}");
+}

@@ -182,3 +182,106 @@ fn egress_connect_flood_and_garbage_are_refused_without_harm() {
     assert_eq!(ok(&s).trim(), "HTTP/1.1 200 OK");
     assert_eq!(server.get("/healthz").status(), 200);
 }
+
+/// The function runner's package routes take requirements only: options (`--index-url`,
+/// `-r`), URLs, paths and path-like names, shell and marker tricks are refused with a 422
+/// before any sandbox or index is involved; a server whose operator allows no egress refuses
+/// installs with a 403; none of it changes the runner's set.
+#[test]
+fn egress_runner_packages_refuse_what_is_not_a_requirement() {
+    use pyxis_tests::packages::{Fixtures, PackageIndex};
+    let fixtures = Fixtures::build();
+    let index = PackageIndex::start(&fixtures.files);
+    let allow = format!("127.0.0.1:{}", index.addr.port());
+    let server = TestServer::start(&[
+        ("PYXIS_PACKAGE_INDEX", &index.url()),
+        ("PYXIS_EGRESS_ALLOW", &allow),
+        ("PYXIS_RUNNER_PACKAGES", "true"),
+    ]);
+    let install = |body: serde_json::Value| {
+        let r = server.post("/api/pypkg/install", &body);
+        let status = r.status().as_u16();
+        (status, r.json::<serde_json::Value>().unwrap_or_default())
+    };
+    for bad in [
+        json!({"package": "--index-url=http://127.0.0.1:9/simple/"}),
+        json!({"package": "-r /etc/passwd"}),
+        json!({"package": "pyxis-tiny --extra-index-url http://127.0.0.1:9/"}),
+        json!({"package": "pyxis-tiny", "version": "1.0 --pre"}),
+        json!({"package": "pyxis-tiny", "version": "1.0; rm -rf /"}),
+        json!({"package": "x @ http://127.0.0.1:9/x.whl"}),
+        json!({"package": "http://127.0.0.1:9/x.whl"}),
+        json!({"package": "../../etc/passwd"}),
+        json!({"package": "/workspace/evil"}),
+        json!({"package": "./local"}),
+        json!({"package": "pyxis-tiny; os_name == 'posix'"}),
+        json!({"package": "pyxis-tiny\n--pre"}),
+        json!({"package": ""}),
+        json!({"packages": []}),
+        json!({"packages": ["pyxis-tiny", "-e ."]}),
+        json!({"package": "pyxis-tiny", "packages": ["pyxis-tiny"]}),
+        json!({"package": "pyxis-tiny", "index_url": "http://127.0.0.1:9/"}),
+        json!({"package": 5}),
+        json!({}),
+        json!([]),
+    ] {
+        let (status, body) = install(bad.clone());
+        assert_eq!(status, 422, "{bad}: {body}");
+        assert_eq!(body["code"], "CodeRunner.InvalidParameter", "{bad}: {body}");
+        assert!(
+            body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+            "{body}"
+        );
+    }
+    for bad in ["--all", "../x", "/etc", "-y", "x y", ""] {
+        let r = server
+            .req(reqwest::Method::DELETE, "/api/pypkg/uninstall")
+            .json(&json!({ "package": bad }))
+            .send()
+            .expect("uninstall");
+        let status = r.status().as_u16();
+        let body: serde_json::Value = r.json().unwrap_or_default();
+        assert_eq!(status, 422, "{bad:?}: {body}");
+        assert_eq!(
+            body["code"], "CodeRunner.InvalidParameter",
+            "{bad:?}: {body}"
+        );
+    }
+    let r = server.delete("/api/pypkg/uninstall?package=--all");
+    assert_eq!(r.status(), 422);
+    let r = server.delete("/api/pypkg/uninstall");
+    assert_eq!(r.status(), 422);
+    // A name the set does not hold.
+    let r = server.delete("/api/pypkg/uninstall?package=pyxis-tiny");
+    assert_eq!(r.status(), 404);
+    assert!(
+        index.requests().is_empty(),
+        "the index was asked: {:?}",
+        index.requests()
+    );
+    let listed: serde_json::Value = server.get("/api/pypkg/list").json().expect("json");
+    assert_eq!(listed["packages"], json!([]));
+
+    // Runner installs off (the default), or no egress allowed by the operator: refused,
+    // with the runner's error.
+    for settings in [
+        vec![("PYXIS_EGRESS_MAX", "allow")],
+        vec![
+            ("PYXIS_EGRESS_MAX", "none"),
+            ("PYXIS_RUNNER_PACKAGES", "true"),
+        ],
+    ] {
+        let mut all = vec![
+            ("PYXIS_PACKAGE_INDEX", index.url()),
+            ("PYXIS_EGRESS_ALLOW", allow.clone()),
+        ];
+        all.extend(settings.iter().map(|(k, v)| (*k, v.to_string())));
+        let all: Vec<(&str, &str)> = all.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let closed = TestServer::start(&all);
+        let r = closed.post("/api/pypkg/install", &json!({"package": "pyxis-tiny"}));
+        assert_eq!(r.status(), 403, "{settings:?}");
+        let body: serde_json::Value = r.json().expect("json");
+        assert_eq!(body["code"], "CodeRunner.EgressRefused", "{body}");
+        assert!(index.requests().is_empty());
+    }
+}

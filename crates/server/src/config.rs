@@ -225,6 +225,10 @@ pub struct Settings {
     /// empty (default).
     #[arg(long, env = "PYXIS_AUTO_INSTALL")]
     pub auto_install: Option<String>,
+    /// Let clients install into the function runner's package set (`/api/pypkg/install`),
+    /// used by every runner call. Off by default.
+    #[arg(long, env = "PYXIS_RUNNER_PACKAGES")]
+    pub runner_packages: Option<bool>,
 }
 
 /// The validated configuration. Each field is the setting of the same name in
@@ -356,7 +360,8 @@ impl Settings {
             package_index,
             package_max_mb,
             install_timeout_s,
-            auto_install
+            auto_install,
+            runner_packages
         )
     }
 }
@@ -429,6 +434,7 @@ impl Config {
                 package_max_mb: s.package_max_mb,
                 install_timeout_s: s.install_timeout_s,
                 auto_install: s.auto_install,
+                runner_packages: s.runner_packages,
             })?;
         let pool_min_idle = s.pool_min_idle.unwrap_or(2);
         // A pool turned off (minimum 0) does not grow unless a maximum is set.

@@ -48,6 +48,7 @@ use crate::error::ApiError;
         gateway::release_v0_route, gateway::status_v0,
         runner::execute, runner::run_by_params, runner::async_run_by_params, runner::health,
         runner::ready, runner::alive,
+        runner::packages::install, runner::packages::list, runner::packages::uninstall,
     ),
     components(schemas(
         model::CreateSession, model::LimitsRequest, model::Limits, model::Usage,
@@ -259,6 +260,12 @@ pub fn build(app: Arc<App>) -> Router {
         .route("/api/health", get(runner::health))
         .route("/health/ready", get(runner::ready))
         .route("/health/alive", get(runner::alive))
+        .route("/api/pypkg/install", post(runner::packages::install))
+        .route("/api/pypkg/list", get(runner::packages::list))
+        .route(
+            "/api/pypkg/uninstall",
+            axum::routing::delete(runner::packages::uninstall),
+        )
         // the document tools (OCR, barcodes, conversion, data analysis)
         .merge(crate::doors::v1::contexts::routes())
         .merge(crate::doors::tools::routes())

@@ -23,6 +23,7 @@ import re
 import signal
 import subprocess
 import sys
+import tarfile
 
 from . import sysenv
 
@@ -111,6 +112,51 @@ def remove(name: str, timeout: float) -> dict:
     return {"ok": code == 0, "exit_code": code, "log": log, "packages": listed()}
 
 
+def unpack(archive: str) -> dict:
+    """Extracts `archive` (a tar made by `pack`, in the workspace) into the packages prefix,
+    then removes it: the function runner's package set, copied into a fresh sandbox. Only
+    regular files and directories inside the prefix are taken (`tarfile`'s `data` filter
+    where this Python has it, the same checks by hand where it does not)."""
+    prefix = os.path.realpath(sysenv.PACKAGES_PREFIX)
+    os.makedirs(prefix, exist_ok=True)
+    try:
+        with tarfile.open(archive, "r:") as tar:
+            members = [m for m in tar.getmembers() if _safe_member(m, prefix)]
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(prefix, members=members, filter="data")
+            else:  # pragma: no cover - Pythons before 3.11.4
+                tar.extractall(prefix, members=members)  # nosec: members checked above
+    finally:
+        try:
+            os.unlink(archive)
+        except OSError:
+            pass
+    importlib.invalidate_caches()
+    return {"ok": True, "packages": listed()}
+
+
+def _safe_member(member: tarfile.TarInfo, prefix: str) -> bool:
+    """A regular file or directory whose path stays inside `prefix`."""
+    if not (member.isfile() or member.isdir()):
+        return False
+    target = os.path.realpath(os.path.join(prefix, member.name))
+    return target == prefix or target.startswith(prefix + os.sep)
+
+
+def pack(archive: str) -> dict:
+    """Writes the packages prefix (regular files and directories) to the tar `archive`."""
+    prefix = sysenv.PACKAGES_PREFIX
+    with tarfile.open(archive, "w:") as tar:
+        if os.path.isdir(prefix):
+            for root, dirs, files in os.walk(prefix):
+                dirs[:] = [d for d in dirs if d != "__pycache__"]
+                for name in sorted(files):
+                    path = os.path.join(root, name)
+                    if os.path.isfile(path) and not os.path.islink(path):
+                        tar.add(path, arcname=os.path.relpath(path, prefix), recursive=False)
+    return {"ok": True, "packages": listed()}
+
+
 def api(request: str) -> None:
     """The server's entry: one JSON request in, one marked JSON line out."""
     req = json.loads(request)
@@ -120,6 +166,10 @@ def api(request: str) -> None:
         answer = install([str(r) for r in req.get("packages", [])], timeout)
     elif action == "remove":
         answer = remove(str(req.get("name", "")), timeout)
+    elif action == "unpack":
+        answer = unpack(str(req.get("archive", "")))
+    elif action == "pack":
+        answer = pack(str(req.get("archive", "")))
     else:
         answer = {"ok": True, "packages": listed()}
     sys.stdout.flush()

@@ -6,7 +6,11 @@
 //!   the dict the function returns; `…/async-run-by-params` answers 202 and
 //!   POSTs `{"res", "type": "pythoncode"}` to `callback` later;
 //! - `GET /api/health`, `/health/ready`, `/health/alive` (open, like
-//!   `/healthz`).
+//!   `/healthz`);
+//! - `/api/pypkg/install|list|uninstall` ([`packages`]): the runner's package set, unpacked
+//!   into every runner call's sandbox before its code runs.
+
+pub mod packages;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,9 +94,14 @@ async fn one_shot(app: &App, code: String, timeout_s: Option<f64>) -> Result<Exe
     let max = app.config.max_exec_timeout;
     let given = timeout_s.filter(|t| t.is_finite() && *t > 0.0);
     let timeout = timeout_from(given.map(|t| t.min(max.as_secs_f64())), opts.timeout, max)?;
+    let set = crate::services::packages::RunnerSet::of(&app.sessions);
     let handle = app
         .sessions
-        .one_shot(opts, CellRequest::new(code, timeout), |_| async { Ok(()) })
+        .one_shot(
+            opts,
+            CellRequest::new(code, timeout),
+            |session| async move { set.prepare(&app.sessions, &app.files, &session).await },
+        )
         .await?;
     Ok(handle.collect().await?)
 }

@@ -52,6 +52,8 @@ pub struct EgressInput {
     pub install_timeout_s: Option<f64>,
     /// `PYXIS_AUTO_INSTALL`.
     pub auto_install: Option<String>,
+    /// `PYXIS_RUNNER_PACKAGES`.
+    pub runner_packages: Option<bool>,
 }
 
 /// The validated egress settings (part of [`Config`]).
@@ -73,12 +75,14 @@ pub struct EgressSettings {
     pub install_timeout: Duration,
     /// `import name → requirement` of `PYXIS_AUTO_INSTALL` (empty: off).
     pub auto_install: Vec<(String, String)>,
+    /// Whether `/api/pypkg/install` may change the function runner's package set.
+    pub runner_packages: bool,
 }
 
 impl Serialize for EgressSettings {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
-        let mut out = s.serialize_struct("EgressSettings", 9)?;
+        let mut out = s.serialize_struct("EgressSettings", 10)?;
         out.serialize_field("max", &self.max)?;
         out.serialize_field("default", &policy_text(&self.default))?;
         let allow: Vec<String> = self.allow.iter().map(operator_text).collect();
@@ -89,6 +93,7 @@ impl Serialize for EgressSettings {
         out.serialize_field("package_index", self.package_index.as_str())?;
         out.serialize_field("install_timeout_s", &self.install_timeout.as_secs_f64())?;
         out.serialize_field("auto_install", &self.auto_install)?;
+        out.serialize_field("runner_packages", &self.runner_packages)?;
         out.end()
     }
 }
@@ -211,6 +216,7 @@ impl EgressSettings {
             package_max_bytes,
             install_timeout: Duration::from_secs_f64(install_timeout_s),
             auto_install: parse_auto_install(input.auto_install.as_deref().unwrap_or(""))?,
+            runner_packages: input.runner_packages.unwrap_or(false),
         })
     }
 }

@@ -240,6 +240,245 @@ pub async fn remove(
     })
 }
 
+// ------------------------------------------------------------ the function runner's set
+
+/// The function runner's packages: one set for the server, used by every runner call (each
+/// of which runs in a fresh sandbox).
+///
+/// The set lives in `<data_dir>/runner-packages`: `site.tar`, an archive of a packages
+/// prefix made inside a sandbox, and `packages.json`, what it holds. The server never
+/// unpacks the archive: an install or a removal runs in a sandbox of its own (a session
+/// whose policy reaches only the package index, through the same proxy, mirror and wheel
+/// cache as a session's install, under the same limits), which unpacks the current set,
+/// runs uv, and packs the result; a runner call copies the archive into its fresh sandbox's
+/// workspace and the kernel unpacks it into `/workspace/.pyxis/packages` before the code
+/// runs (on `sys.path` already). Changes are serialized; the files are replaced by rename.
+pub struct RunnerSet {
+    dir: std::path::PathBuf,
+}
+
+/// The archive's name inside a workspace while it is copied in or out.
+const RUNNER_ARCHIVE: &str = ".pyxis/runner-packages.tar";
+
+/// Changes to the runner's set, one at a time.
+static RUNNER_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+impl RunnerSet {
+    /// The set of the server whose data directory is `data_dir`.
+    pub fn of(sessions: &Sessions) -> RunnerSet {
+        RunnerSet {
+            dir: sessions.config().data_dir.join("runner-packages"),
+        }
+    }
+
+    fn archive(&self) -> std::path::PathBuf {
+        self.dir.join("site.tar")
+    }
+
+    /// What the set holds.
+    pub fn list(&self) -> Vec<Package> {
+        std::fs::read(self.dir.join("packages.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// Replaces the set: the archive first, then its listing (each written beside and renamed).
+    fn store(&self, archive: Option<&[u8]>, packages: &[Package]) -> Result<()> {
+        std::fs::create_dir_all(&self.dir).map_err(ServiceError::internal)?;
+        let put = |name: &str, bytes: &[u8]| -> std::io::Result<()> {
+            let tmp = self.dir.join(format!(".{name}.new"));
+            std::fs::write(&tmp, bytes)?;
+            std::fs::rename(&tmp, self.dir.join(name))
+        };
+        match archive {
+            Some(bytes) => put("site.tar", bytes).map_err(ServiceError::internal)?,
+            None => match std::fs::remove_file(self.archive()) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(ServiceError::internal(e)),
+            },
+        }
+        let listing = serde_json::to_vec(packages).map_err(ServiceError::internal)?;
+        put("packages.json", &listing).map_err(ServiceError::internal)
+    }
+
+    /// Copies the set into `session` and has its kernel unpack it (nothing when the set is
+    /// empty). Used for every runner call, before its code runs.
+    pub async fn prepare(
+        &self,
+        sessions: &Arc<Sessions>,
+        files: &crate::services::Files,
+        session: &Arc<Session>,
+    ) -> Result<()> {
+        let bytes = match tokio::fs::read(self.archive()).await {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(ServiceError::internal(e)),
+        };
+        files
+            .write_bytes(session, RUNNER_ARCHIVE, bytes.into())
+            .await?;
+        let answer = ask(
+            sessions,
+            session,
+            serde_json::json!({"action": "unpack", "archive": format!("/workspace/{RUNNER_ARCHIVE}")}),
+        )
+        .await?;
+        if !answer.ok {
+            return Err(ServiceError::Failed {
+                code: "install_failed",
+                message: "the runner's packages could not be unpacked".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// A session for changing the set: policy `allow` for the package index's host (and
+    /// `*.pythonhosted.org` when the index is PyPI's, where its files are), within the
+    /// operator's `PYXIS_EGRESS_MAX`; the current set unpacked in it.
+    async fn workbench(
+        &self,
+        sessions: &Arc<Sessions>,
+        files: &crate::services::Files,
+    ) -> Result<Arc<Session>> {
+        let cfg = sessions.config();
+        let index = &cfg.egress.package_index;
+        let host = index.host_str().unwrap_or_default().to_owned();
+        let mut allow = vec![match index.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.clone(),
+        }];
+        if host.eq_ignore_ascii_case("pypi.org") {
+            allow.push("*.pythonhosted.org".into());
+        }
+        let network = crate::services::egress::NetworkRequest {
+            egress: Some("allow".into()),
+            allow,
+        };
+        let opts = crate::services::session_options(
+            cfg,
+            crate::services::NewSession {
+                network: Some(network),
+                ..Default::default()
+            },
+        )
+        .map_err(|e| match e {
+            ServiceError::Invalid(m) => ServiceError::Refused {
+                code: "egress_refused",
+                message: format!("the runner's packages cannot be installed here: {m}"),
+            },
+            other => other,
+        })?;
+        let session = sessions.create(opts).await?;
+        if let Err(e) = self.prepare(sessions, files, &session).await {
+            sessions.delete(&session.id).await;
+            return Err(e);
+        }
+        Ok(session)
+    }
+
+    /// Packs `session`'s packages and makes them the set.
+    async fn keep(
+        &self,
+        sessions: &Arc<Sessions>,
+        files: &crate::services::Files,
+        session: &Arc<Session>,
+    ) -> Result<Vec<Package>> {
+        let answer = ask(
+            sessions,
+            session,
+            serde_json::json!({"action": "pack", "archive": format!("/workspace/{RUNNER_ARCHIVE}")}),
+        )
+        .await?;
+        if !answer.ok {
+            return Err(ServiceError::Failed {
+                code: "install_failed",
+                message: "the runner's packages could not be packed".into(),
+            });
+        }
+        if answer.packages.is_empty() {
+            self.store(None, &[])?;
+            return Ok(Vec::new());
+        }
+        let bytes = files
+            .read_all(session, RUNNER_ARCHIVE, sessions.config().disk_bytes)
+            .await?;
+        self.store(Some(&bytes), &answer.packages)?;
+        Ok(answer.packages)
+    }
+
+    /// Installs `given` into the set.
+    pub async fn install(
+        &self,
+        sessions: &Arc<Sessions>,
+        files: &crate::services::Files,
+        given: &[String],
+    ) -> Result<PackagesOutcome> {
+        requirements(given)?;
+        if !sessions.config().egress.runner_packages {
+            return Err(ServiceError::Refused {
+                code: "egress_refused",
+                message: "installs into the function runner's packages are off on this \
+                          server (the operator turns them on with PYXIS_RUNNER_PACKAGES=true)"
+                    .into(),
+            });
+        }
+        let _one = RUNNER_LOCK.lock().await;
+        let started = Instant::now();
+        let session = self.workbench(sessions, files).await?;
+        let result = async {
+            let outcome = install(sessions, &session, given).await?;
+            let packages = self.keep(sessions, files, &session).await?;
+            Ok(PackagesOutcome {
+                packages,
+                log: outcome.log,
+                duration_ms: started.elapsed().as_secs_f64() * 1e3,
+            })
+        }
+        .await;
+        sessions.delete(&session.id).await;
+        result
+    }
+
+    /// Removes one package from the set (404 if it holds none of that name).
+    pub async fn remove(
+        &self,
+        sessions: &Arc<Sessions>,
+        files: &crate::services::Files,
+        name: &str,
+    ) -> Result<PackagesOutcome> {
+        let project = pyxis_egress::normalize_project(name)
+            .filter(|_| name.starts_with(|c: char| c.is_ascii_alphanumeric()))
+            .ok_or_else(|| ServiceError::Invalid(format!("{name:?} is not a package name")))?;
+        let _one = RUNNER_LOCK.lock().await;
+        let held = self
+            .list()
+            .iter()
+            .any(|p| pyxis_egress::normalize_project(&p.name).as_deref() == Some(&project));
+        if !held {
+            return Err(ServiceError::NotFound {
+                code: "package_not_found",
+                message: format!("the runner has no package {name:?}"),
+            });
+        }
+        let started = Instant::now();
+        let session = self.workbench(sessions, files).await?;
+        let result = async {
+            let outcome = remove(sessions, &session, &project).await?;
+            let packages = self.keep(sessions, files, &session).await?;
+            Ok(PackagesOutcome {
+                packages,
+                log: outcome.log,
+                duration_ms: started.elapsed().as_secs_f64() * 1e3,
+            })
+        }
+        .await;
+        sessions.delete(&session.id).await;
+        result
+    }
+}
+
 fn record(answer: &Result<Answer>, took: Duration) {
     let result = match answer {
         Ok(a) if a.ok => "ok",
