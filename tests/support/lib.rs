@@ -41,7 +41,46 @@ pub struct TestServer {
     pid: i32,
     child: Option<Child>,
     _dir: Option<tempfile::TempDir>,
+    _uids: UidSlot,
     client: Client,
+}
+
+/// How many 1,000-uid ranges the test servers draw from (from uid 300,000).
+const UID_SLOTS: u32 = 500;
+
+/// A range of 1,000 sandbox uids that no other live test server uses, in this process or
+/// in another test binary running beside it: two servers sharing uids would see (and
+/// could signal) each other's sandboxes. Held by an exclusive `flock` on a per-range file
+/// for the server's life; the kernel drops it when the process ends, however it ends.
+struct UidSlot {
+    base: u32,
+    _lock: std::fs::File,
+}
+
+impl UidSlot {
+    fn claim() -> UidSlot {
+        use std::os::fd::AsRawFd;
+        let dir = std::env::temp_dir().join("pyxis-test-uid-slots");
+        std::fs::create_dir_all(&dir).expect("the uid slots' directory");
+        let mut rng = rand::thread_rng();
+        for _ in 0..10 * UID_SLOTS {
+            let slot = rng.gen_range(0..UID_SLOTS);
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(dir.join(slot.to_string()))
+                .expect("a uid slot's lock file");
+            // SAFETY: flock(2) on a descriptor this function owns.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                return UidSlot {
+                    base: 300_000 + slot * 1000,
+                    _lock: file,
+                };
+            }
+        }
+        panic!("no free uid range for a test server ({UID_SLOTS} ranges, all in use)");
+    }
 }
 
 /// Path of the built `pyxis` binary.
@@ -174,9 +213,27 @@ impl TestServer {
 
     /// Start a server on an existing data directory.
     pub fn start_in(data_dir: PathBuf, settings: &[(&str, &str)]) -> TestServer {
+        // The port is free when chosen, but another server starting at the same moment may
+        // take it first: ours then exits (address in use) and the other one answers. Such
+        // a start is tried again on another port.
+        let mut attempt = 1;
+        loop {
+            match Self::try_start_in(data_dir.clone(), settings) {
+                Ok(server) => return server,
+                Err(why) if attempt < 3 => {
+                    eprintln!("test server start {attempt} failed ({why}); again on another port");
+                    attempt += 1;
+                }
+                Err(why) => panic!("{why}"),
+            }
+        }
+    }
+
+    fn try_start_in(data_dir: PathBuf, settings: &[(&str, &str)]) -> Result<TestServer, String> {
         let port = free_port();
         let token = format!("test-token-{}", rand::thread_rng().gen::<u64>());
-        let uid_base = 300_000 + rand::thread_rng().gen_range(0..500) * 1000;
+        let uids = UidSlot::claim();
+        let uid_base = uids.base;
         let mut cmd = Command::new(pyxis_bin());
         cmd.arg("serve")
             .env("PYXIS_LISTEN", format!("127.0.0.1:{port}"))
@@ -220,14 +277,15 @@ impl TestServer {
             pid,
             child: Some(child),
             _dir: None,
+            _uids: uids,
             client: Client::builder()
                 .timeout(scaled(Duration::from_secs(120)))
                 .pool_idle_timeout(client_pool_idle())
                 .build()
                 .expect("client"),
         };
-        server.wait_ready(scaled(Duration::from_secs(300)));
-        server
+        server.wait_ready(scaled(Duration::from_secs(300)))?;
+        Ok(server)
     }
 
     /// The server shared by the tests that need no special settings.
@@ -238,17 +296,24 @@ impl TestServer {
 
     /// Waits until `/healthz` answers; a server that exits first fails at once (with its
     /// exit status) rather than after `limit`.
-    fn wait_ready(&mut self, limit: Duration) {
+    fn wait_ready(&mut self, limit: Duration) -> Result<(), String> {
         let start = Instant::now();
         loop {
             if let Ok(r) = self.client.get(format!("{}/healthz", self.base)).send() {
-                if r.status().is_success() {
-                    return;
+                // Healthy, and ours: another server on this port would not know our token.
+                let ours = self
+                    .req(reqwest::Method::GET, "/v1/status")
+                    .send()
+                    .is_ok_and(|r| r.status().is_success());
+                if r.status().is_success() && ours {
+                    return Ok(());
                 }
             }
             if let Some(Ok(Some(exit))) = self.child.as_mut().map(Child::try_wait) {
                 self.child = None;
-                panic!("the server exited before it became healthy ({exit}); its log is above");
+                return Err(format!(
+                    "the server exited before it became healthy ({exit}); its log is above"
+                ));
             }
             assert!(
                 start.elapsed() < limit,
