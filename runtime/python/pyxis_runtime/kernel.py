@@ -170,6 +170,20 @@ def _warm_up(shell) -> None:
     finally:
         sys.stdout, sys.stderr = saved
     _forget(shell, before, count)
+    _drop_open_fonts()
+
+
+def _drop_open_fonts() -> None:
+    """Closes the fonts the warm-up opened. matplotlib clears its font cache in every forked
+    child (`os.register_at_fork`), and there each cached font's file descriptor is already
+    closed (the sandbox keeps only its own): closing them raised an ignored OSError per font,
+    whose traceback every kernel formatted (reading zygote.py's source) as it started.
+    Cleared here once, the children have nothing to clear; a kernel opens the fonts it draws
+    with, as it did."""
+    font_manager = sys.modules.get("matplotlib.font_manager")
+    get_font = getattr(font_manager, "_get_font", None)
+    if get_font is not None and hasattr(get_font, "cache_clear"):
+        get_font.cache_clear()
 
 
 def _warm_up_cells(shell) -> None:
