@@ -44,6 +44,7 @@
 
 #![deny(missing_docs)]
 
+mod arena;
 mod cgroup;
 mod credentials;
 mod error;
@@ -60,6 +61,7 @@ mod spec;
 mod sys;
 mod workspace;
 
+pub use arena::{pyxis_sandbox_arena_alloc, pyxis_sandbox_arena_free, pyxis_sandbox_arena_reserve};
 pub use cgroup::{
     dynamic_modifications_favored, favor_dynamic_modifications, Cgroup, CgroupError, CgroupRoot,
     CgroupUsage, CgroupVersion, DynMods, ResourceLimits,

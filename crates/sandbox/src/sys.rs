@@ -647,6 +647,50 @@ pub fn path_cstring(path: &Path) -> io::Result<CString> {
         .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
 }
 
+/// Reserves `len` bytes of address space, readable and writable, private and anonymous,
+/// without committing memory (`MAP_NORESERVE`): pages exist only once touched. Returns the
+/// start address.
+pub fn reserve_anonymous(len: usize) -> io::Result<usize> {
+    // SAFETY: a new mapping at an address of the kernel's choice; it overlaps nothing of
+    // ours, and no Rust reference points into it.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(ptr as usize)
+}
+
+/// `munmap(addr, len)`.
+///
+/// # Safety
+///
+/// Nothing may use the range afterwards: no reference may point into it, and its owner
+/// (here, the interpreter's allocator handing an arena back) must be done with it.
+pub unsafe fn unmap(addr: usize, len: usize) -> io::Result<()> {
+    // SAFETY: guaranteed by the caller.
+    cvt(unsafe { libc::munmap(addr as *mut libc::c_void, len) }).map(drop)
+}
+
+/// `madvise(addr, len, MADV_DONTNEED)`: the range's pages are dropped, and read as zeroes
+/// when touched again.
+///
+/// # Safety
+///
+/// The range must be private anonymous memory whose contents nobody needs any more.
+pub unsafe fn discard_pages(addr: usize, len: usize) -> io::Result<()> {
+    // SAFETY: guaranteed by the caller.
+    cvt(unsafe { libc::madvise(addr as *mut libc::c_void, len, libc::MADV_DONTNEED) }).map(drop)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

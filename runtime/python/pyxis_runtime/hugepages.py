@@ -26,6 +26,8 @@ MADV_COLLAPSE = 25
 # Collapse a 2 MiB range only when at least this share of its pages is resident: the
 # rest become zero pages of the zygote, at most half a MiB per range.
 MIN_RESIDENT = 0.75
+# mincore(2) sets the low bit of a resident page's byte (the others are reserved).
+_RESIDENT_BIT = bytes(i & 1 for i in range(256))
 
 
 def _aligned_ranges(maps: str = "/proc/self/maps"):
@@ -70,7 +72,9 @@ def collapse(min_resident: float = MIN_RESIDENT) -> dict:
     collapsed = candidates = failed = 0
     error = None
     for addr in _aligned_ranges():
-        if libc.mincore(addr, HUGE, vec) != 0 or sum(b & 1 for b in vec.raw) < wanted:
+        # The arena region (see zygote.py) is a large VMA, mostly never touched: the count
+        # must be cheap.
+        if libc.mincore(addr, HUGE, vec) != 0 or vec.raw.translate(_RESIDENT_BIT).count(1) < wanted:
             continue
         candidates += 1
         err = _collapse_range(libc, addr)

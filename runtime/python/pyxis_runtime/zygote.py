@@ -32,12 +32,16 @@ import signal
 import socket
 import sys
 import time
+from typing import NoReturn
 
 from . import framing, hugepages
 
 CONTROL_FD = 3
 MAX_CGROUP_FDS = 8
 INIT_PROGRAM = "pyxis-sandbox-init"
+# Address space reserved for the interpreter's object arenas (see `SandboxLib.use_arenas`);
+# only touched pages cost memory.
+ARENA_REGION = 16 << 30
 REAP_INTERVAL = 1.0
 FINAL_REAP_S = 2.0
 ERRLEN = 4096
@@ -85,6 +89,12 @@ def anonymous_copy(path: str) -> int:
     return fd
 
 
+class ArenaAllocator(ctypes.Structure):
+    """CPython's `PyObjectArenaAllocator`."""
+
+    _fields_ = [("ctx", ctypes.c_void_p), ("alloc", ctypes.c_void_p), ("free", ctypes.c_void_p)]
+
+
 class SandboxLib:
     """The C ABI of the sandbox crate, loaded from an anonymous copy (see `anonymous_copy`),
     and its init program, copied the same way."""
@@ -115,6 +125,29 @@ class SandboxLib:
             ctypes.c_size_t,
         ]
         self.lib.pyxis_sandbox_spawn.restype = ctypes.c_int
+
+    def use_arenas(self) -> str | None:
+        """Makes the interpreter cut its object arenas from one reserved region of the
+        library's (its `arena` module), so that `hugepages.collapse` can map them with huge
+        pages: scattered 1 MiB mappings, each its own VMA, cannot be. Call it before the
+        preloads. Returns why not, if it could not (the arenas are then mapped as before)."""
+        try:
+            reserve = self.lib.pyxis_sandbox_arena_reserve
+            alloc = ctypes.cast(self.lib.pyxis_sandbox_arena_alloc, ctypes.c_void_p)
+            free = ctypes.cast(self.lib.pyxis_sandbox_arena_free, ctypes.c_void_p)
+        except AttributeError:
+            return "the sandbox library has no arena allocator (an older build)"
+        reserve.argtypes = [ctypes.c_size_t]
+        reserve.restype = ctypes.c_int
+        if reserve(ARENA_REGION) != 0:
+            return "the arena region could not be reserved"
+        allocator = ArenaAllocator(None, alloc, free)
+        # CPython copies the structure; arenas mapped before are handed back to the
+        # library's free, which unmaps what is not in its region.
+        ctypes.pythonapi.PyObject_SetArenaAllocator.argtypes = [ctypes.c_void_p]
+        ctypes.pythonapi.PyObject_SetArenaAllocator.restype = None
+        ctypes.pythonapi.PyObject_SetArenaAllocator(ctypes.byref(allocator))
+        return None
 
     def prepare(self) -> None:
         """Calls pyxis_sandbox_prepare once; raises RuntimeError on failure."""
@@ -403,6 +436,13 @@ def forget_host_layout() -> None:
     os.chdir("/")
 
 
+def library_failed(ctrl: socket.socket, exc: Exception) -> NoReturn:
+    """Reports that the sandbox library could not be loaded or prepared, and exits."""
+    log(f"sandbox library: {exc}")
+    framing.send(ctrl, {"type": "error", "error": f"sandbox library: {exc}"})
+    sys.exit(2)
+
+
 def main() -> None:
     """Entry point."""
     forget_host_layout()
@@ -417,21 +457,26 @@ def main() -> None:
     # throwaway fork of `single_threaded`, and the sandbox library forks only a
     # single-threaded process. Read by jemalloc when pyarrow loads.
     os.environ.setdefault("JE_ARROW_MALLOC_CONF", "background_thread:false")
-    # pylint: disable=import-outside-toplevel
-    from . import kernel
-
-    kernel.prepare()
     lib_path = os.environ.pop("PYXIS_SANDBOX_LIB", None)
     if not lib_path:
         log("PYXIS_SANDBOX_LIB is not set")
         sys.exit(2)
     try:
         lib = SandboxLib(lib_path)
+        # Before the preloads: their arenas are what the huge pages are for.
+        problem = lib.use_arenas()
+    except (OSError, AttributeError, RuntimeError) as exc:
+        library_failed(ctrl, exc)
+    if problem is not None:
+        log(problem)
+    # pylint: disable=import-outside-toplevel
+    from . import kernel
+
+    kernel.prepare()
+    try:
         lib.prepare()
     except (OSError, AttributeError, RuntimeError) as exc:
-        log(f"sandbox library: {exc}")
-        framing.send(ctrl, {"type": "error", "error": f"sandbox library: {exc}"})
-        sys.exit(2)
+        library_failed(ctrl, exc)
     problem = single_threaded()
     if problem is not None:
         log(problem)
