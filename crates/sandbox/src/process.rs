@@ -258,6 +258,13 @@ pub fn spawn(
 
 /// The caller's part after B started: hands B the spec, forks C into its namespaces, waits
 /// for C. `Ok(None)` in C.
+///
+/// C is forked while B builds the sandbox, not after: the fork (copying the caller's page
+/// tables, the larger part of a spawn's time in the caller) and B's setup run at once, on
+/// two cores where there are two. C waits at a gate, a pipe, until B said `ok`: only then do
+/// B's namespaces and root exist for it to join. C takes no step of its own setup that
+/// depends on B before the gate opens; if B fails, the caller kills B, and with it C, which
+/// is in B's pid namespace.
 fn make_kernel(
     spec: &SandboxSpec,
     handover: &Handover,
@@ -271,19 +278,30 @@ fn make_kernel(
     writer
         .write_all(format!("{json}\n").as_bytes())
         .map_err(EnterError::Channel)?;
-    expect_ok("the sandbox's init", channel, deadline)?;
 
     let init_fd = sys::pidfd_open(init).map_err(EnterError::StartInit)?;
     let own_pid_ns = File::open("/proc/self/ns/pid").map_err(EnterError::Fork)?;
-    let (report_read, report_write) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| EnterError::Fork(e.into()))?;
-    sys::setns(init_fd.as_raw_fd(), libc::CLONE_NEWPID).map_err(EnterError::Fork)?;
+    let pipe =
+        || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| EnterError::Fork(e.into()));
+    let (report_read, report_write) = pipe()?;
+    let (gate_read, gate_write) = pipe()?;
+    if let Err(error) = sys::setns(init_fd.as_raw_fd(), libc::CLONE_NEWPID) {
+        // B may have exited already: its report says why.
+        expect_ok("the sandbox's init", channel, deadline)?;
+        return Err(EnterError::Fork(error));
+    }
     let forked = sys::fork();
     if let Ok(Forked::Child) = forked {
-        kernel_child(spec, handover, filters, &init_fd, report_write)?;
+        // The caller's end: C must see the gate close when the caller drops it.
+        drop(gate_write);
+        let fds = KernelFds {
+            init: init_fd.as_raw_fd(),
+            gate: gate_read.as_raw_fd(),
+        };
+        kernel_child(spec, handover, filters, fds, report_write, deadline)?;
         // C closed every descriptor but its own by number: none of these may be closed
         // again, since the number may be taken by then.
-        std::mem::forget((init_fd, own_pid_ns, report_read));
+        std::mem::forget((init_fd, own_pid_ns, report_read, gate_read));
         return Ok(None);
     }
     if let Err(err) = sys::setns(own_pid_ns.as_raw_fd(), libc::CLONE_NEWPID) {
@@ -291,16 +309,37 @@ fn make_kernel(
         eprintln!("pyxis sandbox: cannot return to the own pid namespace: {err}");
         sys::exit_now(3);
     }
-    let Forked::Parent(kernel) = forked.map_err(EnterError::Fork)? else {
-        unreachable!("the child returned above")
+    let kernel = match forked {
+        Ok(Forked::Parent(kernel)) => kernel,
+        Ok(Forked::Child) => unreachable!("the child returned above"),
+        // A fork into the namespace of an init that has exited fails (ENOMEM): B's own
+        // report says why it exited.
+        Err(error) => {
+            expect_ok("the sandbox's init", channel, deadline)?;
+            return Err(EnterError::Fork(error));
+        }
     };
-    drop(report_write);
+    drop((report_write, gate_read));
+    // A failure from here on drops the gate's write end: C, waiting at it, reads its end
+    // and exits (and dies anyway with B, which the caller kills).
+    expect_ok("the sandbox's init", channel, deadline)?;
     // C exists, as pid 2 of B's namespace.
     writer
         .write_all(&SetupMessage::Go.encode())
         .map_err(EnterError::Channel)?;
+    File::from(gate_write)
+        .write_all(&SetupMessage::Go.encode())
+        .map_err(EnterError::Channel)?;
     expect_ok("the kernel", &File::from(report_read), deadline)?;
     Ok(Some(kernel))
+}
+
+/// C's descriptors from the caller, by number: a pidfd of B, and the gate C waits at until
+/// B is ready.
+#[derive(Debug, Clone, Copy)]
+struct KernelFds {
+    init: RawFd,
+    gate: RawFd,
 }
 
 /// Reads the [`SetupMessage::Ok`] or [`SetupMessage::Err`] of `who` from `from`, until
@@ -365,13 +404,14 @@ fn kernel_child(
     spec: &SandboxSpec,
     handover: &Handover,
     filters: &[seccompiler::BpfProgram],
-    init: &OwnedFd,
+    fds: KernelFds,
     report: OwnedFd,
+    deadline: Instant,
 ) -> Result<()> {
     // From here on this process owns its descriptors as numbers only.
     let mut report_fd = std::mem::ManuallyDrop::new(report).as_raw_fd();
     let outcome = catch_unwind(AssertUnwindSafe(|| {
-        become_kernel(spec, handover, filters, init.as_raw_fd(), report_fd)?;
+        become_kernel(spec, handover, filters, fds, report_fd, deadline)?;
         report_fd = spec.report_fd;
         ready(spec.report_fd)
     }));
@@ -392,14 +432,16 @@ pub(crate) const RESET_SIGNALS: [Signal; 4] = [
     Signal::SIGHUP,
 ];
 
-/// C's setup, in order: die with the caller, reset signals, join B's cgroups and
-/// namespaces, take its descriptors' numbers, drop privileges, seccomp.
+/// C's setup, in order: die with the caller, reset signals, join B's cgroups, wait at the
+/// gate until B is ready, join B's namespaces, take its descriptors' numbers, drop
+/// privileges, seccomp.
 fn become_kernel(
     spec: &SandboxSpec,
     handover: &Handover,
     filters: &[seccompiler::BpfProgram],
-    init: RawFd,
+    fds: KernelFds,
     report: RawFd,
+    deadline: Instant,
 ) -> Result<()> {
     credentials::set_parent_death_kill().map_err(EnterError::SetParentDeathSignal)?;
     if let Some(pidfd) = handover.parent_pidfd {
@@ -417,7 +459,14 @@ fn become_kernel(
     // "0" is the writing process itself, whatever pid namespace it is in. The cgroup
     // namespace is joined after, so the move is checked against the host's view.
     join_cgroups(&handover.fds[2..2 + spec.cgroup_fds.len()])?;
-    sys::setns(init, namespaces().bits()).map_err(EnterError::JoinNamespaces)?;
+    // Not closed here: the descriptors below are closed by number.
+    let gate = std::mem::ManuallyDrop::new(sys::file_from_raw(fds.gate));
+    match read_line(&*gate, deadline).map(|line| SetupMessage::decode(&line)) {
+        Ok(Ok(SetupMessage::Go)) => {}
+        // The caller gave up on this sandbox (B failed, or it timed out).
+        _ => sys::exit_now(1),
+    }
+    sys::setns(fds.init, namespaces().bits()).map_err(EnterError::JoinNamespaces)?;
     // setns put the root and the working directory at the sandbox's root.
     nix::unistd::chdir("/workspace").map_err(|e| EnterError::Chdir(e.into()))?;
     sys::move_fds(&[(handover.fds[0], spec.kernel_fd), (report, spec.report_fd)])
