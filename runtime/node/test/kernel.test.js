@@ -214,6 +214,21 @@ JSON.stringify([_.chunk([1, 2, 3], 2), chunk([1], 1), dayjs("2024-01-02").format
     assert.equal(text(e), "'v1'");
   });
 
+  it('switches language when configured with PYXIS_KERNEL_LANGUAGE (a pooled kernel)', async () => {
+    let r = await k.execute('let typed: number = 1');
+    assert.equal(r.reply.status, 'error', 'a JavaScript kernel first');
+    r = await k.request({ type: 'configure', env: { PYXIS_KERNEL_LANGUAGE: 'typescript' } });
+    assert.equal(r.status, 'ok');
+    r = await k.execute('interface P { x: number }\nconst p: P = { x: 41 }\np.x + 1');
+    assert.equal(text(r), '42');
+    r = await k.execute('String(process.env.PYXIS_KERNEL_LANGUAGE)');
+    assert.equal(text(r), "'undefined'", 'the switch is not left in the environment');
+    r = await k.request({ type: 'configure', env: { PYXIS_KERNEL_LANGUAGE: 'javascript' } });
+    assert.equal(r.status, 'ok');
+    r = await k.execute('let typed2: number = 1');
+    assert.equal(r.reply.status, 'error', 'back to JavaScript');
+  });
+
   it('sends valid JSON for text with lone surrogates', async () => {
     const r = await k.execute('console.log("a\\ud800b")\n"c\\udc00"');
     assert.equal(r.stdout, 'a?b\n');
