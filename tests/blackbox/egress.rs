@@ -432,6 +432,26 @@ fn egress_byte_and_connection_limits_trip() {
             "pyxis_egress_refused_total{reason=\"open_connections_limit\"}"
         ) >= 1.0
     );
+
+    // The limit cuts a CONNECT tunnel too (its bytes are spliced, and counted as they go).
+    let u = server.session_with(
+        json!({"network": {"egress": "allow", "allow": [format!("127.0.0.1:{port}")]}}),
+    );
+    u.ok(PROXY_HELPER);
+    let tunneled = u.ok(&format!(
+        "_, second = proxy_raw('CONNECT 127.0.0.1:{port} HTTP/1.1\\r\\nHost: 127.0.0.1:{port}\\r\\n\\r\\n', then='GET /bytes/4194304 HTTP/1.1\\r\\nHost: a\\r\\n\\r\\n'); print(second[0], '|', len(second[2]))"
+    ));
+    assert!(tunneled.starts_with("HTTP/1.1 200 OK |"), "{tunneled}");
+    let got: usize = tunneled
+        .split('|')
+        .nth(1)
+        .and_then(|n| n.trim().parse().ok())
+        .expect("length");
+    assert!(
+        got < 4_194_304,
+        "the byte limit did not cut the tunnel: {tunneled}"
+    );
+    assert!(metric(&server, "pyxis_egress_refused_total{reason=\"byte_limit\"}") >= 2.0);
 }
 
 /// An sdist whose build misbehaves (forks to the pids limit, fills the quota, tries private
@@ -590,4 +610,116 @@ fn egress_runner_packages_install_import_list_uninstall() {
     assert_eq!(r.status(), 404);
     let body: Value = r.json().expect("json");
     assert_eq!(body["code"], "CodeRunner.PackageNotFound", "{body}");
+}
+
+/// A stand-in npm registry on `127.0.0.2` (loopback, but not in the sandbox's `NO_PROXY`,
+/// like a remote registry would not be): answers the packument of `pyxis-tiny-npm` and
+/// counts the requests it sees.
+fn npm_registry() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.2:0").expect("bind 127.0.0.2");
+    let addr = listener.local_addr().expect("addr");
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(&stream);
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let target = line.split_whitespace().nth(1).unwrap_or("").to_owned();
+                    loop {
+                        let mut h = String::new();
+                        if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                            break;
+                        }
+                    }
+                    log.lock().expect("lock").push(target.clone());
+                    let body = if target.ends_with("/pyxis-tiny-npm") {
+                        json!({"name": "pyxis-tiny-npm", "dist-tags": {"latest": "4.2.0"},
+                               "versions": {"4.2.0": {"name": "pyxis-tiny-npm", "version": "4.2.0",
+                                 "dist": {"tarball": format!("http://{addr}/pyxis-tiny-npm/-/pyxis-tiny-npm-4.2.0.tgz"),
+                                          "shasum": "0000000000000000000000000000000000000000"}}}})
+                        .to_string()
+                    } else {
+                        "{}".to_owned()
+                    };
+                    let status = if body == "{}" {
+                        "404 Not Found"
+                    } else {
+                        "200 OK"
+                    };
+                    let head = format!(
+                        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                        body.len()
+                    );
+                    let mut w = &stream;
+                    if w.write_all(head.as_bytes()).is_err()
+                        || w.write_all(body.as_bytes()).is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// npm in a command reaches a registry through the proxy (the sandbox's `npm_config_proxy`)
+/// under an `allow` policy for it, and is refused under `none` (the registry sees nothing).
+#[test]
+fn egress_npm_reaches_a_registry_through_the_proxy() {
+    let (addr, seen) = npm_registry();
+    let server = TestServer::start(&[("PYXIS_EGRESS_ALLOW", &addr.to_string())]);
+    let npm = format!(
+        "npm view pyxis-tiny-npm version --registry http://{addr}/ --cache /tmp/npm-cache \
+         --fetch-retries 0 --no-update-notifier 2>&1"
+    );
+    let allowed =
+        server.session_with(json!({"network": {"egress": "allow", "allow": [addr.to_string()]}}));
+    let (status, out) = post_json(
+        &server,
+        &format!("/v1/sessions/{}/commands", allowed.id),
+        &json!({"cmd": npm, "timeout_s": 120}),
+    );
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(out["exit_code"], 0, "{out:#}");
+    assert_eq!(
+        out["stdout"].as_str().unwrap_or_default().trim(),
+        "4.2.0",
+        "{out:#}"
+    );
+    assert!(
+        seen.lock()
+            .expect("lock")
+            .iter()
+            .any(|t| t.ends_with("/pyxis-tiny-npm")),
+        "{:?}",
+        seen.lock().expect("lock")
+    );
+    let before = seen.lock().expect("lock").len();
+
+    let none = server.session();
+    let (status, out) = post_json(
+        &server,
+        &format!("/v1/sessions/{}/commands", none.id),
+        &json!({"cmd": npm, "timeout_s": 120}),
+    );
+    assert_eq!(status, 200, "{out}");
+    assert_ne!(out["exit_code"], 0, "{out:#}");
+    let text = out["stdout"].as_str().unwrap_or_default();
+    assert!(text.contains("403"), "{out:#}");
+    assert_eq!(
+        seen.lock().expect("lock").len(),
+        before,
+        "the registry was reached"
+    );
 }
