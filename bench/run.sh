@@ -47,6 +47,8 @@ key_fields = {
     "burst": ["p50_ms", "p95_ms", "max_ms", "first_round_p50_ms", "first_round_p95_ms"],
     "spawn100": ["wall_s", "each_p50_ms", "each_p95_ms"],
     "density1000": ["mem_available_fall_mib_per_session", "cell_p50_ms", "cell_p95_ms", "create_s"],
+    "packages": ["p50_ms", "p95_ms", "first_install_ms", "direct_mb_s", "forward_mb_s",
+                 "tunnel_mb_s", "overhead_pct", "forward_server_cpu_s", "tunnel_server_cpu_s"],
 }
 rows = {}
 order = []
