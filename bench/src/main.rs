@@ -64,12 +64,12 @@ struct Args {
     server_bin: Option<PathBuf>,
 
     /// Comma-separated workloads: roundtrip, stream, stateful, create, oneshot, density,
-    /// analysis, burst, spawn100, density1000. `name:variant` picks one variant
-    /// (stateful:steady, stateful:churn, stateful:jupyter, create:cold, create:warm,
-    /// burst:25, burst:50).
+    /// analysis, data, burst, spawn100, density1000, mcp, js, command, packages.
+    /// `name:variant` picks one variant (stateful:steady, stateful:churn, stateful:jupyter,
+    /// create:cold, create:warm, burst:25, burst:50, …).
     #[arg(
         long,
-        default_value = "roundtrip,stream,stateful,create,oneshot,density,analysis,burst,spawn100,density1000,data,mcp"
+        default_value = "roundtrip,stream,stateful,create,oneshot,density,analysis,burst,spawn100,density1000,data,mcp,js,command,packages"
     )]
     workloads: String,
 
