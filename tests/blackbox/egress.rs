@@ -4,7 +4,9 @@
 use std::process::Command;
 use std::time::Duration;
 
-use pyxis_tests::packages::{Fixtures, PackageIndex, WebServer, MISBEHAVING_SDIST, TINY_WHEEL};
+use pyxis_tests::packages::{
+    Fixtures, IndexedServer, PackageIndex, WebServer, MISBEHAVING_SDIST, TINY_WHEEL,
+};
 use pyxis_tests::TestServer;
 use serde_json::{json, Value};
 
@@ -141,15 +143,14 @@ fn metric(server: &TestServer, name_and_labels: &str) -> f64 {
 /// restart keeps the package; the default policy refuses.
 #[test]
 fn egress_pip_install_cache_list_remove_restart() {
-    let fixtures = Fixtures::build();
-    let index = PackageIndex::start(&fixtures.files);
-    let port = index.addr.port();
-    let allow = format!("127.0.0.1:{port}");
-    let server = TestServer::start(&[
-        ("PYXIS_PACKAGE_INDEX", &index.url()),
-        ("PYXIS_EGRESS_ALLOW", &allow),
-    ]);
-    let network = json!({"network": {"egress": "allow", "allow": [allow]}});
+    let fx = IndexedServer::start(&[]);
+    let network = fx.network();
+    let IndexedServer {
+        server,
+        index,
+        allow,
+        fixtures: _fixtures,
+    } = fx;
 
     let a = server.session_with(network.clone());
     let (_, info) = get_json(&server, &format!("/v1/sessions/{}", a.id));
@@ -460,17 +461,18 @@ fn egress_byte_and_connection_limits_trip() {
 /// still works.
 #[test]
 fn egress_misbehaving_sdist_is_contained() {
-    let fixtures = Fixtures::build();
-    let index = PackageIndex::start(&fixtures.files);
-    let allow = format!("127.0.0.1:{}", index.addr.port());
-    let server = TestServer::start(&[
-        ("PYXIS_PACKAGE_INDEX", &index.url()),
-        ("PYXIS_EGRESS_ALLOW", &allow),
+    let fx = IndexedServer::start(&[
         ("PYXIS_INSTALL_TIMEOUT_S", "20"),
         ("PYXIS_DISK_MB", "64"),
         ("PYXIS_PIDS", "96"),
     ]);
-    let s = server.session_with(json!({"network": {"egress": "allow", "allow": [allow]}}));
+    let network = fx.network();
+    let IndexedServer {
+        server,
+        fixtures: _fixtures,
+        ..
+    } = fx;
+    let s = server.session_with(network);
     let started = std::time::Instant::now();
     let (status, body) = post_json(
         &server,
@@ -504,15 +506,14 @@ fn egress_misbehaving_sdist_is_contained() {
 /// policy that reaches the index it stays a `ModuleNotFoundError`.
 #[test]
 fn egress_auto_install_on_import() {
-    let fixtures = Fixtures::build();
-    let index = PackageIndex::start(&fixtures.files);
-    let allow = format!("127.0.0.1:{}", index.addr.port());
-    let server = TestServer::start(&[
-        ("PYXIS_PACKAGE_INDEX", &index.url()),
-        ("PYXIS_EGRESS_ALLOW", &allow),
-        ("PYXIS_AUTO_INSTALL", "pyxis_tiny=pyxis-tiny==1.0"),
-    ]);
-    let s = server.session_with(json!({"network": {"egress": "allow", "allow": [allow]}}));
+    let fx = IndexedServer::start(&[("PYXIS_AUTO_INSTALL", "pyxis_tiny=pyxis-tiny==1.0")]);
+    let network = fx.network();
+    let IndexedServer {
+        server,
+        fixtures: _fixtures,
+        ..
+    } = fx;
+    let s = server.session_with(network);
     let out = s.exec("import pyxis_tiny\nprint(pyxis_tiny.VALUE)");
     assert_eq!(out["status"], "ok", "{out:#}");
     assert_eq!(out["stdout"].as_str().unwrap_or_default().trim(), "42");
@@ -543,14 +544,13 @@ fn egress_auto_install_on_import() {
 /// `/api/pypkg/uninstall` removes it, a second time is a 404.
 #[test]
 fn egress_runner_packages_install_import_list_uninstall() {
-    let fixtures = Fixtures::build();
-    let index = PackageIndex::start(&fixtures.files);
-    let allow = format!("127.0.0.1:{}", index.addr.port());
-    let server = TestServer::start(&[
-        ("PYXIS_PACKAGE_INDEX", &index.url()),
-        ("PYXIS_EGRESS_ALLOW", &allow),
-        ("PYXIS_RUNNER_PACKAGES", "true"),
-    ]);
+    let fx = IndexedServer::start(&[("PYXIS_RUNNER_PACKAGES", "true")]);
+    let IndexedServer {
+        server,
+        index,
+        fixtures: _fixtures,
+        ..
+    } = fx;
     let run = |code: &str| post_json(&server, "/api/runner/execute", &json!({ "code": code }));
     let (status, before) = run("import pyxis_tiny");
     assert_eq!(status, 200);

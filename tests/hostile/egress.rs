@@ -189,15 +189,14 @@ fn egress_connect_flood_and_garbage_are_refused_without_harm() {
 /// installs with a 403; none of it changes the runner's set.
 #[test]
 fn egress_runner_packages_refuse_what_is_not_a_requirement() {
-    use pyxis_tests::packages::{Fixtures, PackageIndex};
-    let fixtures = Fixtures::build();
-    let index = PackageIndex::start(&fixtures.files);
-    let allow = format!("127.0.0.1:{}", index.addr.port());
-    let server = TestServer::start(&[
-        ("PYXIS_PACKAGE_INDEX", &index.url()),
-        ("PYXIS_EGRESS_ALLOW", &allow),
-        ("PYXIS_RUNNER_PACKAGES", "true"),
-    ]);
+    use pyxis_tests::packages::IndexedServer;
+    let fx = IndexedServer::start(&[("PYXIS_RUNNER_PACKAGES", "true")]);
+    let IndexedServer {
+        server,
+        index,
+        allow,
+        fixtures: _fixtures,
+    } = fx;
     let install = |body: serde_json::Value| {
         let r = server.post("/api/pypkg/install", &body);
         let status = r.status().as_u16();

@@ -312,6 +312,47 @@ fn serve_web(stream: TcpStream, port: u16, heads: &Mutex<Vec<String>>) {
     }
 }
 
+/// The fixtures, an index serving them on loopback, and a server that may reach the index
+/// (`PYXIS_PACKAGE_INDEX` and `PYXIS_EGRESS_ALLOW` set to it, plus `extra` settings): the
+/// set-up every packages test starts from.
+pub struct IndexedServer {
+    /// The server (declared first: dropped before the index it was reaching).
+    pub server: crate::TestServer,
+    /// The index serving `fixtures`.
+    pub index: PackageIndex,
+    /// The index's `host:port`, as an allow-list entry.
+    pub allow: String,
+    /// The built fixtures (kept until drop).
+    pub fixtures: Fixtures,
+}
+
+impl IndexedServer {
+    /// Builds the fixtures, starts the index and a server with `extra` settings.
+    pub fn start(extra: &[(&str, &str)]) -> IndexedServer {
+        let fixtures = Fixtures::build();
+        let index = PackageIndex::start(&fixtures.files);
+        let allow = format!("127.0.0.1:{}", index.addr.port());
+        let url = index.url();
+        let mut settings = vec![
+            ("PYXIS_PACKAGE_INDEX", url.as_str()),
+            ("PYXIS_EGRESS_ALLOW", allow.as_str()),
+        ];
+        settings.extend_from_slice(extra);
+        let server = crate::TestServer::start(&settings);
+        IndexedServer {
+            server,
+            index,
+            allow,
+            fixtures,
+        }
+    }
+
+    /// Session options whose policy reaches the index and nothing else.
+    pub fn network(&self) -> serde_json::Value {
+        serde_json::json!({"network": {"egress": "allow", "allow": [self.allow]}})
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
