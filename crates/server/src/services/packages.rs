@@ -425,20 +425,10 @@ impl RunnerSet {
             });
         }
         let _one = RUNNER_LOCK.lock().await;
-        let started = Instant::now();
-        let session = self.workbench(sessions, files).await?;
-        let result = async {
-            let outcome = install(sessions, &session, given).await?;
-            let packages = self.keep(sessions, files, &session).await?;
-            Ok(PackagesOutcome {
-                packages,
-                log: outcome.log,
-                duration_ms: started.elapsed().as_secs_f64() * 1e3,
-            })
-        }
-        .await;
-        sessions.delete(&session.id).await;
-        result
+        self.change(sessions, files, |session| async move {
+            install(sessions, &session, given).await
+        })
+        .await
     }
 
     /// Removes one package from the set (404 if it holds none of that name).
@@ -462,10 +452,29 @@ impl RunnerSet {
                 message: format!("the runner has no package {name:?}"),
             });
         }
+        let project = &project;
+        self.change(sessions, files, |session| async move {
+            remove(sessions, &session, project).await
+        })
+        .await
+    }
+
+    /// Runs `op` in a workbench session, makes what it left there the set and removes the
+    /// session, whatever the outcome; the answer's log is `op`'s.
+    async fn change<F, Fut>(
+        &self,
+        sessions: &Arc<Sessions>,
+        files: &crate::services::Files,
+        op: F,
+    ) -> Result<PackagesOutcome>
+    where
+        F: FnOnce(Arc<Session>) -> Fut,
+        Fut: std::future::Future<Output = Result<PackagesOutcome>>,
+    {
         let started = Instant::now();
         let session = self.workbench(sessions, files).await?;
         let result = async {
-            let outcome = remove(sessions, &session, &project).await?;
+            let outcome = op(session.clone()).await?;
             let packages = self.keep(sessions, files, &session).await?;
             Ok(PackagesOutcome {
                 packages,
