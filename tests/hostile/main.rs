@@ -9,6 +9,7 @@ mod files_api;
 mod host_counters;
 mod javascript;
 mod kernel_memory;
+mod mount_namespace;
 mod network;
 mod protocol;
 mod shared_locks;

@@ -37,7 +37,7 @@ use crate::netns;
 use crate::process::{join_cgroups, namespaces, read_line, EnterError};
 use crate::rootfs;
 use crate::seccomp;
-use crate::spec::SandboxSpec;
+use crate::spec::{InitSpec, SandboxSpec};
 use crate::sys;
 
 /// The channel to the zygote.
@@ -69,9 +69,12 @@ fn run() -> Result<i32, EnterError> {
             who: "the zygote",
             message,
         })?;
-    let spec = SandboxSpec::from_json(line.as_bytes())?;
+    let InitSpec {
+        spec,
+        mount_namespace_fd,
+    } = InitSpec::from_json(line.as_bytes())?;
     let filters = seccomp::filters()?;
-    let (sigchld, mut egress) = build(&spec, filters)?;
+    let (sigchld, mut egress) = build(&spec, mount_namespace_fd, filters)?;
     (&*channel)
         .write_all(&SetupMessage::Ok.encode())
         .map_err(EnterError::Report)?;
@@ -103,17 +106,26 @@ struct Egress {
 /// Everything before `ok`; returns the `SIGCHLD` signalfd and the egress listener.
 fn build(
     spec: &SandboxSpec,
+    mount_namespace_fd: Option<RawFd>,
     filters: &[seccompiler::BpfProgram],
 ) -> Result<(SignalFd, Option<Egress>), EnterError> {
     // Nothing but the channel, /dev/null and what the spec names.
     let mut keep = vec![0, 1, 2, spec.workspace_fd];
     keep.extend(&spec.cgroup_fds);
     keep.extend(spec.egress.map(|e| e.channel_fd));
+    keep.extend(mount_namespace_fd);
     sys::close_fds_except(&keep).map_err(EnterError::CloseFds)?;
     join_cgroups(&spec.cgroup_fds)?;
-    // Taken in the host's mount namespace; attached in the new one, where neither a path
-    // nor a bind from this fd would work.
+    // Taken in the host's mount namespace (`open_tree` clones only a mount of the caller's
+    // own namespace); attached in the new one, where neither a path nor a bind from this fd
+    // would work.
     sys::detach_tree_in_place(spec.workspace_fd).map_err(EnterError::DetachWorkspace)?;
+    if let Some(fd) = mount_namespace_fd {
+        // The zygote's private copy of the host's mounts, without the workspaces of the
+        // other live sessions: the `unshare` below copies it rather than the host's.
+        sys::setns(fd, libc::CLONE_NEWNS).map_err(EnterError::EnterMountNamespace)?;
+        sys::close_raw(fd).map_err(EnterError::CloseFds)?;
+    }
     nix::sched::unshare(namespaces()).map_err(|e| EnterError::Unshare(e.into()))?;
     netns::bound_socket_buffers(std::path::Path::new("/proc/sys"))?;
     rootfs::build(spec)?;

@@ -31,7 +31,7 @@ use crate::error::SandboxError;
 use crate::message::SetupMessage;
 use crate::rootfs::RootfsError;
 use crate::seccomp::{self, SeccompError};
-use crate::spec::{SandboxSpec, SpecError};
+use crate::spec::{InitSpec, SandboxSpec, SpecError};
 use crate::sys::{self, Forked};
 
 type Result<T> = std::result::Result<T, EnterError>;
@@ -85,6 +85,12 @@ pub enum EnterError {
     /// Copying the workspace's mount tree (`open_tree`) failed.
     #[error("detach workspace mount: {0}")]
     DetachWorkspace(#[source] io::Error),
+    /// Making the mount namespace sandboxes copy ([`crate::prepare`]) failed.
+    #[error("make the sandboxes' mount namespace: {0}")]
+    MountNamespace(#[source] io::Error),
+    /// Entering that namespace (`setns`) failed.
+    #[error("enter the sandboxes' mount namespace: {0}")]
+    EnterMountNamespace(#[source] io::Error),
     /// `PR_SET_PDEATHSIG` failed.
     #[error("set parent death signal: {0}")]
     SetParentDeathSignal(#[source] io::Error),
@@ -235,10 +241,15 @@ pub fn spawn(
     if let Some(egress) = spec.egress {
         moves.push((handover.fds[2 + cgroups], egress.channel_fd));
     }
+    let namespace = crate::mount_namespace();
+    let init_spec = InitSpec::new(spec, namespace.is_some());
+    if let (Some(from), Some(to)) = (namespace, init_spec.mount_namespace_fd) {
+        moves.push((from, to));
+    }
     let init =
         sys::start_program_in_new_pid_namespace(program, &moves).map_err(EnterError::StartInit)?;
     drop(theirs);
-    match make_kernel(spec, handover, filters, init, &ours, deadline) {
+    match make_kernel(&init_spec, handover, filters, init, &ours, deadline) {
         Ok(Some(kernel)) => Ok(Spawned::Caller {
             init: init.as_raw(),
             kernel: kernel.as_raw(),
@@ -266,14 +277,15 @@ pub fn spawn(
 /// depends on B before the gate opens; if B fails, the caller kills B, and with it C, which
 /// is in B's pid namespace.
 fn make_kernel(
-    spec: &SandboxSpec,
+    init_spec: &InitSpec,
     handover: &Handover,
     filters: &[seccompiler::BpfProgram],
     init: Pid,
     channel: &UnixStream,
     deadline: Instant,
 ) -> Result<Option<Pid>> {
-    let json = serde_json::to_string(spec).map_err(SpecError::from)?;
+    let json = serde_json::to_string(init_spec).map_err(SpecError::from)?;
+    let spec = &init_spec.spec;
     let mut writer = channel;
     writer
         .write_all(format!("{json}\n").as_bytes())

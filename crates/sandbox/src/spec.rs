@@ -193,6 +193,45 @@ impl SandboxSpec {
     }
 }
 
+/// What [`crate::spawn`] sends the sandbox's init: the spec, and the descriptor of the mount
+/// namespace the init copies for the sandbox (see [`crate::prepare`]). Not part of
+/// [`SandboxSpec`]: callers never choose it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub(crate) struct InitSpec {
+    #[serde(flatten)]
+    pub spec: SandboxSpec,
+    /// The init's descriptor of that namespace; without one, the init copies the mount
+    /// namespace it started in (the caller's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount_namespace_fd: Option<i32>,
+}
+
+impl InitSpec {
+    /// The spec, with the namespace at the first number the spec leaves free.
+    pub fn new(spec: &SandboxSpec, mount_namespace: bool) -> InitSpec {
+        let free = spec.fds().into_iter().max().unwrap_or(2) + 1;
+        InitSpec {
+            spec: spec.clone(),
+            mount_namespace_fd: mount_namespace.then_some(free),
+        }
+    }
+
+    /// Parses and validates what [`InitSpec::new`] made.
+    pub fn from_json(json: &[u8]) -> Result<InitSpec> {
+        let init: InitSpec = serde_json::from_slice(json)?;
+        init.spec.validate()?;
+        if let Some(fd) = init.mount_namespace_fd {
+            if fd < 3 || init.spec.fds().contains(&fd) {
+                invalid(
+                    "mount_namespace_fd",
+                    "must be > 2 and not another descriptor",
+                )?;
+            }
+        }
+        Ok(init)
+    }
+}
+
 fn invalid(field: &'static str, reason: &str) -> Result<()> {
     Err(SpecError::Invalid {
         field,
@@ -295,6 +334,23 @@ mod tests {
         let mut spec = sample();
         spec.workspace_fd = 2;
         assert!(spec.validate().is_err());
+    }
+
+    #[test]
+    fn init_spec_numbers_the_namespace_past_the_spec() {
+        let spec = sample();
+        let init = InitSpec::new(&spec, true);
+        assert_eq!(init.mount_namespace_fd, Some(8));
+        let json = serde_json::to_vec(&init).expect("serializes");
+        assert_eq!(InitSpec::from_json(&json).expect("parses"), init);
+        // The plain spec still parses as the init's, without a namespace.
+        let json = serde_json::to_vec(&spec).expect("serializes");
+        let plain = InitSpec::from_json(&json).expect("parses");
+        assert_eq!((plain.spec, plain.mount_namespace_fd), (spec.clone(), None));
+        let mut bad = InitSpec::new(&spec, true);
+        bad.mount_namespace_fd = Some(6);
+        let json = serde_json::to_vec(&bad).expect("serializes");
+        assert!(InitSpec::from_json(&json).is_err(), "taken by a cgroup");
     }
 
     #[test]

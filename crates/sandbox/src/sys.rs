@@ -592,6 +592,105 @@ pub fn start_program_in_new_pid_namespace(
     Ok(Pid::from_raw(pid))
 }
 
+/// What the child of [`private_mount_namespace`] reports to the parent, in shared memory.
+#[repr(C)]
+struct NamespaceCopy {
+    /// The namespace's descriptor, in the shared descriptor table (or -1).
+    fd: c_int,
+    /// Set by the child when a step fails.
+    errno: c_int,
+}
+
+/// A new mount namespace, a copy of the caller's in which every mount is private: later
+/// mounts and unmounts of the caller's namespace do not reach it. Returns its descriptor
+/// (`O_CLOEXEC`); the namespace lives as long as some descriptor of it is open.
+///
+/// Made without copying this process: `clone(CLONE_VM | CLONE_VFORK | CLONE_FILES |
+/// CLONE_NEWNS)`, whose child makes the mounts private, opens `/proc/self/ns/mnt` into the
+/// shared descriptor table and exits. Safe to call from a multi-threaded process (the child
+/// makes raw syscalls only).
+pub fn private_mount_namespace() -> io::Result<OwnedFd> {
+    let mut copy = NamespaceCopy { fd: -1, errno: 0 };
+    let mut stack = vec![0u8; PROGRAM_START_STACK];
+
+    extern "C" fn child(arg: *mut libc::c_void) -> c_int {
+        // SAFETY: `arg` is the parent's `NamespaceCopy`, alive and not otherwise accessed
+        // until this child has exited (CLONE_VFORK). The strings are valid and
+        // NUL-terminated. Only raw syscalls follow: no allocation, no lock.
+        unsafe {
+            let copy = &mut *arg.cast::<NamespaceCopy>();
+            let private = libc::MS_REC | libc::MS_PRIVATE;
+            if libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                private,
+                std::ptr::null(),
+            ) < 0
+            {
+                copy.errno = *libc::__errno_location();
+                libc::_exit(127);
+            }
+            let fd = libc::open(
+                c"/proc/self/ns/mnt".as_ptr(),
+                libc::O_RDONLY | libc::O_CLOEXEC,
+            );
+            if fd < 0 {
+                copy.errno = *libc::__errno_location();
+                libc::_exit(127);
+            }
+            copy.fd = fd;
+            libc::_exit(0)
+        }
+    }
+
+    let all = nix::sys::signal::SigSet::all();
+    let mut old = nix::sys::signal::SigSet::empty();
+    // Blocked so that no handler of this process runs in the child, on our memory.
+    nix::sys::signal::pthread_sigmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&all),
+        Some(&mut old),
+    )?;
+    let top = (stack.as_mut_ptr() as usize + stack.len()) & !15;
+    // SAFETY: `child` runs on its own stack (`stack`, alive until clone returns, which with
+    // CLONE_VFORK is after the child exited) and only touches `copy`, as described there.
+    // With CLONE_FILES the descriptor it opens is ours.
+    let pid = unsafe {
+        libc::clone(
+            child,
+            top as *mut libc::c_void,
+            libc::CLONE_VM
+                | libc::CLONE_VFORK
+                | libc::CLONE_FILES
+                | libc::CLONE_NEWNS
+                | libc::SIGCHLD,
+            std::ptr::addr_of_mut!(copy).cast(),
+        )
+    };
+    let clone_error = io::Error::last_os_error();
+    nix::sys::signal::pthread_sigmask(nix::sys::signal::SigmaskHow::SIG_SETMASK, Some(&old), None)?;
+    if pid < 0 {
+        return Err(clone_error);
+    }
+    let _ = waitpid(Pid::from_raw(pid), None);
+    // SAFETY: the child is gone from our memory; volatile reads see what it wrote.
+    let (fd, errno) = unsafe {
+        (
+            std::ptr::addr_of!(copy.fd).read_volatile(),
+            std::ptr::addr_of!(copy.errno).read_volatile(),
+        )
+    };
+    if errno != 0 || fd < 0 {
+        return Err(io::Error::from_raw_os_error(if errno != 0 {
+            errno
+        } else {
+            libc::EBADF
+        }));
+    }
+    Ok(owned_from_raw(fd))
+}
+
 /// The `len` ints at `ptr`.
 ///
 /// # Safety
