@@ -252,3 +252,79 @@ fn creates_past_a_cap_of_1000_get_503_with_retry_after() {
     delete_all(&server, &ids[1..]);
     delete_all(&server, &[again]);
 }
+
+/// A server whose hard open-files limit is lower than its caps need: it says so in its log
+/// at start; creates past what the descriptors allow answer 503 `capacity_exhausted` with
+/// `Retry-After` (never a 500), the live sessions keep their state, and once some are
+/// deleted creates work again.
+#[test]
+fn running_out_of_file_descriptors_gives_503_and_recovers() {
+    let log = tempfile::NamedTempFile::new().expect("log file");
+    let log_path = log.path().to_str().expect("utf-8 path").to_string();
+    let server = TestServer::start(&[
+        (pyxis_tests::OPEN_FILES, "160"),
+        (pyxis_tests::STDERR_TO, &log_path),
+        ("PYXIS_MAX_SESSIONS", "300"),
+        ("PYXIS_POOL_MIN_IDLE", "0"),
+        ("PYXIS_MEMORY_MB", "256"),
+    ]);
+    let said = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(
+        said.contains("may open 160 files") && said.contains("LimitNOFILE"),
+        "the start-up warning: {said}"
+    );
+    let mut ids = Vec::new();
+    let refused = loop {
+        assert!(ids.len() < 300, "160 descriptors held 300 sessions?");
+        let r = server.post("/v1/sessions", &json!({}));
+        let status = r.status().as_u16();
+        let retry = r
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let v: Value = r.json().unwrap_or_default();
+        if status == 201 {
+            let id = v["id"].as_str().expect("id").to_string();
+            let set = server
+                .post(
+                    &format!("/v1/sessions/{id}/execute"),
+                    &json!({"code": format!("mine = {}", ids.len())}),
+                )
+                .json::<Value>()
+                .expect("execution");
+            if set["status"] == "ok" {
+                ids.push(id);
+                continue;
+            }
+            // A session made at the edge may be unable to run (its server side could not
+            // open what the cell needs): a clear error, not a hang; it is let go.
+            assert!(set["error"].is_object() || set["status"] == "error", "{set}");
+            server.delete(&format!("/v1/sessions/{id}"));
+            continue;
+        }
+        break (status, retry, v);
+    };
+    let (status, retry, v) = refused;
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(v["error"]["code"], "capacity_exhausted", "{v}");
+    assert!(retry.is_some(), "Retry-After on the 503");
+    assert!(ids.len() >= 10, "only {} sessions before the limit", ids.len());
+    // Live sessions keep their state.
+    for (n, id) in ids.iter().enumerate().step_by(7) {
+        let e: Value = server
+            .post(
+                &format!("/v1/sessions/{id}/execute"),
+                &json!({"code": "mine"}),
+            )
+            .json()
+            .expect("execution");
+        assert_eq!(e["results"][0]["data"]["text/plain"], n.to_string(), "{e}");
+    }
+    // Freed descriptors make creates work again.
+    let keep = ids.split_off(ids.len() / 2);
+    delete_all(&server, &ids);
+    let again = create_and_run(&server);
+    delete_all(&server, &keep);
+    delete_all(&server, &[again]);
+}

@@ -28,6 +28,10 @@ use serde_json::{json, Value};
 /// the server's stderr (its log) goes to.
 pub const STDERR_TO: &str = "PYXIS_TEST_STDERR_TO";
 
+/// A setting of [`TestServer::start`] that is not passed to the server: the server is
+/// started with this `RLIMIT_NOFILE`, soft and hard (so it cannot raise it).
+pub const OPEN_FILES: &str = "PYXIS_TEST_OPEN_FILES";
+
 /// A running server.
 pub struct TestServer {
     /// Base URL, e.g. `http://127.0.0.1:12345`.
@@ -263,6 +267,24 @@ impl TestServer {
             if *k == STDERR_TO {
                 let log = std::fs::File::create(v).expect("create the server log");
                 cmd.stderr(log);
+                continue;
+            }
+            if *k == OPEN_FILES {
+                let limit: libc::rlim_t = v.parse().expect("a number of open files");
+                // SAFETY: setrlimit is async-signal-safe; the closure allocates nothing.
+                unsafe {
+                    cmd.pre_exec(move || {
+                        let lim = libc::rlimit {
+                            rlim_cur: limit,
+                            rlim_max: limit,
+                        };
+                        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                            Ok(())
+                        } else {
+                            Err(std::io::Error::last_os_error())
+                        }
+                    });
+                }
                 continue;
             }
             cmd.env(k, scaled_setting(k, v));

@@ -101,7 +101,17 @@ pub fn set_rlimits(limits: &Rlimits) -> Result<()> {
         (Resource::RLIMIT_NICE, "nice", 0),
     ];
     for (resource, name, value) in all {
-        setrlimit(resource, value, value).map_err(|e| CredentialsError::SetRlimit {
+        let set = setrlimit(resource, value, value).or_else(|e| match e {
+            // Raising a hard limit needs CAP_SYS_RESOURCE where the host's limit is lower
+            // (a server started with a small `ulimit -Hn`): the inherited hard limit is
+            // tighter than the one asked, so it is kept.
+            nix::errno::Errno::EPERM => {
+                let (_, hard) = nix::sys::resource::getrlimit(resource)?;
+                setrlimit(resource, value.min(hard), value.min(hard))
+            }
+            other => Err(other),
+        });
+        set.map_err(|e| CredentialsError::SetRlimit {
             resource: name,
             source: e.into(),
         })?;

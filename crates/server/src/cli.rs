@@ -156,6 +156,22 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         }
     };
     tracing::info!(config = %serde_json::to_string(&cfg)?, "effective configuration (token masked)");
+    match crate::fdlimit::raise() {
+        Ok(files) => {
+            tracing::info!(
+                was = files.was,
+                soft = files.soft,
+                hard = files.hard,
+                "open files limit"
+            );
+            let need =
+                crate::fdlimit::needed(cfg.max_sessions, cfg.pool_max_idle, cfg.max_connections);
+            if let Some(why) = crate::fdlimit::shortfall(files.soft, need) {
+                tracing::warn!("{why}");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not raise the open files limit"),
+    }
     let rt = runtime::Runtime::new(&cfg.runtime_dir);
     rt.ensure().context("installing the Python runtime")?;
     for path in [cfg.sandbox_lib.clone(), cfg.sandbox_init()] {

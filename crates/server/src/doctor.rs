@@ -68,6 +68,18 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
             core_pattern.trim()
         )?;
     }
+    // What the server's caps need against the hard limit it can raise its soft one to.
+    let need = crate::fdlimit::needed(cfg.max_sessions, cfg.pool_max_idle, cfg.max_connections);
+    match nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
+        Ok((_, hard)) => match crate::fdlimit::shortfall(hard, need) {
+            Some(why) => writeln!(out, "WARN open files: {why}")?,
+            None => writeln!(
+                out,
+                "ok   open files: hard limit {hard}, the caps need about {need} (the server raises its soft limit at start)"
+            )?,
+        },
+        Err(e) => writeln!(out, "WARN open files: cannot read RLIMIT_NOFILE ({e})")?,
+    }
     match pyxis_sandbox::dynamic_modifications_favored() {
         Ok(Some(true)) => writeln!(
             out,

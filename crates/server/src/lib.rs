@@ -29,6 +29,7 @@ pub mod conns;
 pub mod doctor;
 pub mod doors;
 pub mod error;
+pub mod fdlimit;
 pub mod ids;
 pub mod metrics;
 pub mod middleware;

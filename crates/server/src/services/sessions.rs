@@ -386,6 +386,13 @@ impl Sessions {
             Err(SandboxError::NoSlot) => Err(ServiceError::Exhausted(
                 "no sandbox is free; retry shortly".into(),
             )),
+            Err(e) if crate::fdlimit::is_exhaustion(&e) => {
+                tracing::warn!(error = %e, "a create ran out of file descriptors");
+                Err(ServiceError::Exhausted(
+                    "the server is out of file descriptors (its open files limit); retry shortly"
+                        .into(),
+                ))
+            }
             Err(e) => Err(ServiceError::internal(e)),
         }
     }
