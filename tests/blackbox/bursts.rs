@@ -299,7 +299,10 @@ fn running_out_of_file_descriptors_gives_503_and_recovers() {
             }
             // A session made at the edge may be unable to run (its server side could not
             // open what the cell needs): a clear error, not a hang; it is let go.
-            assert!(set["error"].is_object() || set["status"] == "error", "{set}");
+            assert!(
+                set["error"].is_object() || set["status"] == "error",
+                "{set}"
+            );
             server.delete(&format!("/v1/sessions/{id}"));
             continue;
         }
@@ -309,7 +312,11 @@ fn running_out_of_file_descriptors_gives_503_and_recovers() {
     assert_eq!(status, 503, "{v}");
     assert_eq!(v["error"]["code"], "capacity_exhausted", "{v}");
     assert!(retry.is_some(), "Retry-After on the 503");
-    assert!(ids.len() >= 10, "only {} sessions before the limit", ids.len());
+    assert!(
+        ids.len() >= 10,
+        "only {} sessions before the limit",
+        ids.len()
+    );
     // Live sessions keep their state.
     for (n, id) in ids.iter().enumerate().step_by(7) {
         let e: Value = server
