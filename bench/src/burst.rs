@@ -240,10 +240,11 @@ fn mem_available_kib() -> Result<u64> {
         .context("no MemAvailable in /proc/meminfo")
 }
 
-/// `density1000`: 1,000 live sessions each holding a small DataFrame.
-pub async fn density1000(ctx: &Ctx) -> Result<Row> {
+/// `density1000` (and `density2000`, the same with 2,000): `sessions` live sessions each
+/// holding a small DataFrame.
+pub async fn density(ctx: &Ctx, workload: &'static str, sessions: usize) -> Result<Row> {
     let api = &ctx.api;
-    let n: usize = if ctx.quick { 100 } else { 1000 };
+    let n: usize = if ctx.quick { 100 } else { sessions };
     let probes = if ctx.quick { 100 } else { 1000 };
     // Creates in flight at once: enough to keep every zygote busy, few enough that the
     // session table is the only thing that grows.
@@ -275,7 +276,7 @@ pub async fn density1000(ctx: &Ctx) -> Result<Row> {
     }
     .await;
     let create_s = start.elapsed().as_secs_f64();
-    let mut r = row("density1000", None);
+    let mut r = row(workload, None);
     let measured = async {
         made?;
         // Let lazily freed memory settle.

@@ -36,7 +36,7 @@ pub struct OwnServer {
 }
 
 /// Sandbox uids are `uid_base + slot`; slots stay below this.
-pub const UID_SPAN: u32 = 1000;
+pub const UID_SPAN: u32 = 4096;
 
 fn free_port() -> Result<u16> {
     let l = TcpListener::bind("127.0.0.1:0").context("binding an ephemeral loopback port")?;
@@ -74,7 +74,7 @@ impl OwnServer {
         let token = format!("bench-{:032x}", rng.gen::<u128>());
         // Far from the default (200000) and from the black-box tests' range
         // (300000..800000), so other servers' sandboxes are not counted.
-        let uid_base = 1_000_000 + rng.gen_range(0..4000u32) * UID_SPAN;
+        let uid_base = 1_000_000 + rng.gen_range(0..1000u32) * UID_SPAN;
         let out = File::create(&log).context("creating the server log")?;
         let err = out.try_clone()?;
         let mut cmd = Command::new(bin);
