@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import bdb
+import builtins
 import re
 import sys
 import warnings
@@ -15,6 +16,7 @@ from IPython.core.formatters import DisplayFormatter
 from IPython.core.history import HistoryManager
 from IPython.core.interactiveshell import ExecutionInfo, ExecutionResult, InteractiveShell
 from IPython.core.macro import Macro
+from IPython.lib import pretty
 from traitlets import All, Type
 
 # Anything IPython's input transformers or prefilter could change: magics, shell escapes,
@@ -25,6 +27,11 @@ _FIRST_NAME = re.compile(r"\s*([A-Za-z_][\w.]*)")
 _PLAIN_TYPES = frozenset(
     {int, float, complex, bool, str, bytes, list, tuple, dict, set, frozenset, type(None)}
 )
+# Exact types whose text/plain IPython's default printers make with repr() alone (one line,
+# no pretty-printing): _repr_pprint, or PlainTextFormatter's float printer at "%r".
+_REPR_TYPES = frozenset({int, float, str, bool, type(None)})
+_FLOAT_PRINTER = "PlainTextFormatter._type_printers_default.<locals>.<lambda>"
+_REPR_PRINTER = pretty._repr_pprint  # pylint: disable=protected-access,invalid-name
 
 
 _NONE: dict = {}
@@ -130,15 +137,83 @@ class PyxisDisplayHook(DisplayHook):
         # text/plain can come out.
         kind = type(result)
         if kind in _PLAIN_TYPES:
-            formatters = self.shell.display_formatter.formatters
+            shell = self.shell
+            formatters = shell.display_formatter.formatters
             if not any(kind in f.type_printers for m, f in formatters.items() if m != "text/plain"):
-                shell = self.shell
+                plain = formatters["text/plain"]
+                if kind in _REPR_TYPES:
+                    text = _repr_text(plain, result, kind)
+                    if text is not None:
+                        return {"text/plain": text}, {}
                 shell.formatting += 1
                 try:
-                    return {"text/plain": formatters["text/plain"](result)}, {}
+                    return {"text/plain": plain(result)}, {}
                 finally:
                     shell.formatting -= 1
         return super().compute_format_data(result)
+
+    def update_user_ns(self, result):
+        # IPython's, reading each trait once (it reads `shell` nine times, ~0.5 µs each).
+        shell = self.shell
+        user_ns = shell.user_ns
+        cache_size = self.cache_size
+        if not cache_size or result is user_ns["_oh"]:
+            return
+        full = self.do_full_cache
+        if len(user_ns["_oh"]) >= cache_size and full:
+            self.cull_cache()
+        # `_` and friends are left alone once the user assigned one of them, or when `_`
+        # is a builtin (gettext).
+        update_unders = all(
+            name not in user_ns or getattr(self, name) is user_ns.get(name)
+            for name in ("_", "__", "___")
+        )
+        self.___ = self.__
+        self.__ = self._
+        self._ = result
+        hidden = shell.user_ns_hidden
+        if "_" not in builtins.__dict__ and update_unders:
+            unders = {"_": result, "__": self.__, "___": self.___}
+            user_ns.update(unders)
+            hidden.update(unders)
+        if full:
+            count = shell.execution_count
+            to_main = {f"_{count}": result}
+            user_ns.update(to_main)
+            hidden.update(to_main)
+            user_ns["_oh"][count] = result
+
+    def log_output(self, format_dict):
+        # IPython's, reading each trait once.
+        if "text/plain" not in format_dict:
+            return
+        shell = self.shell
+        if shell.logger.log_output:
+            shell.logger.log_write(format_dict["text/plain"], "output")
+        shell.history_manager.output_hist_reprs[shell.execution_count] = format_dict["text/plain"]
+
+
+def _repr_text(plain, result, kind) -> str | None:
+    """What PlainTextFormatter makes of an int, float, str, bool or None while its printer
+    for it is IPython's default: repr(), without the ~10 µs of a RepresentationPrinter.
+    None when another printer is registered, or repr raises (the formatter then reports
+    it as it does)."""
+    if kind is bool or result is None:
+        # Singletons are printed by their own table first.
+        if plain.singleton_printers.get(id(result)) is not _REPR_PRINTER:
+            return None
+    else:
+        printer = plain.type_printers.get(kind)
+        if kind is float:
+            if plain.float_format != "%r" or getattr(printer, "__qualname__", "") != _FLOAT_PRINTER:
+                return None
+        elif printer is not _REPR_PRINTER:
+            return None
+    try:
+        text = repr(result)
+    except Exception:  # pylint: disable=broad-except
+        return None  # a huge int (the digit limit): the formatter reports it
+    return text if "\n" not in text else None
 
 
 class PyxisHistoryManager(HistoryManager):
