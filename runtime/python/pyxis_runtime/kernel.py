@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import builtins
 import collections
+import ctypes
 import getpass
 import io
 import json
@@ -296,6 +297,35 @@ def _json_object(value) -> dict:
     return value
 
 
+# numpy's MT19937 state: 624 32-bit words, then the position of the next one.
+_MT_KEY_BYTES = 624 * 4
+# Set in the zygote by `preset()`: (id of numpy's global bit generator, its state's address).
+_NUMPY_STATE = None
+
+
+def _rekey_numpy(numpy) -> None:
+    """Gives numpy's legacy global RandomState a fresh MT19937 key from the OS.
+
+    In a kernel forked from the zygote the state is written in place, at the address the
+    zygote found (a fork keeps addresses): numpy's own seeding path, run in every kernel,
+    writes ~400 KiB of the zygote's pages (its casting and ufunc machinery), which then
+    count as the session's own memory. A key of 624 random words with the position at the
+    end is a valid state (the next draw regenerates from it); its first word's top bit is
+    set as MT's own seeding does, so it is never all zero. The zygote seeded once after its
+    warm-up, so no cached Gaussian is carried over."""
+    bit_generator = numpy.random.mtrand._rand._bit_generator  # pylint: disable=protected-access
+    if _NUMPY_STATE is not None and _NUMPY_STATE[0] == id(bit_generator):
+        key = bytearray(os.urandom(_MT_KEY_BYTES))
+        key[3] |= 0x80  # little-endian: the top bit of key[0]
+        address = _NUMPY_STATE[1]
+        ctypes.memmove(address, bytes(key), _MT_KEY_BYTES)
+        ctypes.c_int.from_address(address + _MT_KEY_BYTES).value = 624
+        return
+    # 128 bits from the OS, as a fresh process's SeedSequence would draw (its own
+    # seeding path costs more than the array form).
+    numpy.random.seed(numpy.frombuffer(os.urandom(16), dtype=numpy.uint32))
+
+
 def _reseed() -> None:
     """Gives this kernel random state of its own: a fork copied the zygote's.
 
@@ -308,9 +338,7 @@ def _reseed() -> None:
     random.seed()
     numpy = sys.modules.get("numpy")
     if numpy is not None:
-        # 128 bits from the OS, as a fresh process's SeedSequence would draw (its own
-        # seeding path costs more than the array form).
-        numpy.random.seed(numpy.frombuffer(os.urandom(16), dtype=numpy.uint32))
+        _rekey_numpy(numpy)
     tempfile._name_sequence = None  # pylint: disable=protected-access
     mp_process = sys.modules.get("multiprocessing.process")
     if mp_process is not None:
@@ -774,11 +802,54 @@ class Kernel:
             raise KeyboardInterrupt
 
 
+# What `preset()` did in the zygote: the workspace it set the environment for.
+_PRESET_WORKSPACE = None
+
+
+def preset(workspace: str = "/workspace") -> None:
+    """In the zygote, after `prepare()`: the process settings every kernel it forks makes
+    the same at start (the environment, the session's package path, the auto-installer,
+    numpy's state's address), so that a kernel's `_setup_process` finds them done.
+    Anything a kernel changes after the fork is copied from the zygote's pages into its
+    own: each of these, done in every kernel, cost it 100–400 KiB of private memory."""
+    global _PRESET_WORKSPACE, _NUMPY_STATE  # pylint: disable=global-statement
+    os.environ.pop("PYXIS_SANDBOX_LIB", None)
+    os.environ.update(KERNEL_ENV)
+    os.environ["HOME"] = workspace
+    os.environ["MPLCONFIGDIR"] = "/tmp/.matplotlib"
+    sysenv.apply()
+    sysenv.add_packages()
+    packages.add_auto_installer()
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        _NUMPY_STATE = _numpy_state(numpy)
+    _PRESET_WORKSPACE = workspace
+
+
+def _numpy_state(numpy) -> tuple[int, int] | None:
+    """Seeds numpy's legacy global RandomState (dropping a cached Gaussian: every kernel
+    re-keys the state, see `_rekey_numpy`) and says where its MT19937 state is."""
+    numpy.random.seed(0)
+    bit_generator = numpy.random.mtrand._rand._bit_generator  # pylint: disable=protected-access
+    if type(bit_generator).__name__ != "MT19937":
+        return None
+    return id(bit_generator), bit_generator.ctypes.state_address
+
+
 def _setup_process() -> None:
+    workspace = os.environ.get("PYXIS_WORKSPACE", "/workspace")
+    if (
+        workspace == _PRESET_WORKSPACE
+        and os.path.isdir(workspace)
+        and os.access("/tmp", os.W_OK)
+        and os.environ.get("HOME") == workspace
+    ):
+        os.chdir(workspace)  # the rest was done by `preset()` in the zygote
+        return
     # The zygote's own settings (host paths) are not the user's business.
     os.environ.pop("PYXIS_SANDBOX_LIB", None)
     os.environ.update(KERNEL_ENV)
-    workspace = os.environ.get("PYXIS_WORKSPACE", "/workspace")
     if os.path.isdir(workspace):
         os.environ["HOME"] = workspace
         os.chdir(workspace)

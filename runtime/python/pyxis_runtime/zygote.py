@@ -482,6 +482,7 @@ def main() -> None:
         log(problem)
         framing.send(ctrl, {"type": "error", "error": problem})
         sys.exit(2)
+    kernel.preset()  # what every kernel would do at start, done once here
     gc.collect()
     gc.freeze()  # keeps the preloaded objects' pages shared with the kernels
     huge = hugepages.collapse()
