@@ -49,6 +49,11 @@ const MAY_RUN_LONG = /[(`]|\b(while|for|do|new)\b/;
 const TS_SYNTAX =
   /[:<!?@]|\b(as|satisfies|interface|type|enum|namespace|declare|abstract|implements|private|public|protected|readonly|override|module|keyof|infer|is|unique|asserts|accessor)\b/;
 
+// What the warm-up runs (see `Kernel.warmUp`): an expression with a value, binding nothing,
+// and a few values whose inspection compiles util.inspect's common paths.
+const WARM_UP_CELL = '1 + 1';
+const WARM_UP_VALUES = [1.5, 'text', { key: [true, null] }, new Map([[1, 2]])];
+
 const runtimeRequire = Module.createRequire(path.join(MODULES, '..', 'kernel.js'));
 
 class KeyboardInterrupt extends Error {
@@ -204,7 +209,35 @@ class Kernel {
 
   // ---- transport
 
-  start() {
+  /**
+   * Runs the execute path once before `ready`, its output thrown away: a cell through the
+   * frame decoder, `handle`, `run` (vm.Script), the result's `util.inspect` and the reply's
+   * encoding. V8 compiles each function at its first call, so without this the session's
+   * first cell would pay ~5 ms for it. It leaves no trace a cell can see: the execution
+   * count stays 0 (not stored in the history), the cell is not remembered, and it binds no
+   * name. Best effort: a failure here only costs the first cell that time.
+   */
+  async warmUp() {
+    const sink = this.out.sink;
+    this.out.sink = () => {};
+    try {
+      const frames = new FrameBuffer();
+      frames.feed(encode({ type: 'execute_request', id: '', code: WARM_UP_CELL, store_history: false }));
+      await this.handle(frames.next());
+      display.inspect(WARM_UP_VALUES);
+    } catch {
+      // Nothing a cell depends on.
+    } finally {
+      this.out.sink = sink;
+      this.out.queue = [];
+      this.out.queued = 0;
+      this.count = 0;
+      this.cells.clear();
+    }
+  }
+
+  async start() {
+    await this.warmUp();
     this.sock.on('data', (chunk) => {
       this.frames.feed(chunk);
       for (;;) {
@@ -645,9 +678,9 @@ function main() {
   sock.setNoDelay?.(true);
   const kernel = new Kernel(sock, language);
   kernel.install();
-  kernel.start();
   // The kernel lives as long as its socket; nothing else keeps the loop alive.
   util.inspect.defaultOptions.colors = false;
+  kernel.start();
 }
 
 if (require.main === module) main();

@@ -34,5 +34,6 @@ mod messages;
 
 pub use framing::{encode, FrameDecoder, FrameError, HEADER_LEN};
 pub use messages::{
-    JsonMap, KernelEvent, KernelRequest, MimeBundle, ReplyStatus, ZygoteEvent, ZygoteRequest,
+    JsonMap, KernelEvent, KernelExec, KernelRequest, MimeBundle, ReplyStatus, ZygoteEvent,
+    ZygoteRequest,
 };

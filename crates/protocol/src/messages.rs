@@ -311,6 +311,10 @@ pub enum ZygoteRequest {
         id: String,
         /// The sandbox spec as JSON.
         spec: serde_json::Value,
+        /// The program the kernel process executes instead of running the Python kernel
+        /// (a first kernel of another language); none for the Python kernel.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exec: Option<KernelExec>,
     },
     /// Fork a sibling zygote that shares this one's preloaded pages. The frame carries the
     /// sibling's control socket as one fd (`SCM_RIGHTS`); the sibling says `Ready` on it.
@@ -318,6 +322,18 @@ pub enum ZygoteRequest {
         /// Request id, echoed in the answer.
         id: String,
     },
+}
+
+/// A program a sandbox's kernel process runs in place of the Python kernel
+/// ([`ZygoteRequest::Spawn`]): `execve(argv[0], argv, env)` once it is sandboxed, its kernel
+/// socket still at fd 3. Made by the server alone, from its configuration and a context's
+/// language (never from what a client sent).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelExec {
+    /// The program (an absolute path) and its arguments.
+    pub argv: Vec<String>,
+    /// Its whole environment.
+    pub env: BTreeMap<String, String>,
 }
 
 /// Zygote → supervisor.

@@ -3,6 +3,10 @@
 
 const assert = require('node:assert/strict');
 const net = require('node:net');
+const { execFileSync } = require('node:child_process');
+const fs = require('node:fs');
+const os = require('node:os');
+const path = require('node:path');
 const { after, before, describe, it } = require('node:test');
 
 const { KernelClient } = require('./harness');
@@ -409,5 +413,37 @@ describe('protocol hygiene', () => {
     k.sock.end();
     const { code } = await k.exited;
     assert.equal(code, 0);
+  });
+});
+
+describe('warm-up', () => {
+  it('runs before ready and leaves no trace a session can see', async () => {
+    // The names a bare Node.js process has on its global object, enumerable: a binding the
+    // warm-up made (a `var`, a function) would be one more.
+    // (From a file: `node -p` adds `require` and `module` to the global object.)
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pyxis-warm-up-'));
+    const probe = path.join(dir, 'probe.js');
+    fs.writeFileSync(probe, 'console.log(JSON.stringify(Object.keys(globalThis).sort()))');
+    const bare = JSON.parse(execFileSync(process.execPath, [probe], { env: { PATH: process.env.PATH } }).toString());
+    fs.rmSync(dir, { recursive: true });
+    for (const language of ['javascript', 'typescript']) {
+      const k = new KernelClient(language);
+      await k.ready();
+      // Nothing of the warm-up's cell reached the socket, before or after ready.
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      assert.deepEqual(k.events, [], language);
+      const r = await k.execute('console.log(JSON.stringify(Object.keys(globalThis).sort()))\n1 + 1');
+      assert.equal(r.reply.status, 'ok', JSON.stringify(r.error));
+      assert.equal(r.reply.execution_count, 1, 'the warm-up is not counted');
+      assert.equal(r.results[0].execution_count, 1);
+      assert.equal(text(r), '2');
+      assert.deepEqual(JSON.parse(r.stdout), bare, language);
+      // An error's traceback has the cell's own excerpt, nothing of a remembered <cell 0>.
+      const e = await k.execute('throw new Error("first")');
+      assert.equal(e.reply.execution_count, 2);
+      assert.ok(!e.error.traceback.join('\n').includes('<cell 0>'), e.error.traceback.join('\n'));
+      assert.ok(e.error.traceback.join('\n').includes('<cell 2>'), e.error.traceback.join('\n'));
+      await k.close();
+    }
   });
 });

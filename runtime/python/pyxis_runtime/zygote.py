@@ -11,6 +11,10 @@ namespaces: the call returns in the zygote and in the kernel, which runs the int
 after-fork hooks itself, as `os.fork` would have. The init is not a copy of the zygote: each
 copy costs a fork and an exit of its whole heap's page tables.
 
+A `spawn` frame may name a program (`exec`: `argv` and `env`) that the sandboxed kernel
+process executes instead of running the Python kernel: a first kernel of another language
+(Node.js, bash), with no Python kernel started only to be replaced.
+
 A `spawn` frame carries its descriptors with SCM_RIGHTS: the kernel's socket, the workspace
 directory (O_PATH), then one open cgroup.procs file per `spec.cgroup_fds` entry, then, when
 the spec has `egress`, the init's end of the egress channel. The sandbox gets them at fixed
@@ -42,6 +46,10 @@ INIT_PROGRAM = "pyxis-sandbox-init"
 # Address space reserved for the interpreter's object arenas (see `SandboxLib.use_arenas`);
 # only touched pages cost memory.
 ARENA_REGION = 16 << 30
+# Bounds of a spawn's `exec` program (the server's is a few arguments and variables).
+MAX_EXEC_ARGS = 64
+MAX_EXEC_ENV = 256
+MAX_EXEC_TEXT = 1 << 16
 REAP_INTERVAL = 1.0
 FINAL_REAP_S = 2.0
 ERRLEN = 4096
@@ -202,12 +210,54 @@ def reap() -> None:
             return
 
 
-def _kernel(ctrl: socket.socket, kernel_fd: int) -> None:
-    """In the sandboxed kernel process, where `pyxis_sandbox_spawn` returned 0: finish the
-    fork as `os.fork` would have, then run the kernel. Never returns."""
+def exec_program(value: object) -> tuple[list[str], dict[str, str]] | None:
+    """The `exec` field of a spawn request as (argv, env), None when absent. Raises
+    ValueError unless it is an absolute program path with string arguments and variables
+    without NUL bytes, within bounds."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError("exec is not an object")
+    argv, env = value.get("argv"), value.get("env", {})
+    if not isinstance(argv, list) or not 0 < len(argv) <= MAX_EXEC_ARGS:
+        raise ValueError("exec.argv is not a list of 1 to 64 arguments")
+    if not isinstance(env, dict) or len(env) > MAX_EXEC_ENV:
+        raise ValueError("exec.env is not an object of at most 256 variables")
+    texts = [*argv, *env.keys(), *env.values()]
+    if not all(isinstance(t, str) and "\0" not in t and len(t) <= MAX_EXEC_TEXT for t in texts):
+        raise ValueError("exec holds a value that is not a string, or has a NUL byte")
+    if not os.path.isabs(argv[0]) or any(not k or "=" in k for k in env):
+        raise ValueError("exec.argv[0] is not an absolute path, or a variable name is invalid")
+    return list(argv), dict(env)
+
+
+def _exec(kernel_fd: int, program: tuple[list[str], dict[str, str]]) -> NoReturn:
+    """In the sandboxed kernel process: executes `program` in its place, with its socket
+    still at `kernel_fd` and only the program's environment. The signals Python ignores
+    (SIGPIPE, SIGXFSZ) go back to their defaults, as for a program started as usual. Exits
+    with 127 if the program cannot be executed (the server sees the socket close)."""
+    argv, env = program
+    try:
+        os.set_inheritable(kernel_fd, True)
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+        os.execve(argv[0], argv, env)
+    except (OSError, ValueError) as exc:
+        log(f"kernel program {argv[0]}: {exc}")
+    os._exit(127)
+
+
+def _kernel(
+    ctrl: socket.socket, kernel_fd: int, program: tuple[list[str], dict[str, str]] | None
+) -> None:
+    """In the sandboxed kernel process, where `pyxis_sandbox_spawn` returned 0: execute
+    `program` if there is one, else finish the fork as `os.fork` would have and run the
+    kernel. Never returns."""
     code = 1
     try:
         ctrl.detach()  # its number may be the kernel's socket now
+        if program is not None:
+            _exec(kernel_fd, program)
         ctypes.pythonapi.PyOS_AfterFork_Child()
         # The zygote's wakeup fd is closed here, and its number may be reused. No Python
         # signal handler is installed at this point (the sandbox library reset them).
@@ -319,6 +369,11 @@ class Zygote:
         if not isinstance(kernel_fd, int) or (egress is not None and not isinstance(egress, dict)):
             self.send({"type": "spawn_failed", "id": ident, "error": "spec is not a valid object"})
             return
+        try:
+            program = exec_program(msg.get("exec"))
+        except ValueError as exc:
+            self.send({"type": "spawn_failed", "id": ident, "error": str(exc)})
+            return
         wanted = 2 + len(cgroups) + (egress is not None)
         if len(self.fds) < wanted:
             self.send(
@@ -336,7 +391,7 @@ class Zygote:
         except (RuntimeError, ctypes.ArgumentError) as exc:
             child, error = -1, str(exc)
         if child == 0:
-            _kernel(self.ctrl, kernel_fd)
+            _kernel(self.ctrl, kernel_fd, program)
         ctypes.pythonapi.PyOS_AfterFork_Parent()
         self.huge.spawned()
         for fd in fds:

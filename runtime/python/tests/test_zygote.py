@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -343,5 +344,101 @@ def test_a_cloned_zygote_serves_on_its_own_socket_and_outlives_its_parent(tmp_pa
 
         ours.close()
         assert gone(sibling, 10), "the sibling did not end when its socket closed"
+    finally:
+        zygote.close()
+
+
+# What the executed program reports on its socket (fd 3): a variable of its environment,
+# the signals it ignores, its working directory and uid, and whether fd 4 (the setup report
+# pipe) is closed.
+REPORT_SCRIPT = (
+    'printf "%s|%s|%s|%s|%s\\n" "$PYXIS_EXEC_TEST" '
+    '"$(grep ^SigIgn /proc/$$/status | cut -f2)" "$PWD" "$(id -u)" '
+    '"$( (: <&4) 2>/dev/null && echo open || echo closed)" >&3'
+)
+
+
+def test_a_spawn_can_execute_a_program_in_place_of_the_python_kernel(
+    tmp_path,
+):  # pylint: disable=R0914
+    """`exec` makes the sandboxed kernel process execute a program with exactly the given
+    environment, its socket still at fd 3, the signals Python ignores back at their
+    defaults; a bad `exec` is refused before any fork, a program that cannot start closes
+    the socket, and the zygote goes on."""
+    zygote = Zygote(tmp_path)
+    try:
+        assert zygote.reader.read()["type"] == "ready"
+
+        def spawn(ident: str, sub: str, exec_: object) -> tuple[dict, socket.socket]:
+            (tmp_path / sub).mkdir()
+            ours, theirs = socket.socketpair()
+            frame = framing.encode(
+                {"type": "spawn", "id": ident, "spec": make_spec(tmp_path / sub), "exec": exec_}
+            )
+            ws = workspace_fd(tmp_path / sub)
+            socket.send_fds(zygote.sock, [frame], [theirs.fileno(), ws])
+            theirs.close()
+            os.close(ws)
+            ours.settimeout(60)
+            return zygote.reader.read(), ours
+
+        program = {"argv": ["/bin/sh", "-c", REPORT_SCRIPT], "env": {"PYXIS_EXEC_TEST": "yes"}}
+        answer, ours = spawn("x1", "a", program)
+        assert answer["type"] == "spawned", answer
+        got = b""
+        while not got.endswith(b"\n"):
+            chunk = ours.recv(4096)
+            assert chunk, f"the program closed its socket after {got!r}"
+            got += chunk
+        value, ignored, cwd, uid, report = got.decode().strip().split("|")
+        assert value == "yes"
+        sigpipe, sigxfsz = 1 << (signal.SIGPIPE - 1), 1 << (signal.SIGXFSZ - 1)
+        assert int(ignored, 16) & (sigpipe | sigxfsz) == 0, ignored
+        assert (cwd, uid, report) == ("/workspace", str(UID), "closed")
+        ours.close()
+
+        # An environment of its own only: nothing of the zygote's (PYTHONPATH, the library).
+        env_probe = {"argv": ["/bin/sh", "-c", "env >&3"], "env": {}}
+        answer, ours = spawn("x2", "b", env_probe)
+        assert answer["type"] == "spawned", answer
+        text = b""
+        while chunk := ours.recv(4096):
+            text += chunk
+        names = {line.split("=", 1)[0] for line in text.decode().splitlines()}
+        assert not names & {"PYTHONPATH", "PYXIS_SANDBOX_LIB", "HOME", "MPLBACKEND"}, names
+        ours.close()
+
+        # Refused before any fork: the zygote answers spawn_failed at once.
+        for n, bad in enumerate(
+            [
+                "/bin/sh",
+                {"argv": []},
+                {"argv": ["sh", "-c", "true"]},
+                {"argv": ["/bin/sh", 3]},
+                {"argv": ["/bin/sh"], "env": {"A": "b\0c"}},
+                {"argv": ["/bin/sh"], "env": {"A=B": "c"}},
+                {"argv": ["/bin/sh"], "env": ["A=b"]},
+                {"argv": ["/bin/sh"] * 65},
+            ]
+        ):
+            answer, ours = spawn(f"bad{n}", f"bad{n}", bad)
+            assert answer["type"] == "spawn_failed" and answer["id"] == f"bad{n}", (bad, answer)
+            assert "exec" in answer["error"], answer
+            ours.close()
+
+        # A program that does not exist: spawned, then the socket closes without a word.
+        answer, ours = spawn("x3", "c", {"argv": ["/nonexistent/kernel"], "env": {}})
+        assert answer["type"] == "spawned", answer
+        assert ours.recv(4096) == b""
+        ours.close()
+
+        # The zygote still forks Python kernels.
+        answer, ours = spawn("k1", "d", None)
+        assert answer["type"] == "spawned", answer
+        kernel = framing.FrameReader(ours)
+        assert kernel.read() == {"type": "ready"}
+        framing.send(ours, {"type": "shutdown"})
+        assert kernel.read() is None
+        ours.close()
     finally:
         zygote.close()

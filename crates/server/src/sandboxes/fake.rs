@@ -126,7 +126,10 @@ impl SandboxHandle for FakeSandbox {
             }
         })
     }
-    fn start_kernel(self: Arc<Self>) -> BoxFuture<'static, Result<KernelConn, SandboxError>> {
+    fn start_kernel(
+        self: Arc<Self>,
+        _kernel: Option<super::KernelExec>,
+    ) -> BoxFuture<'static, Result<KernelConn, SandboxError>> {
         Box::pin(async move { self.spawn_kernel() })
     }
     fn start_context(
@@ -179,6 +182,8 @@ impl Launcher for FakeLauncher {
     fn create<'a>(
         &'a self,
         _limits: &'a ResourceLimits,
+        // A fake kernel answers for every language.
+        _kernel: Option<&'a super::KernelExec>,
     ) -> BoxFuture<'a, Result<Created, SandboxError>> {
         Box::pin(async move {
             let sb = Arc::new(FakeSandbox {

@@ -31,15 +31,19 @@ use joined::{ExecRequest, Joined};
 use kernel::{KernelConn, KernelError};
 use zygote::{SpawnError, Zygote, ZygoteInfo};
 
+pub use pyxis_protocol::KernelExec;
+
 /// A new sandbox and the connection to its kernel, which has said it is ready.
 pub type Created = (Arc<dyn SandboxHandle>, KernelConn);
 
 /// Makes and destroys sandboxes (the real one is [`SandboxFactory`]).
 pub trait Launcher: Send + Sync {
-    /// Make a sandbox with a running kernel.
+    /// Make a sandbox with a running kernel: the zygote's Python kernel, or `kernel`, which
+    /// the sandbox's kernel process executes in its place (see [`KernelExec`]).
     fn create<'a>(
         &'a self,
         limits: &'a ResourceLimits,
+        kernel: Option<&'a KernelExec>,
     ) -> BoxFuture<'a, Result<Created, SandboxError>>;
     /// Kill everything in the sandbox and remove its cgroup and workspace.
     fn destroy(&self, sb: Arc<dyn SandboxHandle>) -> BoxFuture<'_, ()>;
@@ -67,8 +71,12 @@ pub trait SandboxHandle: Send + Sync {
     fn interrupt(&self);
     /// Kill every process in the sandbox (the workspace stays).
     fn kill_processes(self: Arc<Self>) -> BoxFuture<'static, ()>;
-    /// Fork a fresh kernel into the sandbox (first start or restart).
-    fn start_kernel(self: Arc<Self>) -> BoxFuture<'static, Result<KernelConn, SandboxError>>;
+    /// Fork a fresh kernel into the sandbox (first start or restart): the zygote's Python
+    /// kernel, or `kernel` executed in its place.
+    fn start_kernel(
+        self: Arc<Self>,
+        kernel: Option<KernelExec>,
+    ) -> BoxFuture<'static, Result<KernelConn, SandboxError>>;
     /// How many times the OOM killer struck in this sandbox.
     fn oom_kills(&self) -> u64;
     /// Memory, processes and CPU used.
@@ -250,8 +258,16 @@ impl SandboxHandle for Sandbox {
         })
     }
 
-    fn start_kernel(self: Arc<Self>) -> BoxFuture<'static, Result<KernelConn, SandboxError>> {
-        Box::pin(async move { self.shared.clone().start_kernel(&self).await })
+    fn start_kernel(
+        self: Arc<Self>,
+        kernel: Option<KernelExec>,
+    ) -> BoxFuture<'static, Result<KernelConn, SandboxError>> {
+        Box::pin(async move {
+            self.shared
+                .clone()
+                .start_kernel(&self, kernel.as_ref())
+                .await
+        })
     }
 
     fn oom_kills(&self) -> u64 {
@@ -456,10 +472,11 @@ impl SandboxFactory {
         }
     }
 
-    /// Make a sandbox with a running kernel.
+    /// Make a sandbox with a running kernel (`kernel`, or the zygote's Python one).
     async fn create_sandbox(
         &self,
         limits: &ResourceLimits,
+        kernel: Option<&KernelExec>,
     ) -> Result<(Arc<Sandbox>, KernelConn), SandboxError> {
         let cfg = &self.shared.cfg;
         let slot = self.take_slot()?;
@@ -508,7 +525,7 @@ impl SandboxFactory {
             egress,
         });
         let t1 = std::time::Instant::now();
-        match self.shared.start_kernel(&sb).await {
+        match self.shared.start_kernel(&sb, kernel).await {
             Ok(conn) => {
                 tracing::debug!(
                     id = %sb.id,
@@ -527,14 +544,19 @@ impl SandboxFactory {
 }
 
 impl Shared {
-    /// Fork a fresh kernel into an existing sandbox (first start or restart). A kernel
-    /// whose zygote died before the kernel said it was ready died with it (its death signal
-    /// is bound to the zygote): it is forked again, by another zygote.
-    async fn start_kernel(&self, sb: &Arc<Sandbox>) -> Result<KernelConn, SandboxError> {
+    /// Fork a fresh kernel into an existing sandbox (first start or restart), running
+    /// `kernel` when given. A kernel whose zygote died before the kernel said it was ready
+    /// died with it (its death signal is bound to the zygote): it is forked again, by
+    /// another zygote.
+    async fn start_kernel(
+        &self,
+        sb: &Arc<Sandbox>,
+        kernel: Option<&KernelExec>,
+    ) -> Result<KernelConn, SandboxError> {
         let mut tries = 0;
         loop {
             let mut ticket = None;
-            let res = self.start_kernel_once(sb, &mut ticket).await;
+            let res = self.start_kernel_once(sb, kernel, &mut ticket).await;
             let Some(t) = ticket.filter(|_| res.is_err() && tries < 2) else {
                 return res;
             };
@@ -563,6 +585,7 @@ impl Shared {
     async fn start_kernel_once(
         &self,
         sb: &Arc<Sandbox>,
+        kernel: Option<&KernelExec>,
         ticket: &mut Option<zygote::SpawnTicket>,
     ) -> Result<KernelConn, SandboxError> {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
@@ -614,7 +637,8 @@ impl Shared {
         let spec = serde_json::to_value(&spec)
             .map_err(|e| SandboxError::Internal(format!("spec: {e}")))?;
         let t0 = std::time::Instant::now();
-        let (pid, t) = self.zygote.spawn_tracked(spec, fds).await?;
+        let exec = kernel.map(|k| self.kernel_exec(sb, k));
+        let (pid, t) = self.zygote.spawn_tracked(spec, fds, exec).await?;
         *ticket = Some(t);
         if let (Some(session), Some(channel)) = (&sb.egress, egress_channel) {
             let session = session.clone();
@@ -647,7 +671,8 @@ impl Shared {
             .map_err(|_| SandboxError::Internal("kernel start timed out".into()))??;
         match first {
             KernelEvent::Ready {} => {
-                if sb.egress.is_some() {
+                // An executed kernel got the proxy's environment with the rest of its own.
+                if sb.egress.is_some() && kernel.is_none() {
                     configure_egress(&mut conn, &self.cfg).await?;
                 }
                 tracing::debug!(
@@ -694,6 +719,21 @@ impl Shared {
             ("MPLCONFIGDIR", "/tmp/.matplotlib".into()),
         ];
         pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+    }
+
+    /// `kernel` as the sandbox's kernel process executes it: with the environment of every
+    /// process started in the sandbox (and the egress proxy's) under its own, as
+    /// [`Sandbox::exec_joined`] starts one.
+    fn kernel_exec(&self, sb: &Sandbox, kernel: &KernelExec) -> KernelExec {
+        let mut env = self.joined_env();
+        if sb.egress.is_some() {
+            env.extend(pyxis_egress::sandbox_env(EGRESS_PORT));
+        }
+        env.extend(kernel.env.clone());
+        KernelExec {
+            argv: kernel.argv.clone(),
+            env,
+        }
     }
 
     /// Largest frame accepted from a kernel: the output cap plus room for JSON
@@ -831,9 +871,10 @@ impl Launcher for SandboxFactory {
     fn create<'a>(
         &'a self,
         limits: &'a ResourceLimits,
+        kernel: Option<&'a KernelExec>,
     ) -> BoxFuture<'a, Result<Created, SandboxError>> {
         Box::pin(async move {
-            let (sb, conn) = self.create_sandbox(limits).await?;
+            let (sb, conn) = self.create_sandbox(limits, kernel).await?;
             Ok((sb as Arc<dyn SandboxHandle>, conn))
         })
     }

@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
-use pyxis_protocol::{encode, FrameDecoder, ZygoteEvent, ZygoteRequest};
+use pyxis_protocol::{encode, FrameDecoder, KernelExec, ZygoteEvent, ZygoteRequest};
 use tokio::sync::oneshot;
 
 use crate::runtime::Runtime;
@@ -75,6 +75,7 @@ pub struct SpawnTicket {
 
 struct SpawnJob {
     spec: serde_json::Value,
+    exec: Option<KernelExec>,
     fds: Vec<OwnedFd>,
     reply: oneshot::Sender<Result<(i32, u64), SpawnError>>,
 }
@@ -273,16 +274,19 @@ impl Zygote {
         spec: serde_json::Value,
         fds: Vec<OwnedFd>,
     ) -> Result<i32, SpawnError> {
-        self.spawn_tracked(spec, fds).await.map(|(pid, _)| pid)
+        self.spawn_tracked(spec, fds, None)
+            .await
+            .map(|(pid, _)| pid)
     }
 
-    /// [`Zygote::spawn`], also saying which zygote made the kernel. A request whose zygote
-    /// dies before it answers is sent again to another zygote, with copies of the same
-    /// descriptors.
+    /// [`Zygote::spawn`], also saying which zygote made the kernel, whose process runs
+    /// `exec` instead of the Python kernel when given. A request whose zygote dies before it
+    /// answers is sent again to another zygote, with copies of the same descriptors.
     pub async fn spawn_tracked(
         &self,
         spec: serde_json::Value,
         fds: Vec<OwnedFd>,
+        exec: Option<KernelExec>,
     ) -> Result<(i32, SpawnTicket), SpawnError> {
         let attempts = self.workers.len() + 1;
         let mut last = None;
@@ -297,6 +301,7 @@ impl Zygote {
             let (reply, rx) = oneshot::channel();
             let job = Job::Spawn(SpawnJob {
                 spec: spec.clone(),
+                exec: exec.clone(),
                 fds: copies,
                 reply,
             });
@@ -519,7 +524,7 @@ fn run_thread(
             let lost = match job {
                 Job::Spawn(job) => {
                     let generation = me.generation.load(Ordering::Acquire);
-                    let res = spawn_one(&mut z, next_id, job.spec, &job.fds);
+                    let res = spawn_one(&mut z, next_id, job.spec, job.exec, &job.fds);
                     me.pending.fetch_sub(1, Ordering::AcqRel);
                     match res {
                         Ok(result) => {
@@ -710,6 +715,7 @@ fn spawn_one(
     z: &mut Running,
     id: u64,
     spec: serde_json::Value,
+    exec: Option<KernelExec>,
     fds: &[OwnedFd],
 ) -> anyhow::Result<Result<i32, SpawnError>> {
     let id = id.to_string();
@@ -719,6 +725,7 @@ fn spawn_one(
         &ZygoteRequest::Spawn {
             id: id.clone(),
             spec,
+            exec,
         },
         &fds,
     )?;

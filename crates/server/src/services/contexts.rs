@@ -3,8 +3,9 @@
 //! `/tmp`, network namespace, limits and lifetime). No HTTP here.
 //!
 //! The first context is made with the session (`SessionOptions::language`, default
-//! Python): for Python it is the kernel the zygote forked with the sandbox. Every other
-//! kernel joins the live sandbox through the join path (`sandboxes::joined`):
+//! Python): it is the kernel process the zygote forked with the sandbox, which runs the
+//! Python kernel it was forked with or executes another language's ([`first_kernel`]).
+//! Every other kernel joins the live sandbox through the join path (`sandboxes::joined`):
 //!
 //! - `python`: the same driver, started cold (`python -m pyxis_runtime.kernel`), about a
 //!   second of imports, since a fork of the zygote cannot join an existing sandbox;
@@ -148,7 +149,8 @@ impl History {
 /// Which process runs a context's kernel.
 #[derive(Debug, Clone)]
 pub(crate) enum KernelProcess {
-    /// The kernel the zygote forked with the sandbox (the first Python context).
+    /// The kernel process the zygote forked with the sandbox (the first context's, Python
+    /// or a program it executed, see [`first_kernel`]).
     Zygote,
     /// A kernel started through the join path: the leader of its own process group.
     Joined {
@@ -324,6 +326,29 @@ pub(crate) fn kernel_request(
         kernel_socket: true,
         oom_score_adj: 0,
     }
+}
+
+/// What a new sandbox's kernel process runs for a first context of `language`: `None` for
+/// Python (the zygote's own kernel, already loaded), otherwise the program of
+/// [`kernel_request`] in `/workspace`, executed by that process in place of the Python
+/// kernel, so that no Python kernel starts only to be killed and no join is needed. Built
+/// from the configuration and the language alone: the session's environment is given to
+/// the kernel by `configure` once it is ready (as to a pooled kernel), so nothing a client
+/// sends reaches the program's arguments or the environment it starts with.
+pub(crate) fn first_kernel(
+    cfg: &Config,
+    language: Language,
+    memory_bytes: u64,
+) -> Option<crate::sandboxes::KernelExec> {
+    if language == Language::Python {
+        return None;
+    }
+    let no_env = std::collections::BTreeMap::new();
+    let req = kernel_request(cfg, language, "/workspace", &no_env, memory_bytes);
+    Some(crate::sandboxes::KernelExec {
+        argv: req.argv,
+        env: req.env,
+    })
 }
 
 /// Gives a new sandbox a first kernel of `language` (not Python): the zygote's Python

@@ -3,9 +3,9 @@
 //!
 //! The pool keeps a *lane* for each language of `PYXIS_POOL_LANGUAGES` (default `python`):
 //! a Python lane holds sandboxes as the zygote forks them (their Python kernel ready); a
-//! JavaScript lane holds sandboxes whose first kernel is already the Node.js kernel, started
-//! by the join path and ready (it serves TypeScript sessions too: the kernel switches
-//! language when the session is claimed). `python,javascript` gives every lane
+//! JavaScript lane holds sandboxes whose kernel process executed the Node.js kernel
+//! (`contexts::first_kernel`), ready (it serves TypeScript sessions too: the kernel
+//! switches language when the session is claimed). `python,javascript` gives every lane
 //! `PYXIS_POOL_MIN_IDLE`; `python:4,javascript:1` gives each its own minimum.
 //!
 //! Each lane follows its own demand between its minimum and maximum:
@@ -21,7 +21,11 @@
 //! Refilling stays out of the way of live work: it makes one sandbox at a time (the lanes
 //! below their minimum first, in the configured order), only while no create of a client is
 //! being made (those go to every zygote at once), and only while there is room under the
-//! session cap.
+//! session cap. A sandbox of a lane other than Python's (whose kernel costs ten times the CPU
+//! of a forked Python one to start: Node.js boots) is started [`HEAVY_REFILL_PAUSE`] after
+//! the last take at the earliest, so the session just claimed runs its first cell without
+//! that boot beside it; each such refill waits once at most, so takes in a row cannot starve
+//! the lane.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -36,13 +40,18 @@ use crate::sandboxes::kernel::KernelConn;
 use crate::sandboxes::{Launcher, SandboxError, SandboxHandle};
 use crate::services::contexts::{KernelProcess, Language};
 
+/// How long after a client took a sandbox the refill waits before it starts a sandbox of a
+/// lane other than Python's (see the module docs).
+pub const HEAVY_REFILL_PAUSE: Duration = Duration::from_millis(25);
+
 /// A pooled sandbox whose first kernel has said it is ready.
 pub struct Ready {
     /// The sandbox.
     pub sandbox: Arc<dyn SandboxHandle>,
     /// Its first kernel's connection.
     pub conn: KernelConn,
-    /// The process of that kernel (the zygote's for Python, a joined one otherwise).
+    /// The process of that kernel (the one the zygote forked; a joined one when a Python
+    /// sandbox's kernel was replaced).
     pub(crate) process: KernelProcess,
 }
 
@@ -206,6 +215,8 @@ pub struct WarmPool {
     wake: Notify,
     /// Creates of clients in progress; the refill waits while there are any.
     foreground: AtomicUsize,
+    /// When a client last took a sandbox (see [`HEAVY_REFILL_PAUSE`]).
+    last_take: Mutex<Option<Instant>>,
 }
 
 /// Held while a client's create makes a sandbox itself (see [`WarmPool::foreground`]).
@@ -244,7 +255,22 @@ impl WarmPool {
             shrink_after: bounds.shrink_after,
             wake: Notify::new(),
             foreground: AtomicUsize::new(0),
+            last_take: Mutex::new(None),
         }
+    }
+
+    fn note_take(&self) {
+        if let Ok(mut t) = self.last_take.lock() {
+            *t = Some(Instant::now());
+        }
+    }
+
+    /// How much longer a heavy refill should wait after the last take, if at all.
+    fn pause_after_take(&self) -> Option<Duration> {
+        let last = (*self.last_take.lock().ok()?)?;
+        HEAVY_REFILL_PAUSE
+            .checked_sub(last.elapsed())
+            .filter(|d| !d.is_zero())
     }
 
     fn lane(&self, language: Language) -> Option<&Lane> {
@@ -286,6 +312,9 @@ impl WarmPool {
     pub fn take(&self, language: Language) -> Option<Ready> {
         let lane = self.lane(language)?;
         let got = lane.ready.lock().ok().and_then(|mut p| p.pop_front());
+        if got.is_some() {
+            self.note_take();
+        }
         if let Ok(mut d) = lane.demand.lock() {
             d.last = Instant::now();
             if got.is_none() {
@@ -311,6 +340,7 @@ impl WarmPool {
             .ok()
             .and_then(|mut p| p.pop_front());
         if got.is_some() {
+            self.note_take();
             self.wake.notify_one();
         }
         got
@@ -395,6 +425,8 @@ impl WarmPool {
         host: Arc<dyn PoolHost>,
     ) {
         let mut failures = 0u32;
+        // Whether the next heavy refill already waited after a take.
+        let mut paused = false;
         loop {
             if host.stopping() {
                 return;
@@ -402,6 +434,15 @@ impl WarmPool {
             match self.next_step(host.as_ref()) {
                 Step::Make(i) => {
                     let lane = &self.lanes[i];
+                    if lane.spec.language != Language::Python && !paused {
+                        if let Some(wait) = self.pause_after_take() {
+                            paused = true;
+                            tokio::time::sleep(wait).await;
+                            // The pool may have changed meanwhile: look again.
+                            continue;
+                        }
+                    }
+                    paused = false;
                     match host.make(lane.spec.language).await {
                         Ok(ready) => {
                             failures = 0;
@@ -553,6 +594,17 @@ mod tests {
         assert_eq!(pool.next_step(&Host(true)), Step::Wait);
         drop(guard);
         assert_eq!(pool.next_step(&Host(true)), Step::Make(0));
+    }
+
+    #[test]
+    fn a_heavy_refill_waits_a_little_after_a_take_and_only_then() {
+        let pool = WarmPool::new(bounds(1, 2, 60_000));
+        assert_eq!(pool.pause_after_take(), None, "no take yet");
+        pool.note_take();
+        let wait = pool.pause_after_take().expect("just taken");
+        assert!(wait <= HEAVY_REFILL_PAUSE && !wait.is_zero(), "{wait:?}");
+        std::thread::sleep(HEAVY_REFILL_PAUSE);
+        assert_eq!(pool.pause_after_take(), None, "the pause is over");
     }
 
     #[test]

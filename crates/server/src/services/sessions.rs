@@ -366,9 +366,11 @@ impl Sessions {
             metrics::session_created(true, t0.elapsed());
             return Ok((r, first));
         }
+        // A sandbox whose kernel process runs the language's kernel from the start.
+        let kernel = contexts::first_kernel(&self.cfg, language, limits.memory_bytes);
         let made = {
             let _foreground = self.pool.foreground();
-            self.launcher.create(limits).await
+            self.launcher.create(limits, kernel.as_ref()).await
         };
         match made {
             Ok((sandbox, conn)) => {
@@ -380,7 +382,7 @@ impl Sessions {
                         conn,
                         process,
                     },
-                    Language::Python,
+                    lane,
                 ))
             }
             Err(SandboxError::NoSlot) => Err(ServiceError::Exhausted(
@@ -984,10 +986,13 @@ impl Sessions {
         self.kill_context(session, ctx).await;
         ctx.set_process(KernelProcess::None);
         let first = session.is_first(ctx);
-        if ctx.language == Language::Python && first && !session.shared_beyond(ctx) {
-            // Alone in the sandbox: a fresh one from the zygote, the fast way.
+        if first && !session.shared_beyond(ctx) {
+            // Alone in the sandbox: a fresh one from the zygote, the fast way (its kernel
+            // process runs the context's kernel).
             session.sandbox.clone().kill_processes().await;
-            let mut conn = session.sandbox.clone().start_kernel().await?;
+            let kernel =
+                contexts::first_kernel(&self.cfg, ctx.language, session.opts.limits.memory_bytes);
+            let mut conn = session.sandbox.clone().start_kernel(kernel).await?;
             if !session.opts.env.is_empty() {
                 configure(&mut conn, &session.opts.env).await?;
             }
@@ -1225,36 +1230,13 @@ impl PoolHost for Sessions {
     ) -> futures_util::future::BoxFuture<'_, std::result::Result<Ready, SandboxError>> {
         Box::pin(async move {
             let limits = self.launcher.default_limits();
-            let (sandbox, conn) = self.launcher.create(&limits).await?;
-            if language == Language::Python {
-                let process = KernelProcess::Zygote;
-                return Ok(Ready {
-                    sandbox,
-                    conn,
-                    process,
-                });
-            }
-            let env = std::collections::BTreeMap::new();
-            let started = contexts::replace_first_kernel(
-                &self.cfg,
-                &sandbox,
+            let kernel = contexts::first_kernel(&self.cfg, language, limits.memory_bytes);
+            let (sandbox, conn) = self.launcher.create(&limits, kernel.as_ref()).await?;
+            Ok(Ready {
+                sandbox,
                 conn,
-                language,
-                &env,
-                limits.memory_bytes,
-            )
-            .await;
-            match started {
-                Ok((conn, process)) => Ok(Ready {
-                    sandbox,
-                    conn,
-                    process,
-                }),
-                Err(e) => {
-                    self.launcher.destroy(sandbox).await;
-                    Err(e)
-                }
-            }
+                process: KernelProcess::Zygote,
+            })
         })
     }
 }
