@@ -2,6 +2,7 @@
 //! files. No HTTP here: every door (see `crate::doors`) translates its protocol into these
 //! typed calls and the events back into its protocol.
 
+mod cell_checks;
 pub mod commands;
 pub mod contexts;
 pub mod egress;

@@ -145,6 +145,10 @@ pub struct Session {
     owner: crate::tenants::LiveSlot,
     /// The workspace as the last cell left it (see `execute`).
     last_scan: Mutex<Option<Snapshot>>,
+    /// Its workspace root, for the check per cell (`cell_checks.rs`).
+    workspace_root: super::cell_checks::WorkspaceRoot,
+    /// The OOM killer's count before cells, read only now and then (`cell_checks.rs`).
+    oom: super::cell_checks::OomBaseline,
     /// Its contexts, the first one first (see `contexts.rs`); never empty.
     contexts: Mutex<Vec<Arc<Context>>>,
     /// Numbers the ids of contexts made later.
@@ -502,6 +506,8 @@ impl Sessions {
             closed: AtomicBool::new(false),
             owner,
             last_scan: Mutex::new(None),
+            workspace_root: Default::default(),
+            oom: Default::default(),
             contexts: Mutex::new(vec![Arc::new(first)]),
             next_context: AtomicU64::new(1),
             commands: CommandTable::default(),
@@ -561,6 +567,7 @@ impl Sessions {
             ctx.interrupt.notify_waiters();
         }
         self.launcher.destroy(session.sandbox.clone()).await;
+        session.workspace_root.close();
     }
 
     /// Run a cell in a fresh sandbox that is destroyed after it. `prepare` fills the
@@ -748,7 +755,7 @@ impl Sessions {
             return None;
         }
         let path = session.sandbox.workspace_path().to_path_buf();
-        if workspace_is_empty(&path) {
+        if session.workspace_root.is_empty(&path) {
             return Some(Snapshot::default());
         }
         let max_depth = self.cfg.files_scan_max_depth;
@@ -791,7 +798,7 @@ impl Sessions {
         let Some(conn) = slot.conn.as_mut() else {
             return failure(CellStatus::Killed, "KernelDied", "no interpreter".into(), 0);
         };
-        let oom_before = session.sandbox.oom_kills();
+        let oom_before = session.oom.before_cell(|| session.sandbox.oom_kills());
         let timeout = req.timeout;
         let kreq = KernelRequest::ExecuteRequest {
             id: id.clone(),
@@ -901,7 +908,9 @@ impl Sessions {
                     return gone_summary(slot.execution_count);
                 }
                 self.kill_context(session, ctx).await;
-                let oom = session.sandbox.oom_kills() > oom_before;
+                let oom_now = session.sandbox.oom_kills();
+                session.oom.note(oom_now);
+                let oom = oom_now > oom_before;
                 tracing::info!(id = %session.id, error = %err, oom, "kernel lost; restarting");
                 let (status, name, value) = if oom {
                     metrics::oom_kill();
@@ -1376,9 +1385,12 @@ impl Sessions {
         );
         req.oom_score_adj = contexts::CONTEXT_OOM_SCORE_ADJ;
         let oom_before = session.sandbox.oom_kills();
-        let (conn, joined) = match session.sandbox.clone().start_context(req).await {
+        let started = session.sandbox.clone().start_context(req).await;
+        let oom_now = session.sandbox.oom_kills();
+        session.oom.note(oom_now);
+        let (conn, joined) = match started {
             Ok(started) => started,
-            Err(SandboxError::ContextStart(why)) if session.sandbox.oom_kills() > oom_before => {
+            Err(SandboxError::ContextStart(why)) if oom_now > oom_before => {
                 return Err(ServiceError::Failed {
                     code: "context_start_failed",
                     message: format!(
@@ -1743,14 +1755,6 @@ impl Emitter {
         }
         None
     }
-}
-
-/// Whether only the root inode of a workspace is in use: one `statvfs`, much
-/// cheaper than opening and reading the directory.
-fn workspace_is_empty(path: &std::path::Path) -> bool {
-    nix::sys::statvfs::statvfs(path)
-        .map(|v| v.files().saturating_sub(v.files_free()) <= 1)
-        .unwrap_or(false)
 }
 
 /// RFC 3339 UTC timestamp with second precision.
