@@ -224,15 +224,20 @@ fn classify(app: &App, req: &Request) -> Addressed {
             return Addressed::Sandbox { id, port };
         }
     }
-    let path = req.uri().path();
-    let control = ["/sandboxes", "/v2/sandboxes"]
-        .iter()
-        .any(|p| path == *p || path.starts_with(&format!("{p}/")));
-    if control {
+    if is_control_path(req.uri().path()) {
         Addressed::Control
     } else {
         Addressed::Other
     }
+}
+
+/// `/sandboxes` or `/v2/sandboxes`, or a path under them (E2B's control plane). Checked on
+/// every request of the server, so without an allocation.
+fn is_control_path(path: &str) -> bool {
+    ["/sandboxes", "/v2/sandboxes"].iter().any(|p| {
+        path.strip_prefix(p)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    })
 }
 
 /// The door's routers, one per API.
@@ -530,6 +535,28 @@ fn rfc3339(t: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_control_plane_is_its_paths_and_nothing_that_only_starts_alike() {
+        for path in [
+            "/sandboxes",
+            "/sandboxes/",
+            "/sandboxes/abc",
+            "/v2/sandboxes/x/timeout",
+        ] {
+            assert!(is_control_path(path), "{path}");
+        }
+        for path in [
+            "/sandboxesx",
+            "/sandbox",
+            "/v2/sandboxesx",
+            "/v1/sessions",
+            "/",
+            "",
+        ] {
+            assert!(!is_control_path(path), "{path}");
+        }
+    }
 
     #[test]
     fn host_names_of_sandboxes_parse() {
