@@ -13,6 +13,7 @@ mod execution;
 mod files;
 mod isolation;
 mod javascript;
+mod js_cold;
 mod js_pool;
 mod lifecycle;
 mod streaming;
