@@ -671,10 +671,8 @@ impl Shared {
             .map_err(|_| SandboxError::Internal("kernel start timed out".into()))??;
         match first {
             KernelEvent::Ready {} => {
-                // An executed kernel got the proxy's environment with the rest of its own.
-                if sb.egress.is_some() && kernel.is_none() {
-                    configure_egress(&mut conn, &self.cfg).await?;
-                }
+                // A forked kernel has the proxy's environment from its zygote (see
+                // `kernel_egress_env`); an executed one got it with the rest of its own.
                 tracing::debug!(
                     spawned_ms,
                     ready_ms = t0.elapsed().as_secs_f64() * 1e3,
@@ -808,10 +806,12 @@ impl SandboxFactory {
     }
 }
 
-/// Gives a new kernel the environment of the egress proxy (see
+/// The environment of the egress proxy every forked kernel gets (see
 /// [`pyxis_egress::sandbox_env`]), the install time limit and the auto-install list; a
-/// session's own `env` is applied after it.
-async fn configure_egress(conn: &mut KernelConn, cfg: &Config) -> Result<(), SandboxError> {
+/// session's own `env` is applied after it. Server-wide values: the zygotes are started with
+/// them ([`zygote::ZygoteCommand::kernel_env`]), so a new kernel has them from its fork, with
+/// no configure round trip on the create's path.
+pub fn kernel_egress_env(cfg: &Config) -> std::collections::BTreeMap<String, String> {
     let mut env: std::collections::BTreeMap<String, String> =
         pyxis_egress::sandbox_env(EGRESS_PORT).into_iter().collect();
     env.insert(
@@ -830,19 +830,7 @@ async fn configure_egress(conn: &mut KernelConn, cfg: &Config) -> Result<(), San
             serde_json::Value::Object(wanted).to_string(),
         );
     }
-    let asked = async {
-        conn.send(&pyxis_protocol::KernelRequest::Configure {
-            id: "egress".into(),
-            env,
-        })
-        .await?;
-        while !matches!(conn.next_event().await?, KernelEvent::ConfigureReply { .. }) {}
-        Ok::<(), KernelError>(())
-    };
-    tokio::time::timeout(std::time::Duration::from_secs(10), asked)
-        .await
-        .map_err(|_| SandboxError::Internal("kernel configure timed out".into()))??;
-    Ok(())
+    env
 }
 
 /// An `O_PATH` descriptor of the directory `path`.

@@ -143,6 +143,9 @@ pub struct ZygoteCommand {
     /// How long the first import of the scientific stack may take
     /// (`PYXIS_ZYGOTE_READY_TIMEOUT_S`).
     pub ready_timeout: Duration,
+    /// Environment the zygote, and so every kernel forked from it, starts with (the egress
+    /// proxy's, see [`super::kernel_egress_env`]).
+    pub kernel_env: std::collections::BTreeMap<String, String>,
 }
 
 impl Zygote {
@@ -631,6 +634,7 @@ fn start_process(cmd: &ZygoteCommand) -> anyhow::Result<(Running, ZygoteInfo)> {
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .env("PYTHONUNBUFFERED", "1")
         .env("PYXIS_SANDBOX_LIB", &cmd.sandbox_lib)
+        .envs(&cmd.kernel_env)
         .stdin(Stdio::null())
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit());
