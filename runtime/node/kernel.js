@@ -210,7 +210,8 @@ class Kernel {
   // ---- transport
 
   /**
-   * Runs the execute path once before `ready`, its output thrown away: a cell through the
+   * For a kernel the warm pool keeps (PYXIS_KERNEL_WARM_UP=1): runs the execute path once
+   * before `ready`, its output thrown away: a cell through the
    * frame decoder, `handle`, `run` (vm.Script), the result's `util.inspect` and the reply's
    * encoding. V8 compiles each function at its first call, so without this the session's
    * first cell would pay ~5 ms for it. It leaves no trace a cell can see: the execution
@@ -236,8 +237,8 @@ class Kernel {
     }
   }
 
-  async start() {
-    await this.warmUp();
+  async start(warmUp) {
+    if (warmUp) await this.warmUp();
     this.sock.on('data', (chunk) => {
       this.frames.feed(chunk);
       for (;;) {
@@ -672,7 +673,10 @@ function main() {
   const arg = (process.argv[2] || process.env.PYXIS_KERNEL_LANGUAGE || 'javascript').toLowerCase();
   const language = arg === 'ts' || arg === 'typescript' ? 'typescript' : 'javascript';
   const fd = Number(process.env.PYXIS_KERNEL_FD || 3);
+  // Set for a kernel the warm pool keeps (see `Kernel.warmUp`).
+  const warmUp = process.env.PYXIS_KERNEL_WARM_UP === '1';
   delete process.env.PYXIS_KERNEL_FD;
+  delete process.env.PYXIS_KERNEL_WARM_UP;
   setupProcess();
   const sock = new net.Socket({ fd, readable: true, writable: true });
   sock.setNoDelay?.(true);
@@ -680,7 +684,7 @@ function main() {
   kernel.install();
   // The kernel lives as long as its socket; nothing else keeps the loop alive.
   util.inspect.defaultOptions.colors = false;
-  kernel.start();
+  kernel.start(warmUp);
 }
 
 if (require.main === module) main();

@@ -427,7 +427,7 @@ describe('warm-up', () => {
     const bare = JSON.parse(execFileSync(process.execPath, [probe], { env: { PATH: process.env.PATH } }).toString());
     fs.rmSync(dir, { recursive: true });
     for (const language of ['javascript', 'typescript']) {
-      const k = new KernelClient(language);
+      const k = new KernelClient(language, { PYXIS_KERNEL_WARM_UP: '1' });
       await k.ready();
       // Nothing of the warm-up's cell reached the socket, before or after ready.
       await new Promise((resolve) => setTimeout(resolve, 100));
@@ -437,12 +437,14 @@ describe('warm-up', () => {
       assert.equal(r.reply.execution_count, 1, 'the warm-up is not counted');
       assert.equal(r.results[0].execution_count, 1);
       assert.equal(text(r), '2');
+      // The variable is the kernel's own: removed, like PYXIS_KERNEL_FD.
       assert.deepEqual(JSON.parse(r.stdout), bare, language);
+      assert.equal(text(await k.execute('typeof process.env.PYXIS_KERNEL_WARM_UP')), "'undefined'");
       // An error's traceback has the cell's own excerpt, nothing of a remembered <cell 0>.
       const e = await k.execute('throw new Error("first")');
-      assert.equal(e.reply.execution_count, 2);
+      assert.equal(e.reply.execution_count, 3);
       assert.ok(!e.error.traceback.join('\n').includes('<cell 0>'), e.error.traceback.join('\n'));
-      assert.ok(e.error.traceback.join('\n').includes('<cell 2>'), e.error.traceback.join('\n'));
+      assert.ok(e.error.traceback.join('\n').includes('<cell 3>'), e.error.traceback.join('\n'));
       await k.close();
     }
   });

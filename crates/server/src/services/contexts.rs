@@ -351,6 +351,22 @@ pub(crate) fn first_kernel(
     })
 }
 
+/// Set in a pooled kernel's environment: the Node kernel runs its execute path once before
+/// it says it is ready (see `runtime/node/kernel.js`), off the path of a session's first
+/// cell. A cold kernel does without: its first cell would pay the same, plus the warm-up's.
+pub(crate) const KERNEL_WARM_UP_VAR: &str = "PYXIS_KERNEL_WARM_UP";
+
+/// [`first_kernel`] for a sandbox the warm pool keeps: with the warm-up.
+pub(crate) fn pooled_kernel(
+    cfg: &Config,
+    language: Language,
+    memory_bytes: u64,
+) -> Option<crate::sandboxes::KernelExec> {
+    let mut kernel = first_kernel(cfg, language, memory_bytes)?;
+    kernel.env.insert(KERNEL_WARM_UP_VAR.into(), "1".into());
+    Some(kernel)
+}
+
 /// Gives a new sandbox a first kernel of `language` (not Python): the zygote's Python
 /// kernel (`conn`) is killed and the other one started by the join path in `/workspace`,
 /// with `env` and a V8 heap bound above `memory_bytes`. Returns once it is ready.

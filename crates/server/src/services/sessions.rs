@@ -1239,7 +1239,7 @@ impl PoolHost for Sessions {
     ) -> futures_util::future::BoxFuture<'_, std::result::Result<Ready, SandboxError>> {
         Box::pin(async move {
             let limits = self.launcher.default_limits();
-            let kernel = contexts::first_kernel(&self.cfg, language, limits.memory_bytes);
+            let kernel = contexts::pooled_kernel(&self.cfg, language, limits.memory_bytes);
             let (sandbox, conn) = self.launcher.create(&limits, kernel.as_ref()).await?;
             Ok(Ready {
                 sandbox,
