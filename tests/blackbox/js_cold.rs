@@ -84,7 +84,10 @@ fn a_cold_typescript_and_a_cold_bash_session_are_executed_the_same_way() {
     assert_eq!(js_pids(&ts), "[ 2, 0 ]");
     let v = ok(ts.exec("interface P<T> { v: T }\nconst p: P<number> = { v: 41 }\np.v + 1"));
     assert_eq!(plain(&v), "42");
-    let bash = server.session_with(json!({ "language": "bash" }));
+    let bash =
+        server.session_with(json!({ "language": "bash", "env": { "GREETING": "hi there" } }));
+    // The session's environment arrives by configure, exported in the shell.
+    assert_eq!(ok(bash.exec("echo \"$GREETING\""))["stdout"], "hi there\n");
     let v = ok(bash.exec("echo $PPID; tr '\\0' ' ' < /proc/$PPID/cmdline; cd /tmp"));
     let out = v["stdout"].as_str().unwrap_or_default().to_string();
     assert!(
