@@ -418,7 +418,7 @@ async fn run(args: Args) -> Result<bool> {
         Option<&'static str>,
     );
     let plan: Vec<Step> = vec![
-        ("roundtrip", None, main_cfg, Some("p50 ≤ 1 ms")),
+        ("roundtrip", None, main_cfg, Some("p50 ≤ 0.25 ms")),
         (
             "stream",
             None,
@@ -429,13 +429,13 @@ async fn run(args: Args) -> Result<bool> {
             "stateful",
             Some("steady"),
             main_cfg,
-            Some("≥ 2000 cells/s, p95 ≤ 20 ms, 100% correct"),
+            Some("≥ 3000 cells/s, p95 ≤ 15 ms, 100% correct"),
         ),
         (
             "stateful",
             Some("churn"),
             main_cfg,
-            Some("≥ 2000 cells/s, p95 ≤ 20 ms, 100% correct"),
+            Some("≥ 3000 cells/s, p95 ≤ 15 ms, 100% correct"),
         ),
         (
             "stateful",
@@ -443,12 +443,12 @@ async fn run(args: Args) -> Result<bool> {
             main_cfg,
             Some("≥ 70% of v1's cells/s, 100% correct"),
         ),
-        ("oneshot", None, main_cfg, Some("p50 ≤ 30 ms")),
+        ("oneshot", None, main_cfg, Some("p50 ≤ 12 ms")),
         ("mcp", None, main_cfg, Some("run_code p50 ≤ 2 ms")),
         ("analysis", None, main_cfg, None),
         ("create", Some("warm"), main_cfg, Some("create p50 ≤ 2 ms")),
-        ("create", Some("cold"), cold_cfg, Some("create p50 ≤ 25 ms")),
-        ("density", None, cold_cfg, Some("USS ≤ 15 MiB/session")),
+        ("create", Some("cold"), cold_cfg, Some("create p50 ≤ 8 ms")),
+        ("density", None, cold_cfg, Some("USS ≤ 5 MiB/session")),
         // Issue 17 (bench/src/data.rs); budgets of DESIGN.md where it has one.
         ("data", Some("create"), cold_cfg, Some("create p50 ≤ 8 ms")),
         ("data", Some("idle"), cold_cfg, Some("USS ≤ 5 MiB/session")),

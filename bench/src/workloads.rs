@@ -131,7 +131,7 @@ async fn delete_all(api: &Api, ids: &[String]) {
 
 // ---------------------------------------------------------------- roundtrip
 
-pub const ROUNDTRIP_BUDGET_MS: f64 = 1.0;
+pub const ROUNDTRIP_BUDGET_MS: f64 = 0.25;
 
 pub async fn roundtrip(ctx: &Ctx) -> Result<Row> {
     let (warm, n) = if ctx.quick { (10, 100) } else { (50, 1000) };
@@ -181,8 +181,8 @@ pub async fn roundtrip(ctx: &Ctx) -> Result<Row> {
 
 // ---------------------------------------------------------------- stateful
 
-pub const STATEFUL_MIN_CELLS_PER_S: f64 = 2000.0;
-pub const STATEFUL_P95_MS: f64 = 20.0;
+pub const STATEFUL_MIN_CELLS_PER_S: f64 = 3000.0;
+pub const STATEFUL_P95_MS: f64 = 15.0;
 const STATEFUL_CELL: &str = "c = globals().get('c', 0) + 1; print(c)";
 
 struct Churn {
@@ -807,7 +807,7 @@ async fn stream_run(api: &Api, id: &str, warm: usize, n: usize) -> Result<Stream
 
 // ---------------------------------------------------------------- create
 
-pub const CREATE_COLD_BUDGET_MS: f64 = 25.0;
+pub const CREATE_COLD_BUDGET_MS: f64 = 8.0;
 pub const CREATE_WARM_BUDGET_MS: f64 = 2.0;
 const IMPORT_CELL: &str = "import pandas, numpy, matplotlib";
 
@@ -900,7 +900,7 @@ pub async fn create(ctx: &Ctx, warm: bool) -> Result<Row> {
 
 // ---------------------------------------------------------------- oneshot
 
-pub const ONESHOT_BUDGET_MS: f64 = 30.0;
+pub const ONESHOT_BUDGET_MS: f64 = 12.0;
 
 pub async fn oneshot(ctx: &Ctx) -> Result<Row> {
     let n = if ctx.quick { 10 } else { 50 };
@@ -937,7 +937,7 @@ pub async fn oneshot(ctx: &Ctx) -> Result<Row> {
 
 // ---------------------------------------------------------------- density
 
-pub const DENSITY_BUDGET_MIB: f64 = 15.0;
+pub const DENSITY_BUDGET_MIB: f64 = 5.0;
 
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
