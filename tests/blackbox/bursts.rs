@@ -56,6 +56,34 @@ fn create_and_run(server: &TestServer) -> String {
     id
 }
 
+/// As [`create_and_run`], but a first cell whose kernel died with its zygote is accepted
+/// when it says so (`KernelDied`, `state_lost`) and the session's next cell runs.
+fn create_and_run_or_lost(server: &TestServer) -> String {
+    let r = server.post("/v1/sessions", &json!({}));
+    let status = r.status().as_u16();
+    let v: Value = r.json().expect("json");
+    assert_eq!(status, 201, "create: {v}");
+    let id = v["id"].as_str().expect("id").to_string();
+    let run = || -> Value {
+        server
+            .post(
+                &format!("/v1/sessions/{id}/execute"),
+                &json!({"code": "1+1"}),
+            )
+            .json()
+            .expect("execution")
+    };
+    let mut e = run();
+    if e["status"] == "killed" {
+        assert_eq!(e["error"]["name"], "KernelDied", "{e}");
+        assert_eq!(e["state_lost"], true, "{e}");
+        e = run();
+    }
+    assert_eq!(e["status"], "ok", "{e}");
+    assert_eq!(e["results"][0]["data"]["text/plain"], "2", "{e}");
+    id
+}
+
 /// `n` creates at once, each running one cell.
 fn burst(server: &TestServer, n: usize) -> Vec<String> {
     std::thread::scope(|s| {
@@ -132,9 +160,19 @@ fn a_killed_zygote_is_replaced_without_a_failed_create() {
             procfs::stat_fields(p).and_then(|f| f.get(1)?.parse::<i32>().ok()) == Some(server.pid())
         })
         .expect("the first zygote is the server's child");
+    // A sandbox dies with the zygote that made it (its processes' death signal is bound to
+    // it): a session whose kernel was made by the killed zygote just before the kill may
+    // find its kernel gone at its first cell. That is reported as `KernelDied` with
+    // `state_lost`, and the session goes on with a fresh kernel; every create succeeds.
     let ids = std::thread::scope(|s| {
         let clients: Vec<_> = (0..4)
-            .map(|_| s.spawn(|| (0..8).map(|_| create_and_run(&server)).collect::<Vec<_>>()))
+            .map(|_| {
+                s.spawn(|| {
+                    (0..8)
+                        .map(|_| create_and_run_or_lost(&server))
+                        .collect::<Vec<_>>()
+                })
+            })
             .collect();
         std::thread::sleep(Duration::from_millis(300));
         // SAFETY: kill(2) of a pid we just read, which is a zygote of our server.
