@@ -7,23 +7,6 @@ use std::time::{Duration, Instant};
 use pyxis_tests::{procfs, scaled, TestServer};
 use serde_json::{json, Value};
 
-/// `cmdline` marker of a zygote (and of its kernels, which are forks of it).
-const ZYGOTE: &str = "pyxis_runtime.zygote";
-
-/// The server's zygotes that are its children or grandchildren: uid 0, the zygote's
-/// command line (kernels have the same command line but a sandbox uid).
-fn zygotes_under(server: i32) -> BTreeSet<i32> {
-    let parent = |pid: i32| -> Option<i32> { procfs::stat_fields(pid)?.get(1)?.parse().ok() };
-    procfs::processes_with_cmdline(ZYGOTE)
-        .into_iter()
-        .filter(|&p| procfs::uid_of(p) == Some(0))
-        .filter(|&p| {
-            let up = parent(p);
-            up == Some(server) || up.and_then(parent) == Some(server)
-        })
-        .collect()
-}
-
 /// `pyxis_<name>{zygote="i"} value` lines of `/metrics`, by zygote index.
 fn zygote_metric(server: &TestServer, name: &str) -> BTreeMap<String, f64> {
     let text = server.get("/metrics").text().expect("metrics text");
@@ -37,50 +20,49 @@ fn zygote_metric(server: &TestServer, name: &str) -> BTreeMap<String, f64> {
         .collect()
 }
 
-/// Create a session and run `1+1` in it; the session id. Panics on any failure.
-fn create_and_run(server: &TestServer) -> String {
+/// Create a session; its id. Panics unless 201.
+fn create(server: &TestServer) -> String {
     let r = server.post("/v1/sessions", &json!({}));
     let status = r.status().as_u16();
     let v: Value = r.json().expect("json");
     assert_eq!(status, 201, "create: {v}");
-    let id = v["id"].as_str().expect("id").to_string();
-    let e: Value = server
+    v["id"].as_str().expect("id").to_string()
+}
+
+/// Run `1+1` in session `id`; the answer.
+fn one_plus_one(server: &TestServer, id: &str) -> Value {
+    server
         .post(
             &format!("/v1/sessions/{id}/execute"),
             &json!({"code": "1+1"}),
         )
         .json()
-        .expect("execution");
+        .expect("execution")
+}
+
+fn assert_two(e: &Value) {
     assert_eq!(e["status"], "ok", "{e}");
     assert_eq!(e["results"][0]["data"]["text/plain"], "2", "{e}");
+}
+
+/// Create a session and run `1+1` in it; the session id. Panics on any failure.
+fn create_and_run(server: &TestServer) -> String {
+    let id = create(server);
+    assert_two(&one_plus_one(server, &id));
     id
 }
 
 /// As [`create_and_run`], but a first cell whose kernel died with its zygote is accepted
 /// when it says so (`KernelDied`, `state_lost`) and the session's next cell runs.
 fn create_and_run_or_lost(server: &TestServer) -> String {
-    let r = server.post("/v1/sessions", &json!({}));
-    let status = r.status().as_u16();
-    let v: Value = r.json().expect("json");
-    assert_eq!(status, 201, "create: {v}");
-    let id = v["id"].as_str().expect("id").to_string();
-    let run = || -> Value {
-        server
-            .post(
-                &format!("/v1/sessions/{id}/execute"),
-                &json!({"code": "1+1"}),
-            )
-            .json()
-            .expect("execution")
-    };
-    let mut e = run();
+    let id = create(server);
+    let mut e = one_plus_one(server, &id);
     if e["status"] == "killed" {
         assert_eq!(e["error"]["name"], "KernelDied", "{e}");
         assert_eq!(e["state_lost"], true, "{e}");
-        e = run();
+        e = one_plus_one(server, &id);
     }
-    assert_eq!(e["status"], "ok", "{e}");
-    assert_eq!(e["results"][0]["data"]["text/plain"], "2", "{e}");
+    assert_two(&e);
     id
 }
 
@@ -121,7 +103,9 @@ fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
 #[test]
 fn n_zygotes_all_serve() {
     let server = TestServer::start(&[("PYXIS_ZYGOTES", "3"), ("PYXIS_POOL_MIN_IDLE", "0")]);
-    let zygotes = zygotes_under(server.pid());
+    let zygotes = procfs::zygotes_under(server.pid())
+        .into_iter()
+        .collect::<BTreeSet<i32>>();
     assert_eq!(zygotes.len(), 3, "zygotes: {zygotes:?}");
     let ids = burst(&server, 12);
     // Each zygote forked kernels of this burst: they are its children.
@@ -151,7 +135,9 @@ fn n_zygotes_all_serve() {
 #[test]
 fn a_killed_zygote_is_replaced_without_a_failed_create() {
     let server = TestServer::start(&[("PYXIS_ZYGOTES", "2"), ("PYXIS_POOL_MIN_IDLE", "0")]);
-    let before = zygotes_under(server.pid());
+    let before = procfs::zygotes_under(server.pid())
+        .into_iter()
+        .collect::<BTreeSet<i32>>();
     assert_eq!(before.len(), 2, "zygotes: {before:?}");
     // The first zygote, the server's own child (the other is its fork).
     let first = *before

@@ -11,9 +11,6 @@ use pyxis_tests::procfs;
 
 use crate::util::server;
 
-/// `cmdline` marker of a zygote (and of its kernels, which are forks of it).
-const ZYGOTE: &str = "pyxis_runtime.zygote";
-
 /// Mount points (field 5 of `mountinfo`) under `dir` in `mountinfo`.
 fn mounts_under(mountinfo: &str, dir: &Path) -> BTreeSet<String> {
     mountinfo
@@ -21,20 +18,6 @@ fn mounts_under(mountinfo: &str, dir: &Path) -> BTreeSet<String> {
         .filter_map(|l| l.split_whitespace().nth(4))
         .filter(|m| Path::new(m).starts_with(dir))
         .map(str::to_owned)
-        .collect()
-}
-
-/// The server's zygotes: uid 0 processes with the zygote's command line whose parent or
-/// grandparent is the server.
-fn zygotes_under(server: i32) -> Vec<i32> {
-    let parent = |pid: i32| -> Option<i32> { procfs::stat_fields(pid)?.get(1)?.parse().ok() };
-    procfs::processes_with_cmdline(ZYGOTE)
-        .into_iter()
-        .filter(|&p| procfs::uid_of(p) == Some(0))
-        .filter(|&p| {
-            let up = parent(p);
-            up == Some(server) || up.and_then(parent) == Some(server)
-        })
         .collect()
 }
 
@@ -73,7 +56,7 @@ fn sandboxes_copy_a_namespace_without_the_live_workspaces() {
         "the live sessions' workspaces are host mounts: {live:?}"
     );
     let own = std::fs::read_link("/proc/self/ns/mnt").expect("own mount namespace");
-    let zygotes = zygotes_under(s.pid());
+    let zygotes = procfs::zygotes_under(s.pid());
     assert!(!zygotes.is_empty(), "no zygote of server {}", s.pid());
     for zygote in zygotes {
         let held = mount_namespace_fds(zygote);

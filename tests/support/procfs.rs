@@ -91,6 +91,25 @@ pub fn processes_with_cmdline(marker: &str) -> Vec<i32> {
         .collect()
 }
 
+/// The zygote's module, in its command line (kernels forked from it keep that command line
+/// but run as a sandbox uid).
+pub const ZYGOTE: &str = "pyxis_runtime.zygote";
+
+/// The zygotes of the server `server`: uid 0 processes with the zygote's command line whose
+/// parent or grandparent is the server (the first zygote is its child, the others forks of
+/// it), in pid order.
+pub fn zygotes_under(server: i32) -> Vec<i32> {
+    let parent = |pid: i32| -> Option<i32> { stat_fields(pid)?.get(1)?.parse().ok() };
+    processes_with_cmdline(ZYGOTE)
+        .into_iter()
+        .filter(|&p| uid_of(p) == Some(0))
+        .filter(|&p| {
+            let up = parent(p);
+            up == Some(server) || up.and_then(parent) == Some(server)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
