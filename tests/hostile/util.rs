@@ -9,12 +9,24 @@ use std::time::{Duration, Instant};
 use pyxis_tests::{procfs, scaled, Session, TestServer};
 use serde_json::{json, Value};
 
-/// Worst latency a neighbour's cell may have while an attack runs next door. Generous: the
-/// machine has two cores and other suites run at the same time. Stretched by the host's
+/// Latency a neighbour's cell should stay under while an attack runs next door. Generous:
+/// the machine has two cores and other suites run at the same time. Stretched by the host's
 /// time scale (`PYXIS_TEST_TIME_SCALE`, as every bound below).
 pub fn neighbour_max_latency() -> Duration {
     scaled(Duration::from_secs(2))
 }
+
+/// How many of a neighbour's `cells` may take longer than [`neighbour_max_latency`] (never
+/// longer than [`NEIGHBOUR_STALL_FACTOR`] times it): one, or a tenth of them. An attack that
+/// starves its neighbours slows every cell, not one; a single slow cell is the shared
+/// machine (a link of the compiler next door, the other test binary's burst), and failing
+/// the attack for it made the suite flaky (2.16 s once, in a CI run of a 2-core host).
+pub fn neighbour_slow_cells_allowed(cells: u64) -> u64 {
+    (cells / 10).max(1)
+}
+
+/// No neighbour's cell may take longer than this many times [`neighbour_max_latency`].
+pub const NEIGHBOUR_STALL_FACTOR: u32 = 3;
 
 /// The output cap of [`server`].
 pub const OUTPUT_CAP: u64 = 1 << 20;
@@ -40,6 +52,8 @@ pub fn server() -> &'static TestServer {
 #[derive(Debug, Default)]
 struct NeighbourReport {
     cells: u64,
+    /// Cells slower than [`neighbour_max_latency`].
+    slow: u64,
     worst: Duration,
     errors: Vec<String>,
 }
@@ -74,6 +88,9 @@ pub fn attack<R>(
                 let took = t.elapsed();
                 rep.cells += 1;
                 rep.worst = rep.worst.max(took);
+                if took >= neighbour_max_latency() {
+                    rep.slow += 1;
+                }
                 let want = format!("{expected}\n");
                 if v["status"] != "ok" || v["stdout"] != want.as_str() || v["state_lost"] == true {
                     rep.errors.push(format!("cell {expected}: {v}"));
@@ -101,8 +118,8 @@ pub fn attack<R>(
         }
     });
     eprintln!(
-        "neighbour: {} cells, worst latency {:?}",
-        report.cells, report.worst
+        "neighbour: {} cells ({} slow), worst latency {:?}",
+        report.cells, report.slow, report.worst
     );
     healthz_fast(s);
     assert!(
@@ -112,10 +129,13 @@ pub fn attack<R>(
     );
     assert!(report.cells > 0, "neighbour ran no cell");
     assert!(
-        report.worst < neighbour_max_latency(),
-        "neighbour's worst latency {:?} over {} cells",
-        report.worst,
-        report.cells
+        report.slow <= neighbour_slow_cells_allowed(report.cells)
+            && report.worst < neighbour_max_latency() * NEIGHBOUR_STALL_FACTOR,
+        "neighbour starved: {} of {} cells over {:?}, the worst {:?}",
+        report.slow,
+        report.cells,
+        neighbour_max_latency(),
+        report.worst
     );
     // One more cell proves the state survived to the end.
     let last = neighbour.ok("print(c)");
