@@ -17,6 +17,24 @@ sys.path.insert(0, str(ROOT))
 from pyxis_runtime import framing  # noqa: E402  pylint: disable=wrong-import-position
 
 
+def sandbox_library() -> tuple[Path, bool]:
+    """The sandbox library the zygote tests load, and whether it was named: by
+    `PYXIS_SANDBOX_LIB` (scripts/test sets it to the build it just made) or
+    `PYXIS_TEST_SANDBOX_LIB`, else the repository's debug build. A named library that is
+    missing fails those tests; only an unnamed, unbuilt one skips them."""
+    for var in ("PYXIS_SANDBOX_LIB", "PYXIS_TEST_SANDBOX_LIB"):
+        if os.environ.get(var):
+            return Path(os.environ[var]), True
+    return ROOT.parents[1] / "target" / "debug" / "libpyxis_sandbox.so", False
+
+
+def skip_without_sandbox_library(lib: Path, named: bool) -> pytest.MarkDecorator:
+    """A skip mark for a library that is neither named nor built (see `sandbox_library`)."""
+    return pytest.mark.skipif(
+        not named and not lib.exists(), reason=f"sandbox library not built at {lib}"
+    )
+
+
 class KernelProcess:
     """A kernel subprocess and the supervisor end of its socket."""
 

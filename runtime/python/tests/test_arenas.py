@@ -5,18 +5,14 @@ built)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
-import pytest
+from conftest import ROOT, sandbox_library, skip_without_sandbox_library
 
-from conftest import ROOT
+LIB, LIB_NAMED = sandbox_library()
 
-LIB = Path(os.environ.get("PYXIS_TEST_SANDBOX_LIB", "/work/main/target/debug/libpyxis_sandbox.so"))
-
-pytestmark = pytest.mark.skipif(not LIB.exists(), reason=f"sandbox library not built at {LIB}")
+pytestmark = skip_without_sandbox_library(LIB, LIB_NAMED)
 
 # Objects made after `use_arenas`: where they live, what freeing them gives back, and a
 # forked child that goes on allocating from its copy of the region.

@@ -13,14 +13,22 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, of_type, reply, stop_process, stream
+from conftest import (
+    ROOT,
+    of_type,
+    reply,
+    sandbox_library,
+    skip_without_sandbox_library,
+    stop_process,
+    stream,
+)
 from pyxis_runtime import framing
 
-LIB = Path(os.environ.get("PYXIS_TEST_SANDBOX_LIB", "/work/main/target/debug/libpyxis_sandbox.so"))
+LIB, LIB_NAMED = sandbox_library()
 UID = 61234
 
 pytestmark = [
-    pytest.mark.skipif(not LIB.exists(), reason=f"sandbox library not built at {LIB}"),
+    skip_without_sandbox_library(LIB, LIB_NAMED),
     pytest.mark.skipif(os.geteuid() != 0, reason="building a sandbox needs root"),
 ]
 
