@@ -138,12 +138,14 @@ const SCALED_SETTINGS: &[&str] = &["PYXIS_EXEC_TIMEOUT_S", "PYXIS_ZYGOTE_READY_T
 /// The zygote's ready timeout of the server (`PYXIS_ZYGOTE_READY_TIMEOUT_S`'s default).
 const ZYGOTE_READY_TIMEOUT_S: f64 = 180.0;
 
-/// The server's connection timeouts and their defaults: on a slower host (a time scale
-/// over one) a server gets them scaled unless the test sets them, so that a keep-alive
-/// connection the client pools for a while (reqwest: 90 s) is not closed under it mid-test.
+/// The server's connection and spawn timeouts and their defaults: on a slower host (a time
+/// scale over one) a server gets them scaled unless the test sets them, so that a
+/// keep-alive connection the client pools for a while (reqwest: 90 s) is not closed under
+/// it mid-test, and a sandbox's setup under an emulated host's load is not cut short.
 const SCALED_DEFAULTS: &[(&str, f64)] = &[
     ("PYXIS_HEADER_TIMEOUT_S", 10.0),
     ("PYXIS_CONN_IDLE_TIMEOUT_S", 60.0),
+    ("PYXIS_SPAWN_TIMEOUT_S", 30.0),
 ];
 
 /// How long the tests' HTTP clients keep an idle connection: under the server's header

@@ -20,7 +20,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use nix::sched::CloneFlags;
 use nix::sys::signal::{kill, sigprocmask, SigSet, SigmaskHow, Signal};
@@ -35,9 +35,6 @@ use crate::spec::{InitSpec, SandboxSpec, SpecError};
 use crate::sys::{self, Forked};
 
 type Result<T> = std::result::Result<T, EnterError>;
-
-/// How long B and then C may take to report on their setup.
-const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A failure of one step of making a sandbox.
 #[derive(Debug, thiserror::Error)]
@@ -224,7 +221,8 @@ pub fn spawn(
     }
     let filters = seccomp::filters()?;
     let program = crate::init_program().ok_or(EnterError::NotPrepared)?;
-    let deadline = Instant::now() + SETUP_TIMEOUT;
+    // How long B and then C may take to report on their setup.
+    let deadline = Instant::now() + spec.setup_timeout();
 
     // B: stdin is its channel to us; the workspace and cgroups go to the spec's numbers.
     let (ours, theirs) = UnixStream::pair().map_err(EnterError::StartInit)?;

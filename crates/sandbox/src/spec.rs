@@ -80,7 +80,17 @@ pub struct SandboxSpec {
     /// The egress listener the init runs, if any (see [`EgressListener`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress: Option<EgressListener>,
+    /// How long each of the two setup reports (the init's, then the kernel's) may take, in
+    /// milliseconds; [`DEFAULT_SETUP_TIMEOUT_MS`] when absent. Slow or emulated hosts need
+    /// more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub setup_timeout_ms: Option<u64>,
 }
+
+/// A setup report's time limit when the spec names none.
+pub const DEFAULT_SETUP_TIMEOUT_MS: u64 = 10_000;
+/// The longest setup time limit a spec may ask for (an hour).
+const MAX_SETUP_TIMEOUT_MS: u64 = 3_600_000;
 
 /// A TCP listener the init opens on `127.0.0.1:port` inside the sandbox's network namespace.
 /// The init accepts each connection and hands the accepted socket itself, with
@@ -115,6 +125,11 @@ pub const WORKSPACE_FD: i32 = 5;
 pub const FIRST_CGROUP_FD: i32 = 6;
 
 impl SandboxSpec {
+    /// How long each setup report may take.
+    pub fn setup_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.setup_timeout_ms.unwrap_or(DEFAULT_SETUP_TIMEOUT_MS))
+    }
+
     /// Number the spec's descriptors as the sandbox gets them: the kernel's socket at
     /// [`KERNEL_FD`], the report pipe at [`REPORT_FD`], the workspace at [`WORKSPACE_FD`],
     /// `cgroups` procs files from [`FIRST_CGROUP_FD`], then the egress channel if the spec
@@ -175,6 +190,11 @@ impl SandboxSpec {
             }
             if !self.loopback {
                 return invalid("egress", "the egress listener needs loopback");
+            }
+        }
+        if let Some(ms) = self.setup_timeout_ms {
+            if ms == 0 || ms > MAX_SETUP_TIMEOUT_MS {
+                return invalid("setup_timeout_ms", "1 ms to an hour");
             }
         }
         check_path("root_mountpoint", &self.root_mountpoint)?;
@@ -294,6 +314,7 @@ mod tests {
             loopback: true,
             outlive_kernel: false,
             egress: None,
+            setup_timeout_ms: None,
         }
     }
 
@@ -334,6 +355,23 @@ mod tests {
         let mut spec = sample();
         spec.workspace_fd = 2;
         assert!(spec.validate().is_err());
+        for ms in [0, MAX_SETUP_TIMEOUT_MS + 1] {
+            let mut spec = sample();
+            spec.setup_timeout_ms = Some(ms);
+            assert!(spec.validate().is_err(), "{ms} ms");
+        }
+    }
+
+    #[test]
+    fn the_setup_timeout_is_the_specs_or_ten_seconds() {
+        let mut spec = sample();
+        assert_eq!(spec.setup_timeout(), std::time::Duration::from_secs(10));
+        spec.setup_timeout_ms = Some(45_000);
+        assert!(spec.validate().is_ok());
+        assert_eq!(spec.setup_timeout(), std::time::Duration::from_secs(45));
+        let json = serde_json::to_string(&spec).unwrap();
+        let back: SandboxSpec = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.setup_timeout_ms, Some(45_000));
     }
 
     #[test]

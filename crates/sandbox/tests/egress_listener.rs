@@ -54,6 +54,7 @@ fn spec(root: &Path, egress: Option<EgressListener>) -> SandboxSpec {
         report_fd: 4,
         loopback: true,
         egress,
+        setup_timeout_ms: None,
         outlive_kernel: false,
     }
 }

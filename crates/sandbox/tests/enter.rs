@@ -465,6 +465,7 @@ fn spawn_builds_an_isolated_sandbox() {
         loopback: true,
         outlive_kernel: false,
         egress: None,
+        setup_timeout_ms: None,
     };
 
     let (mut parent_sock, child_sock) = UnixStream::pair().expect("socketpair");
@@ -642,6 +643,7 @@ fn spawn_reports_setup_failures() {
         loopback: false,
         outlive_kernel: false,
         egress: None,
+        setup_timeout_ms: None,
     };
     let (_parent_sock, child_sock) = UnixStream::pair().expect("socketpair");
     let (report_read, report_write) = nix::unistd::pipe().expect("pipe");

@@ -188,6 +188,7 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
             runtime: rt,
             sandbox_lib: cfg.sandbox_lib.clone(),
             ready_timeout: cfg.zygote_ready_timeout,
+            spawn_timeout: cfg.spawn_timeout,
             kernel_env: crate::sandboxes::kernel_egress_env(&cfg),
         },
         cfg.zygotes,

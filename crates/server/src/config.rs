@@ -75,6 +75,10 @@ pub struct Settings {
     /// report ready at start (slow or emulated hosts need more).
     #[arg(long, env = "PYXIS_ZYGOTE_READY_TIMEOUT_S")]
     pub zygote_ready_timeout_s: Option<f64>,
+    /// Seconds the zygote may take to answer a request for a new sandbox; a third of it
+    /// bounds each of the sandbox's two setup reports (slow or emulated hosts need more).
+    #[arg(long, env = "PYXIS_SPAWN_TIMEOUT_S")]
+    pub spawn_timeout_s: Option<f64>,
     /// Bytes of output (text and rich data) kept per execution.
     #[arg(long, env = "PYXIS_MAX_OUTPUT_BYTES")]
     pub max_output_bytes: Option<u64>,
@@ -254,6 +258,7 @@ pub struct Config {
     pub max_exec_timeout: Duration,
     pub interrupt_grace: Duration,
     pub zygote_ready_timeout: Duration,
+    pub spawn_timeout: Duration,
     pub max_output_bytes: u64,
     pub max_queue: usize,
     pub memory_bytes: u64,
@@ -319,6 +324,7 @@ impl Settings {
             max_exec_timeout_s,
             interrupt_grace_s,
             zygote_ready_timeout_s,
+            spawn_timeout_s,
             max_output_bytes,
             max_queue,
             memory_mb,
@@ -367,10 +373,10 @@ impl Settings {
 }
 
 fn secs(name: &str, v: f64) -> anyhow::Result<Duration> {
-    if !(v.is_finite() && v > 0.0) {
-        bail!("{name} must be a positive number of seconds");
+    match Duration::try_from_secs_f64(v) {
+        Ok(d) if v > 0.0 => Ok(d),
+        _ => bail!("{name} must be a positive number of seconds"),
     }
-    Ok(Duration::from_secs_f64(v))
 }
 
 impl Config {
@@ -489,6 +495,7 @@ impl Config {
                 "zygote_ready_timeout_s",
                 s.zygote_ready_timeout_s.unwrap_or(180.0),
             )?,
+            spawn_timeout: secs("spawn_timeout_s", s.spawn_timeout_s.unwrap_or(30.0))?,
             max_output_bytes: s.max_output_bytes.unwrap_or(4 * MIB),
             max_queue: s.max_queue.unwrap_or(8),
             memory_bytes: s.memory_mb.unwrap_or(1024) * MIB,
@@ -628,6 +635,27 @@ mod tests {
         for bad in [0.0, -5.0, f64::NAN, f64::INFINITY] {
             let args = Settings {
                 zygote_ready_timeout_s: Some(bad),
+                ..Default::default()
+            };
+            assert!(Config::load(args, None).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_spawn_timeout_is_a_positive_setting_of_30_s_by_default() {
+        let cfg = Config::load(Settings::default(), None).unwrap();
+        assert_eq!(cfg.spawn_timeout, Duration::from_secs(30));
+        let args = Settings {
+            spawn_timeout_s: Some(300.0),
+            ..Default::default()
+        };
+        assert_eq!(
+            Config::load(args, None).unwrap().spawn_timeout,
+            Duration::from_secs(300)
+        );
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY, 1e30] {
+            let args = Settings {
+                spawn_timeout_s: Some(bad),
                 ..Default::default()
             };
             assert!(Config::load(args, None).is_err(), "{bad}");

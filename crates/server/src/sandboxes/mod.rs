@@ -632,6 +632,11 @@ impl Shared {
                     channel_fd: 0,
                     port: EGRESS_PORT,
                 }),
+            // The zygote's own answer may take `spawn_timeout`: the setup a third of it
+            // (within what a spec may ask for, an hour).
+            setup_timeout_ms: Some(
+                (self.cfg.spawn_timeout.as_millis() / 3).clamp(1, 3_600_000) as u64
+            ),
         };
         spec.number_descriptors(cgroups);
         let spec = serde_json::to_value(&spec)

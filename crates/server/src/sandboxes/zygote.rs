@@ -35,8 +35,6 @@ use crate::runtime::Runtime;
 
 /// Largest control frame accepted from the zygote.
 const MAX_CONTROL_FRAME: usize = 1 << 20;
-/// How long one spawn (or one clone) may take before the zygote is considered stuck.
-const SPAWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most zygotes (`PYXIS_ZYGOTES` is clamped to it).
 pub const MAX_ZYGOTES: usize = 64;
 /// How often an idle worker checks that its zygote is still there.
@@ -143,6 +141,9 @@ pub struct ZygoteCommand {
     /// How long the first import of the scientific stack may take
     /// (`PYXIS_ZYGOTE_READY_TIMEOUT_S`).
     pub ready_timeout: Duration,
+    /// How long one spawn (or one clone) may take before the zygote is considered stuck
+    /// (`PYXIS_SPAWN_TIMEOUT_S`).
+    pub spawn_timeout: Duration,
     /// Environment the zygote, and so every kernel forked from it, starts with (the egress
     /// proxy's, see [`super::kernel_egress_env`]).
     pub kernel_env: std::collections::BTreeMap<String, String>,
@@ -437,7 +438,7 @@ impl ThreadCtx {
             if !peer.alive.load(Ordering::Acquire) {
                 continue;
             }
-            match clone_from(peer) {
+            match clone_from(peer, self.cmd.spawn_timeout) {
                 Ok(z) => return Ok(z),
                 Err(e) => {
                     tracing::warn!(from = peer.index, error = %e, "forking a zygote failed");
@@ -453,7 +454,7 @@ impl ThreadCtx {
 }
 
 /// Ask `peer`'s zygote for a fork of itself.
-fn clone_from(peer: &Worker) -> anyhow::Result<Running> {
+fn clone_from(peer: &Worker, timeout: Duration) -> anyhow::Result<Running> {
     let (tx, rx) = mpsc::channel();
     peer.pending.fetch_add(1, Ordering::AcqRel);
     let sent = peer
@@ -465,9 +466,9 @@ fn clone_from(peer: &Worker) -> anyhow::Result<Running> {
         peer.pending.fetch_sub(1, Ordering::AcqRel);
         anyhow::bail!("the zygote thread ended");
     }
-    let (sock, pid) = rx.recv_timeout(SPAWN_TIMEOUT * 2)??;
+    let (sock, pid) = rx.recv_timeout(timeout * 2)??;
     let pidfd = pidfd_open(pid);
-    sock.set_read_timeout(Some(SPAWN_TIMEOUT))?;
+    sock.set_read_timeout(Some(timeout))?;
     let mut z = Running::new(Process::Sibling { pidfd }, pid, sock);
     match read_event(&mut z)? {
         ZygoteEvent::Ready { .. } => Ok(z),
@@ -677,7 +678,7 @@ fn start_process(cmd: &ZygoteCommand) -> anyhow::Result<(Running, ZygoteInfo)> {
             libraries,
         } => {
             tracing::info!(pid, %python, "zygote ready");
-            z.sock.set_read_timeout(Some(SPAWN_TIMEOUT))?;
+            z.sock.set_read_timeout(Some(cmd.spawn_timeout))?;
             Ok((z, ZygoteInfo { python, libraries }))
         }
         other => anyhow::bail!("unexpected first message from the zygote: {other:?}"),
