@@ -10,8 +10,9 @@ const KERNEL = path.join(__dirname, '..', 'kernel.js');
 const MODULES = process.env.PYXIS_NODE_MODULES || path.join(process.env.PYXIS_RUNTIME_DIR || '/opt/pyxis/runtime', 'node', 'node_modules');
 
 class KernelClient {
-  constructor(language = 'javascript', env = {}) {
-    this.child = spawn(process.execPath, [KERNEL, language], {
+  /** `nodeArgs`: options before the kernel's path (the server gives `--max-old-space-size`). */
+  constructor(language = 'javascript', env = {}, nodeArgs = []) {
+    this.child = spawn(process.execPath, [...nodeArgs, KERNEL, language], {
       stdio: ['ignore', 'pipe', 'pipe', 'pipe'],
       env: { PATH: process.env.PATH, PYXIS_NODE_MODULES: MODULES, PYXIS_WORKSPACE: '/nonexistent', ...env },
     });

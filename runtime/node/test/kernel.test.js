@@ -449,3 +449,28 @@ describe('warm-up', () => {
     }
   });
 });
+
+describe('heap flag', () => {
+  it('keeps the heap size the server gives, for the kernel and for the workers of its cells', async () => {
+    // The kernel sets --max-old-space-size to its default while it loads its modules (V8
+    // then takes the code cache of Node's own): the heap keeps its size, and the flag is
+    // back before `ready`, where a Worker's heap gets its size from it.
+    const k = new KernelClient('javascript', {}, ['--max-old-space-size=300']);
+    try {
+      await k.ready();
+      const limit = (r) => Number(text(r)) / 2 ** 20;
+      const own = await k.execute('require("v8").getHeapStatistics().heap_size_limit');
+      assert.ok(limit(own) >= 300 && limit(own) < 400, text(own));
+      const worker = await k.execute(`const { Worker } = require('worker_threads')
+await new Promise((resolve, reject) => {
+  const w = new Worker("require('worker_threads').parentPort.postMessage(require('v8').getHeapStatistics().heap_size_limit)", { eval: true })
+  w.once('message', resolve)
+  w.once('error', reject)
+})`);
+      assert.equal(worker.reply.status, 'ok', JSON.stringify(worker.error));
+      assert.ok(limit(worker) >= 300 && limit(worker) < 400, text(worker));
+    } finally {
+      await k.close();
+    }
+  });
+});
