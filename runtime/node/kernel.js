@@ -32,8 +32,19 @@ const { pathToFileURL } = require('url');
 
 const { FrameBuffer, FrameError, encode } = require('./lib/framing');
 const { Output, cut, nbytes, EVENT_OVERHEAD } = require('./lib/output');
-const { rewrite, plain, completeness } = require('./lib/rewrite');
 const display = require('./lib/display');
+
+// Words of the constructs lib/rewrite.js changes; a cell without any runs unchanged (its
+// function declarations and `var`s are already global, and its value is the script's
+// completion value), and lib/rewrite.js is loaded at the first cell with one (~1 ms).
+const NEEDS_REWRITE = /\b(let|const|class|await|import|export)\b/;
+let rewriteModule = null;
+
+/** lib/rewrite.js (the REPL rewrite, `is_complete`), loaded when first needed. */
+function rewriter() {
+  if (rewriteModule === null) rewriteModule = require('./lib/rewrite');
+  return rewriteModule;
+}
 
 const DEFAULT_MAX_OUTPUT = 1024 * 1024;
 // Bound of an answer that is not a cell's output (completions, inspection).
@@ -234,6 +245,8 @@ class Kernel {
       frames.feed(encode({ type: 'execute_request', id: '', code: WARM_UP_CELL, store_history: false }));
       await this.handle(frames.next());
       display.inspect(WARM_UP_VALUES);
+      // Loaded at the first cell that declares something (not the warm-up's): here, not then.
+      rewriter();
     } catch {
       // Nothing a cell depends on.
     } finally {
@@ -303,7 +316,7 @@ class Kernel {
         break;
       case 'is_complete_request': {
         const code = typeof msg.code === 'string' ? msg.code : '';
-        const status = this.typescript ? 'unknown' : completeness(code);
+        const status = this.typescript ? 'unknown' : rewriter().completeness(code);
         this.out.reply({ type: 'is_complete_reply', id, status, indent: status === 'incomplete' ? '  ' : '' });
         break;
       }
@@ -385,7 +398,7 @@ class Kernel {
     if (vm.constants && vm.constants.USE_MAIN_CONTEXT_DEFAULT_LOADER) {
       options.importModuleDynamically = vm.constants.USE_MAIN_CONTEXT_DEFAULT_LOADER;
     }
-    if (plain(source)) {
+    if (!NEEDS_REWRITE.test(source)) {
       try {
         script = new vm.Script(source, options);
         plan = { async: false, hasResult: true };
@@ -394,7 +407,7 @@ class Kernel {
       }
     }
     try {
-      if (!plan) plan = rewrite(source);
+      if (!plan) plan = rewriter().rewrite(source);
     } catch (err) {
       if (err instanceof SyntaxError && err.loc) {
         let { line, column } = err.loc;

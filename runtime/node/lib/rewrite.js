@@ -22,8 +22,9 @@
 const path = require('path');
 
 const MODULES = process.env.PYXIS_NODE_MODULES || path.join(__dirname, '..', 'node_modules');
-// The parser is loaded at the first cell that needs it: a cell without the words below
-// runs as it is (a kernel that starts for `1 + 1` does not pay ~20 ms for acorn).
+// The parser is loaded at the first cell that needs it, and this file too: kernel.js runs
+// a cell without the words of its NEEDS_REWRITE (the constructs changed here) as it is (a
+// kernel that starts for `1 + 1` does not pay ~20 ms for acorn, nor ~1 ms for this file).
 let acorn = null;
 let walk = null;
 function parser() {
@@ -32,15 +33,6 @@ function parser() {
     walk = require(path.join(MODULES, 'acorn-walk'));
   }
   return acorn;
-}
-// Words of the constructs the rewrite changes; a cell without any runs unchanged (its
-// function declarations and `var`s are already global, and its value is the script's
-// completion value).
-const NEEDS_REWRITE = /\b(let|const|class|await|import|export)\b/;
-
-/** Whether the cell can run unchanged (the fast path: no parse). */
-function plain(code) {
-  return !NEEDS_REWRITE.test(code);
 }
 
 const PARSE_OPTIONS = {
@@ -246,4 +238,4 @@ function completeness(code) {
   }
 }
 
-module.exports = { rewrite, plain, parse, completeness, patternNames };
+module.exports = { rewrite, parse, completeness, patternNames };
