@@ -190,14 +190,17 @@ class Kernel {
   installStreams() {
     const out = this.out;
     for (const [name, fd] of [['stdout', 1], ['stderr', 2]]) {
-      const decoder = new StringDecoder('utf8');
+      let decoder = null;
       const toText = (chunk, encoding) => {
         if (typeof chunk === 'string') {
           return encoding && encoding !== 'utf8' && encoding !== 'utf-8' && Buffer.isEncoding(encoding)
             ? Buffer.from(chunk, encoding).toString('utf8')
             : chunk;
         }
-        if (chunk instanceof Uint8Array) return decoder.write(Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength));
+        if (chunk instanceof Uint8Array) {
+          decoder ??= new StringDecoder('utf8');
+          return decoder.write(Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength));
+        }
         return String(chunk);
       };
       const stream = new Writable({
@@ -245,8 +248,11 @@ class Kernel {
       frames.feed(encode({ type: 'execute_request', id: '', code: WARM_UP_CELL, store_history: false }));
       await this.handle(frames.next());
       display.inspect(WARM_UP_VALUES);
-      // Loaded at the first cell that declares something (not the warm-up's): here, not then.
+      // What the warm-up's cell does not reach, for a session's first cells: the rewrite
+      // (a cell that declares something) and the flush timer (one that prints).
       rewriter();
+      this.out.arm();
+      this.out.disarm();
     } catch {
       // Nothing a cell depends on.
     } finally {
@@ -476,7 +482,8 @@ class Kernel {
     const kept = cut(text, Math.max(out.room() - EVENT_OVERHEAD - 128, 0));
     if (kept.length < text.length) out.truncated = true;
     text = kept;
-    out.event({ type: 'execute_result', execution_count: count, data: { 'text/plain': text }, metadata: {} }, nbytes(text));
+    // The cell's reply is sent right after (only synchronous code and microtasks between).
+    out.event({ type: 'execute_result', execution_count: count, data: { 'text/plain': text }, metadata: {} }, nbytes(text), true);
   }
 
   display(bundle, metadata) {
@@ -554,6 +561,7 @@ class Kernel {
     return { ename, evalue, traceback: [...excerpt, ...head, ...frames] };
   }
 
+  /** The error event of a cell that failed: its last event, the reply follows. */
   error(err) {
     const { ename, evalue: value, traceback } = this.describe(err);
     let evalue = value;
@@ -578,8 +586,8 @@ class Kernel {
     }
     if (truncated) this.out.truncated = true;
     const msg = { type: 'error', ename: ename.slice(0, 256), evalue, traceback: lines };
-    if (!this.out.event(msg, total + evalue.length)) {
-      this.out.forceEvent({ type: 'error', ename: ename.slice(0, 256), evalue: evalue.slice(0, 1024), traceback: [] });
+    if (!this.out.event(msg, total + evalue.length, true)) {
+      this.out.forceEvent({ type: 'error', ename: ename.slice(0, 256), evalue: evalue.slice(0, 1024), traceback: [] }, true);
     }
   }
 

@@ -119,9 +119,10 @@ class Output {
   /**
    * Queues a rich event after the pending text; false if the cap dropped it. `size` is a
    * lower bound of its bytes known before encoding: an event that cannot fit is dropped
-   * without being encoded.
+   * without being encoded. `last`: the cell's reply follows before any timer could fire
+   * (its value, its error), so no flush is timed for it (a cell's first timer costs ~1 ms).
    */
-  event(msg, size = 0) {
+  event(msg, size = 0, last = false) {
     if (this.used + size + EVENT_OVERHEAD > this.limit) {
       this.truncated = true;
       return false;
@@ -138,17 +139,17 @@ class Output {
     this.queue.push(frame);
     this.queued += frame.length;
     if (this.queued >= STREAM_FLUSH_BYTES) this.send();
-    else this.arm();
+    else if (!last) this.arm();
     return true;
   }
 
   /** A small event past the cap (the name of a cell's error); flags the cell truncated. */
-  forceEvent(msg) {
+  forceEvent(msg, last = false) {
     this.truncated = true;
     if (this.cellId && msg.id === undefined) msg.id = this.cellId;
     this.flushStream();
     this.enqueue(msg);
-    this.arm();
+    if (!last) this.arm();
   }
 
   room() {
