@@ -1,7 +1,7 @@
 //! Contexts: kernels of several languages in one session's sandbox, each with its own
 //! state, sharing the workspace, `/tmp` and `localhost` (issue 15).
 
-use pyxis_tests::{Session, TestServer};
+use pyxis_tests::{scaled, Session, TestServer};
 use serde_json::{json, Value};
 
 /// Starts a context of `language`; returns its id.
@@ -173,20 +173,19 @@ fn timeouts_interrupts_and_restarts_hold_per_context() {
                 "await new Promise(r => setTimeout(r, 30000)); 'late'",
             )
         });
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        loop {
-            let r: Value = s
-                .server
-                .post(
-                    &format!("/v1/sessions/{}/contexts/{js}/interrupt", s.id),
-                    &json!({}),
-                )
-                .json()
-                .expect("json");
-            if r["interrupted"] == true || std::time::Instant::now() > deadline {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
+        // Asked again until the cell ends: an interrupt asked for while the cell is being
+        // started (its workspace scan, its request being written) answers `interrupted:
+        // true` but can be lost (the server's wake-up reaches only a cell already waiting;
+        // see the notes of issue 15), and one the kernel gets before it has read the
+        // request is dropped by it.
+        let deadline = std::time::Instant::now() + scaled(std::time::Duration::from_secs(20));
+        while !cell.is_finished() && std::time::Instant::now() < deadline {
+            let r = s.server.post(
+                &format!("/v1/sessions/{}/contexts/{js}/interrupt", s.id),
+                &json!({}),
+            );
+            assert_eq!(r.status(), 200, "interrupt");
+            std::thread::sleep(std::time::Duration::from_millis(100));
         }
         let v = cell.join().expect("cell");
         assert_eq!(v["status"], "error", "{v:#}");
