@@ -97,6 +97,52 @@ class FrameReader:
                 return None
             self.buffer.feed(data)
 
+    def has_input(self) -> bool:
+        """Whether bytes of a frame are buffered or readable now (no wait)."""
+        if self.buffer.pending():
+            return True
+        try:
+            return bool(select.select([self.sock], [], [], 0)[0])
+        except (OSError, ValueError):
+            return False
+
+
+class EarlyInterrupts:
+    """SIGINT that comes before a kernel's cell can get it.
+
+    The server signals only after it has written a cell's request, and writes the next
+    request only after the cell's reply. So a SIGINT that comes while the kernel waits for
+    a request with none there was for a cell already answered (ignored); one that comes
+    while a request is there, or after one was read and before its cell runs, is for that
+    cell, which ends at once with KeyboardInterrupt (see `take`).
+    """
+
+    def __init__(self, reader: FrameReader) -> None:
+        self.reader = reader
+        self.waiting = False
+        self.pending = False
+
+    def signalled(self) -> None:
+        """A SIGINT came while no cell could get it."""
+        if not self.waiting or self.reader.has_input():
+            self.pending = True
+
+    def next_request(self, read) -> dict | None:
+        """`read()`, the kernel's wait for its next request, with an interrupt that came
+        since the last reply forgotten unless that request is already here."""
+        if self.pending and not self.reader.has_input():
+            self.pending = False
+        self.waiting = True
+        try:
+            return read()
+        finally:
+            self.waiting = False
+
+    def take(self) -> bool:
+        """Whether the cell about to run was interrupted already (and forgets it)."""
+        pending, self.pending = self.pending, False
+        return pending
+
 
 def send(sock: socket.socket, *msgs: dict) -> None:
     """Writes the messages with a single sendall."""

@@ -378,6 +378,7 @@ class Kernel:
         self.deferred: collections.deque = collections.deque()
         self.allow_stdin = False
         self.stopping = False
+        self.early = framing.EarlyInterrupts(self.reader)
         self.timing = bool(os.environ.get("PYXIS_KERNEL_TIMING"))
 
     # ---- setup
@@ -552,6 +553,8 @@ class Kernel:
         try:
             out.executing = True
             try:
+                if self.early.take():
+                    raise KeyboardInterrupt
                 result = shell.run_cell(code, store_history=store_history, silent=silent)
                 self._flush_figures()
             finally:
@@ -778,7 +781,7 @@ class Kernel:
             "comm_close": self.comm,
         }
         while True:
-            msg = self.next_request()
+            msg = self.early.next_request(self.next_request)
             started = time.perf_counter()
             if msg is None:
                 return
@@ -797,9 +800,11 @@ class Kernel:
                 # Anything else (a stray input_reply, an unknown type) is ignored.
 
     def on_sigint(self, _signum, _frame) -> None:
-        """SIGINT interrupts a running cell (KeyboardInterrupt), nothing else."""
+        """SIGINT interrupts a running cell (KeyboardInterrupt), or the one about to run
+        (`framing.EarlyInterrupts`), nothing else."""
         if self.out.executing:
             raise KeyboardInterrupt
+        self.early.signalled()
 
 
 # What `preset()` did in the zygote: the workspace it set the environment for.

@@ -189,6 +189,28 @@ def test_sigint_interrupts_cell(fresh_kernel):
     assert stream(k.run("print(state)")) == "kept\n"
 
 
+def test_sigint_that_comes_with_its_request_interrupts_the_cell(fresh_kernel):
+    """The server signals right after it writes a request: the kernel may get the signal
+    before it has read the request. Stopped while both are sent, it gets them so."""
+    k = fresh_kernel
+    assert reply(k.run("import time\nstate = 'kept'"))["status"] == "ok"
+    k.proc.send_signal(signal.SIGSTOP)
+    try:
+        ident = k.start("time.sleep(30)")
+        time.sleep(0.05)
+        k.proc.send_signal(signal.SIGINT)
+    finally:
+        k.proc.send_signal(signal.SIGCONT)
+    started = time.monotonic()
+    events = k.collect(ident)
+    assert time.monotonic() - started < 5
+    assert of_type(events, "error")[0]["ename"] == "KeyboardInterrupt"
+    # A SIGINT after a cell's reply, before the next request, is not the next cell's.
+    k.proc.send_signal(signal.SIGINT)
+    time.sleep(0.2)
+    assert stream(k.run("print(state)")) == "kept\n"
+
+
 def test_sigint_during_subprocess(fresh_kernel):
     k = fresh_kernel
     ident = k.start("import subprocess\nsubprocess.run(['sleep', '30'])")
