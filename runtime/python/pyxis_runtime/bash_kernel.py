@@ -27,6 +27,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 
 from . import framing
 
@@ -34,6 +35,9 @@ DEFAULT_MAX_OUTPUT = 1024 * 1024
 READ_SIZE = 64 * 1024
 # The shell's descriptor for the status pipe: high, so cells rarely collide with it.
 STATUS_FD = 199
+# After an interrupt, while the cell runs on: SIGINT again this often, this many times.
+RESIGNAL_S = 0.3
+MAX_RESIGNALS = 5
 # Bash's setup: the INT trap that aborts a cell without ending the shell, and the function
 # that sources a cell with the status pipe closed inside it.
 PRELUDE = f"""
@@ -44,6 +48,8 @@ __pyxis_cell() {{ builtin source "$1" </dev/null {STATUS_FD}>&-; }}
 
 class BashKernel:
     """Serves one kernel socket with one bash process."""
+
+    # pylint: disable=too-many-instance-attributes
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -72,6 +78,14 @@ class BashKernel:
         os.close(status_write)
         self.status = status_read
         self.interrupted = False
+        # A cell is with the shell; SIGINT that came before (see `on_sigint`).
+        self.executing = False
+        self.early = framing.EarlyInterrupts(self.reader)
+        # Written by `on_sigint`, so that the wait for a cell's status notices an interrupt
+        # (a select interrupted by a signal is resumed with its old timeout, PEP 475).
+        self.wake_read, self.wake_write = os.pipe()
+        os.set_blocking(self.wake_read, False)
+        os.set_blocking(self.wake_write, False)
         os.set_blocking(self.shell.stdout.fileno(), False)
         os.set_blocking(self.shell.stderr.fileno(), False)
         os.set_blocking(self.status, False)
@@ -88,8 +102,20 @@ class BashKernel:
 
     def on_sigint(self, _signum, _frame) -> None:
         """SIGINT: the process group gets it (the running command and the cell end), the
-        driver itself ignoring it meanwhile."""
+        driver itself ignoring it meanwhile. Before the cell is with the shell, it is for the
+        cell about to run, or for none (`framing.EarlyInterrupts`)."""
+        if not self.executing:
+            self.early.signalled()
+            return
         self.interrupted = True
+        self.signal_shell()
+        try:
+            os.write(self.wake_write, b"!")
+        except OSError:
+            pass  # full: a wake-up is pending already
+
+    def signal_shell(self) -> None:
+        """SIGINT to the process group (the shell and what it runs), not to this driver."""
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
             os.killpg(0, signal.SIGINT)
@@ -104,15 +130,22 @@ class BashKernel:
         code = str(msg.get("code", ""))
         if not msg.get("silent"):
             self.count += 1
+        if self.early.take():
+            self.interrupted_before_start(ident)
+            return
         path = os.path.join(self.dir, "cell.sh")
         with open(path, "w", encoding="utf-8", errors="surrogateescape") as cell:
             cell.write(code if code.endswith("\n") else code + "\n")
         token = secrets.token_hex(16)
         self.interrupted = False
-        self.send_shell(f"__pyxis_cell {path}; printf '%s %s\\n' {token} $? >&{STATUS_FD}\n")
-        out = _CellOutput(self, ident, int(msg.get("max_output_bytes") or DEFAULT_MAX_OUTPUT))
-        streams = {self.shell.stdout.fileno(): "stdout", self.shell.stderr.fileno(): "stderr"}
-        status = self.wait_status(token, streams, out)
+        self.executing = True
+        try:
+            self.send_shell(f"__pyxis_cell {path}; printf '%s %s\\n' {token} $? >&{STATUS_FD}\n")
+            out = _CellOutput(self, ident, int(msg.get("max_output_bytes") or DEFAULT_MAX_OUTPUT))
+            streams = {self.shell.stdout.fileno(): "stdout", self.shell.stderr.fileno(): "stderr"}
+            status = self.wait_status(token, streams, out)
+        finally:
+            self.executing = False
         # What the cell wrote before its status is in the pipes already.
         for fd, name in streams.items():
             while data := _read(fd):
@@ -143,14 +176,45 @@ class BashKernel:
             }
         )
 
+    def interrupted_before_start(self, ident: str) -> None:
+        """The reply of a cell interrupted before it was given to the shell."""
+        evalue = "interrupted before it started"
+        self.send(
+            {
+                "type": "error",
+                "id": ident,
+                "ename": "KeyboardInterrupt",
+                "evalue": evalue,
+                "traceback": [f"KeyboardInterrupt: {evalue}"],
+            }
+        )
+        self.send(
+            {
+                "type": "execute_reply",
+                "id": ident,
+                "status": "error",
+                "execution_count": self.count,
+                "truncated": False,
+                "user_expressions": {},
+            }
+        )
+
     def wait_status(self, token: str, streams: dict, out: "_CellOutput") -> int:
-        """Streams the cell's output until the shell reports its status with `token`."""
+        """Streams the cell's output until the shell reports its status with `token`.
+
+        A SIGINT can reach the shell before it has read the cell (and is then lost): while
+        the cell runs on after an interrupt, the group gets SIGINT again every
+        `RESIGNAL_S`, a few times."""
         pending = b""
+        resignal = _Resignal(self)
         while True:
+            wait = resignal.wait()
             try:
-                ready, _, _ = select.select([*streams, self.status], [], [])
+                ready, _, _ = select.select([*streams, self.status, self.wake_read], [], [], wait)
             except InterruptedError:
                 continue
+            if self.wake_read in ready:
+                _read(self.wake_read)
             for fd in ready:
                 if fd == self.status:
                     data = _read(fd)
@@ -185,7 +249,7 @@ class BashKernel:
     def serve(self) -> None:
         """Answers requests until EOF or shutdown."""
         while True:
-            msg = self.reader.read()
+            msg = self.early.next_request(self.reader.read)
             if msg is None:
                 return
             kind = msg.get("type")
@@ -213,6 +277,29 @@ class BashKernel:
                 self.send({"type": "is_complete_reply", "id": ident, "status": "unknown"})
             elif kind == "comm_info_request":
                 self.send({"type": "comm_info_reply", "id": ident, "comms": {}})
+
+
+class _Resignal:
+    """After an interrupt, while the cell runs on: SIGINT to the shell's group again every
+    `RESIGNAL_S`, at most `MAX_RESIGNALS` times."""
+
+    def __init__(self, kernel: BashKernel) -> None:
+        self.kernel = kernel
+        self.count = 0
+        self.due: float | None = None
+
+    def wait(self) -> float | None:
+        """Signals again if it is time; how long the next wait may be (None: no bound)."""
+        if not self.kernel.interrupted or self.count >= MAX_RESIGNALS:
+            return None
+        now = time.monotonic()
+        if self.due is None:
+            self.due = now + RESIGNAL_S
+        elif now >= self.due:
+            self.count += 1
+            self.due = now + RESIGNAL_S
+            self.kernel.signal_shell()
+        return max(self.due - now, 0.0)
 
 
 class _CellOutput:

@@ -87,6 +87,59 @@ def test_an_interrupt_ends_the_cell_and_keeps_the_shell(kernel):
     assert stdout(run(kernel, "echo $KEPT")) == "yes\n"
 
 
+def _shell_pid(driver: int) -> int:
+    """The driver's bash."""
+    with open(f"/proc/{driver}/task/{driver}/children", encoding="ascii") as f:
+        return int(f.read().split()[0])
+
+
+def test_an_interrupt_that_comes_with_its_request_ends_the_cell(kernel):
+    """The server signals right after it writes a request: the driver may get the signal
+    before it has read it (stopped while both are sent, it gets them so)."""
+    proc, sock, reader = kernel
+    run(kernel, "KEPT=yes")
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        framing.send(sock, {"type": "execute_request", "id": "c", "code": "sleep 20"})
+        time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    started = time.monotonic()
+    events = []
+    while not events or events[-1]["type"] != "execute_reply":
+        events.append(reader.read())
+    assert time.monotonic() - started < 5
+    assert events[-2]["ename"] == "KeyboardInterrupt"
+    # Idle, with no request there: not the next cell's.
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.2)
+    assert stdout(run(kernel, "echo $KEPT")) == "yes\n"
+
+
+def test_an_interrupt_the_shell_got_before_the_cell_is_sent_again(kernel):
+    """A SIGINT that reaches the shell before it has read the cell is lost there: the
+    driver signals again while the cell runs on."""
+    proc, sock, reader = kernel
+    run(kernel, "KEPT=yes")
+    shell = _shell_pid(proc.pid)
+    os.kill(shell, signal.SIGSTOP)
+    try:
+        framing.send(sock, {"type": "execute_request", "id": "c", "code": "sleep 20"})
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.05)
+    finally:
+        os.kill(shell, signal.SIGCONT)
+    started = time.monotonic()
+    events = []
+    while not events or events[-1]["type"] != "execute_reply":
+        events.append(reader.read())
+    assert time.monotonic() - started < 5
+    assert events[-2]["ename"] == "KeyboardInterrupt"
+    assert stdout(run(kernel, "echo $KEPT")) == "yes\n"
+
+
 def test_output_beyond_the_cap_is_dropped_and_flagged(kernel):
     events = run(kernel, "head -c 100000 /dev/zero | tr '\\0' x", cap=1000)
     assert len(stdout(events)) == 1000
