@@ -151,6 +151,10 @@ class Kernel {
     this.count = 0;
     this.cells = new Map(); // file name → { source, map }
     this.onInterrupt = null;
+    // A cell's request is being served (from its first line to its reply), and SIGINT came
+    // while it could not be delivered to the cell's code (see `onSigint`).
+    this.executing = false;
+    this.interruptPending = false;
     this.stopping = false;
     this.hidden = { t: undefined, import: userImport };
   }
@@ -177,9 +181,7 @@ class Kernel {
       Object.defineProperty(g, name, { value, enumerable: false, configurable: true, writable: true });
     }
     this.installStreams();
-    process.on('SIGINT', () => {
-      if (this.onInterrupt) this.onInterrupt();
-    });
+    process.on('SIGINT', () => this.onSigint());
     process.on('uncaughtException', (err) => this.background('Uncaught', err));
     process.on('unhandledRejection', (err) => this.background('Unhandled promise rejection:', err));
     // Warnings (deprecations of the user's packages) go to the cell's stderr.
@@ -369,11 +371,15 @@ class Kernel {
     if (store) this.count += 1;
     const n = this.count;
     let status = 'ok';
+    this.executing = true;
     try {
       await this.run(code, store ? n : 0, n, silent);
     } catch (err) {
       status = 'error';
       this.error(err);
+    } finally {
+      this.executing = false;
+      this.interruptPending = false;
     }
     const reply = { type: 'execute_reply', id, status, execution_count: n, truncated: false, user_expressions: {} };
     const expressions = msg.user_expressions;
@@ -427,6 +433,15 @@ class Kernel {
     // breakOnSigint starts and joins a watchdog thread (~0.5 ms): a cell that calls
     // nothing and loops nowhere (`x = 1`, `a + b`) runs without it.
     const breakOnSigint = MAY_RUN_LONG.test(source);
+    // vm's breakOnSigint takes every SIGINT listener off for the run, and with them a
+    // SIGINT that libuv has received but not yet dispatched to us: one that came with this
+    // request. Two turns of the event loop first let it arrive (the signal can land after
+    // the poll that read the request collected its events, so only the next poll sees it).
+    if (breakOnSigint) {
+      await new Promise(setImmediate);
+      await new Promise(setImmediate);
+    }
+    this.checkInterrupt();
     let value = this.interruptible(() => script.runInThisContext({ breakOnSigint, displayErrors: false }));
     if (plan.async) {
       this.out.flushStream();
@@ -455,8 +470,41 @@ class Kernel {
     return fn();
   }
 
+  /**
+   * SIGINT. A cell that awaits ends at once; one whose code has not started yet (its request
+   * is being read, rewritten, compiled) ends as it starts. Idle, the interrupt is for the
+   * request that arrives in this turn of the event loop: the server signals only after it
+   * has written the cell's request, and writes the next request only after this cell's
+   * reply, so an interrupt still pending when the turn ends was for a cell already over.
+   */
+  onSigint() {
+    if (this.onInterrupt) {
+      this.onInterrupt();
+      return;
+    }
+    this.interruptPending = true;
+    if (!this.executing) {
+      setImmediate(() => {
+        if (!this.executing) this.interruptPending = false;
+      });
+    }
+  }
+
+  /** Throws KeyboardInterrupt if an interrupt came before the cell's code could get it. */
+  checkInterrupt() {
+    if (this.interruptPending) {
+      this.interruptPending = false;
+      throw new KeyboardInterrupt();
+    }
+  }
+
   awaitCell(promise) {
     return new Promise((resolve, reject) => {
+      if (this.interruptPending) {
+        this.interruptPending = false;
+        reject(new KeyboardInterrupt());
+        return;
+      }
       this.onInterrupt = () => reject(new KeyboardInterrupt());
       Promise.resolve(promise).then(resolve, reject);
     }).finally(() => {

@@ -280,6 +280,25 @@ describe('interrupt', () => {
     const r = await k.execute('"alive"');
     assert.equal(text(r), "'alive'");
   });
+
+  // The server signals right after it writes a request: the kernel can get both in one turn
+  // of its event loop, the signal first. Stopped while both are sent, it gets them so.
+  it('ends a cell whose interrupt came with its request', async () => {
+    for (const code of ['await new Promise(() => {})', 'let n = 0\nwhile (true) n++']) {
+      k.seq += 1;
+      const id = `i${k.seq}`;
+      process.kill(k.child.pid, 'SIGSTOP');
+      k.send({ type: 'execute_request', id, code, max_output_bytes: 1e6 });
+      await new Promise((r) => setTimeout(r, 50));
+      k.interrupt();
+      process.kill(k.child.pid, 'SIGCONT');
+      const r = await k.collect(id, 10000);
+      assert.equal(r.reply.status, 'error', code);
+      assert.equal(r.error.ename, 'KeyboardInterrupt', code);
+    }
+    const next = await k.execute('1 + 1');
+    assert.equal(text(next), '2');
+  });
 });
 
 describe('output cap', () => {
