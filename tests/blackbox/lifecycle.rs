@@ -247,3 +247,49 @@ fn the_server_sets_favordynmods_on_the_cgroup2_mount() {
         );
     }
 }
+
+/// A sandbox library whose `pyxis-sandbox-exec` is not beside it (a partial copy of a
+/// build) stops the server at start, naming the program: it used to start, and then every
+/// context and pooled JavaScript session failed with a bare 500 (ENOENT).
+#[test]
+fn a_sandbox_library_without_its_exec_program_stops_the_server_at_start() {
+    let build = pyxis_tests::pyxis_bin();
+    let build = build.parent().expect("the build's directory");
+    let lib_dir = tempfile::tempdir().expect("tempdir");
+    for name in ["libpyxis_sandbox.so", "pyxis-sandbox-init"] {
+        std::fs::copy(build.join(name), lib_dir.path().join(name)).expect("copy the build");
+    }
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut child = std::process::Command::new(pyxis_tests::pyxis_bin())
+        .arg("serve")
+        .env("PYXIS_LISTEN", "127.0.0.1:0")
+        .env("PYXIS_DATA_DIR", data.path())
+        .env(
+            "PYXIS_SANDBOX_LIB",
+            lib_dir.path().join("libpyxis_sandbox.so"),
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run pyxis");
+    let deadline = Instant::now() + pyxis_tests::scaled(Duration::from_secs(60));
+    let code = loop {
+        if let Some(code) = child.try_wait().expect("wait") {
+            break code;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the server started without pyxis-sandbox-exec");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err)
+        .expect("stderr");
+    assert!(!code.success(), "{err}");
+    assert!(
+        err.contains("pyxis-sandbox-exec") && err.contains("not found"),
+        "{err}"
+    );
+}

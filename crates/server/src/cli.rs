@@ -174,11 +174,17 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
     }
     let rt = runtime::Runtime::new(&cfg.runtime_dir);
     rt.ensure().context("installing the Python runtime")?;
-    for path in [cfg.sandbox_lib.clone(), cfg.sandbox_init()] {
+    // Checked now: a missing exec program failed every context and pooled JavaScript
+    // session later with a bare 500 (ENOENT).
+    for path in [
+        cfg.sandbox_lib.clone(),
+        cfg.sandbox_init(),
+        cfg.sandbox_exec(),
+    ] {
         anyhow::ensure!(
             path.exists(),
             "{} not found (build the workspace, or set PYXIS_SANDBOX_LIB to the library, \
-             with pyxis-sandbox-init beside it)",
+             with pyxis-sandbox-init and pyxis-sandbox-exec beside it)",
             path.display()
         );
     }

@@ -395,6 +395,12 @@ impl Config {
         self.sandbox_lib.with_file_name("pyxis-sandbox-init")
     }
 
+    /// The join path's program (contexts, commands, pooled JavaScript kernels), beside the
+    /// library too.
+    pub fn sandbox_exec(&self) -> PathBuf {
+        self.sandbox_lib.with_file_name("pyxis-sandbox-exec")
+    }
+
     /// Merge flags/environment with the TOML file (if any) and validate.
     pub fn load(args: Settings, file: Option<&Path>) -> anyhow::Result<Config> {
         let from_file = match file {

@@ -358,11 +358,7 @@ impl Sandbox {
             .ok()
             .and_then(|i| i.clone())
             .ok_or_else(|| SandboxError::Exec("the sandbox is not running".into()))?;
-        let program = self
-            .shared
-            .cfg
-            .sandbox_lib
-            .with_file_name("pyxis-sandbox-exec");
+        let program = self.shared.cfg.sandbox_exec();
         let mut env = self.shared.joined_env();
         if self.egress.is_some() {
             env.extend(pyxis_egress::sandbox_env(EGRESS_PORT));
