@@ -37,6 +37,27 @@ fn ok(s: &Session<'_>, ctx: &str, code: &str) -> String {
     v["stdout"].as_str().unwrap_or_default().to_string()
 }
 
+/// Asks for an interrupt of `ctx` every `pause` until `cell` ends (20 s at most, scaled).
+/// Asked again: an interrupt asked for while a cell is being started (its workspace scan,
+/// its request being written) answers `interrupted: true` but can be lost (the server's
+/// wake-up reaches only a cell loop already waiting; see the notes of issue 15).
+fn interrupt_until_it_ends<T>(
+    s: &Session<'_>,
+    ctx: &str,
+    cell: &std::thread::ScopedJoinHandle<'_, T>,
+    pause: std::time::Duration,
+) {
+    let deadline = std::time::Instant::now() + scaled(std::time::Duration::from_secs(20));
+    while !cell.is_finished() && std::time::Instant::now() < deadline {
+        let r = s.server.post(
+            &format!("/v1/sessions/{}/contexts/{ctx}/interrupt", s.id),
+            &json!({}),
+        );
+        assert_eq!(r.status(), 200, "interrupt");
+        std::thread::sleep(pause);
+    }
+}
+
 fn text_result(v: &Value) -> String {
     v["results"][0]["data"]["text/plain"]
         .as_str()
@@ -171,16 +192,7 @@ fn an_interrupt_asked_for_as_the_cell_starts_stops_it() {
         for round in 0..3 {
             std::thread::scope(|scope| {
                 let cell = scope.spawn(|| run(&s, &ctx, long));
-                let deadline =
-                    std::time::Instant::now() + scaled(std::time::Duration::from_secs(20));
-                while !cell.is_finished() && std::time::Instant::now() < deadline {
-                    let r = s.server.post(
-                        &format!("/v1/sessions/{}/contexts/{ctx}/interrupt", s.id),
-                        &json!({}),
-                    );
-                    assert_eq!(r.status(), 200, "interrupt");
-                    std::thread::sleep(std::time::Duration::from_millis(2));
-                }
+                interrupt_until_it_ends(&s, &ctx, &cell, std::time::Duration::from_millis(2));
                 let t = std::time::Instant::now();
                 let v = cell.join().expect("cell");
                 assert_eq!(v["status"], "error", "{language} round {round}: {v:#}");
@@ -227,20 +239,7 @@ fn timeouts_interrupts_and_restarts_hold_per_context() {
                 "await new Promise(r => setTimeout(r, 30000)); 'late'",
             )
         });
-        // Asked again until the cell ends: an interrupt asked for while the cell is being
-        // started (its workspace scan, its request being written) answers `interrupted:
-        // true` but can be lost (the server's wake-up reaches only a cell already waiting;
-        // see the notes of issue 15), and one the kernel gets before it has read the
-        // request is dropped by it.
-        let deadline = std::time::Instant::now() + scaled(std::time::Duration::from_secs(20));
-        while !cell.is_finished() && std::time::Instant::now() < deadline {
-            let r = s.server.post(
-                &format!("/v1/sessions/{}/contexts/{js}/interrupt", s.id),
-                &json!({}),
-            );
-            assert_eq!(r.status(), 200, "interrupt");
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
+        interrupt_until_it_ends(&s, &js, &cell, std::time::Duration::from_millis(100));
         let v = cell.join().expect("cell");
         assert_eq!(v["status"], "error", "{v:#}");
         assert_eq!(v["error"]["name"], "KeyboardInterrupt", "{v:#}");

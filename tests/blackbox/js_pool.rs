@@ -220,30 +220,12 @@ fn the_default_pool_serves_python_only_and_javascript_takes_a_python_sandbox() {
 fn bad_pool_languages_stop_the_server_with_a_clear_message() {
     let dir = tempfile::tempdir().expect("tempdir");
     for bad in ["cobol", "python:x", "python,python", " , "] {
-        let mut child = std::process::Command::new(pyxis_tests::pyxis_bin())
-            .arg("serve")
-            .env("PYXIS_LISTEN", "127.0.0.1:0")
-            .env("PYXIS_DATA_DIR", dir.path())
-            .env("PYXIS_POOL_LANGUAGES", bad)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("run pyxis");
-        let deadline = Instant::now() + scaled(Duration::from_secs(30));
-        let code = loop {
-            if let Some(code) = child.try_wait().expect("wait") {
-                break code;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("{bad:?} was accepted: the server started");
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        let Some((code, err)) = pyxis_tests::serve_until_it_stops(&[
+            ("PYXIS_DATA_DIR", dir.path().as_os_str()),
+            ("PYXIS_POOL_LANGUAGES", bad.as_ref()),
+        ]) else {
+            panic!("{bad:?} was accepted: the server started");
         };
-        let mut err = String::new();
-        std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err)
-            .expect("stderr");
         assert!(!code.success(), "{bad:?} was accepted");
         assert!(err.contains("pool_languages"), "{bad:?}: {err}");
     }

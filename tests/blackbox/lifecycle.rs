@@ -260,33 +260,13 @@ fn a_sandbox_library_without_its_exec_program_stops_the_server_at_start() {
         std::fs::copy(build.join(name), lib_dir.path().join(name)).expect("copy the build");
     }
     let data = tempfile::tempdir().expect("tempdir");
-    let mut child = std::process::Command::new(pyxis_tests::pyxis_bin())
-        .arg("serve")
-        .env("PYXIS_LISTEN", "127.0.0.1:0")
-        .env("PYXIS_DATA_DIR", data.path())
-        .env(
-            "PYXIS_SANDBOX_LIB",
-            lib_dir.path().join("libpyxis_sandbox.so"),
-        )
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run pyxis");
-    let deadline = Instant::now() + pyxis_tests::scaled(Duration::from_secs(60));
-    let code = loop {
-        if let Some(code) = child.try_wait().expect("wait") {
-            break code;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the server started without pyxis-sandbox-exec");
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let lib = lib_dir.path().join("libpyxis_sandbox.so");
+    let Some((code, err)) = pyxis_tests::serve_until_it_stops(&[
+        ("PYXIS_DATA_DIR", data.path().as_os_str()),
+        ("PYXIS_SANDBOX_LIB", lib.as_os_str()),
+    ]) else {
+        panic!("the server started without pyxis-sandbox-exec");
     };
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err)
-        .expect("stderr");
     assert!(!code.success(), "{err}");
     assert!(
         err.contains("pyxis-sandbox-exec") && err.contains("not found"),

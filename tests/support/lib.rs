@@ -125,6 +125,38 @@ fn parse_time_scale(v: Option<&str>) -> f64 {
     }
 }
 
+/// Runs `pyxis serve` with `envs` (on `127.0.0.1:0`, stdout discarded) expecting it to stop
+/// by itself within 60 s (scaled), as a server refusing its configuration does: its exit
+/// status and stderr, or `None` (the server killed) if it was still running.
+pub fn serve_until_it_stops(
+    envs: &[(&str, &std::ffi::OsStr)],
+) -> Option<(std::process::ExitStatus, String)> {
+    let mut child = Command::new(pyxis_bin())
+        .arg("serve")
+        .env("PYXIS_LISTEN", "127.0.0.1:0")
+        .envs(envs.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run pyxis");
+    let deadline = Instant::now() + scaled(Duration::from_secs(60));
+    let code = loop {
+        if let Some(code) = child.try_wait().expect("wait") {
+            break code;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err)
+        .expect("stderr");
+    Some((code, err))
+}
+
 /// `d` stretched by [`time_scale`]: a time bound that holds on this project's usual host,
 /// as it holds on a slower one.
 pub fn scaled(d: Duration) -> Duration {

@@ -47,6 +47,11 @@ def run(kernel, code: str, cap: int = 1 << 20, interrupt_after: float | None = N
     if interrupt_after is not None:
         time.sleep(interrupt_after)
         proc.send_signal(signal.SIGINT)
+    return read_cell(reader)
+
+
+def read_cell(reader) -> list:
+    """The events of the cell under way, its reply last."""
     events = []
     while True:
         msg = reader.read()
@@ -106,9 +111,7 @@ def test_an_interrupt_that_comes_with_its_request_ends_the_cell(kernel):
     finally:
         proc.send_signal(signal.SIGCONT)
     started = time.monotonic()
-    events = []
-    while not events or events[-1]["type"] != "execute_reply":
-        events.append(reader.read())
+    events = read_cell(reader)
     assert time.monotonic() - started < 5
     assert events[-2]["ename"] == "KeyboardInterrupt"
     # Idle, with no request there: not the next cell's.
@@ -132,9 +135,7 @@ def test_an_interrupt_the_shell_got_before_the_cell_is_sent_again(kernel):
     finally:
         os.kill(shell, signal.SIGCONT)
     started = time.monotonic()
-    events = []
-    while not events or events[-1]["type"] != "execute_reply":
-        events.append(reader.read())
+    events = read_cell(reader)
     assert time.monotonic() - started < 5
     assert events[-2]["ename"] == "KeyboardInterrupt"
     assert stdout(run(kernel, "echo $KEPT")) == "yes\n"
