@@ -144,20 +144,26 @@ pub fn attack<R>(
     result
 }
 
-/// `/healthz` answers 200 within 1 s (scaled).
+/// `/healthz` answers 200 within 1 s (scaled), at one of three tries: a server the attack
+/// wedged misses all three; a busy shared host can delay one answer past the second (seen
+/// once with the two test binaries side by side), as with the neighbour's cells.
 pub fn healthz_fast(s: &TestServer) {
-    let t = Instant::now();
-    let r = s
-        .anon(reqwest::Method::GET, "/healthz")
-        .timeout(scaled(Duration::from_secs(1)))
-        .send()
-        .expect("healthz answers within 1 s");
-    assert!(r.status().is_success(), "healthz: {}", r.status());
-    assert!(
-        t.elapsed() < scaled(Duration::from_secs(1)),
-        "healthz took {:?}",
-        t.elapsed()
-    );
+    let mut misses = Vec::new();
+    for _ in 0..3 {
+        let t = Instant::now();
+        let r = s
+            .anon(reqwest::Method::GET, "/healthz")
+            .timeout(scaled(Duration::from_secs(1)))
+            .send();
+        match r {
+            Ok(r) if r.status().is_success() && t.elapsed() < scaled(Duration::from_secs(1)) => {
+                return;
+            }
+            Ok(r) => misses.push(format!("{} after {:?}", r.status(), t.elapsed())),
+            Err(e) => misses.push(format!("{e} after {:?}", t.elapsed())),
+        }
+    }
+    panic!("healthz did not answer 200 within 1 s in three tries: {misses:?}");
 }
 
 /// The attacked session works: `print(1)` answers, possibly once with `state_lost: true`.
