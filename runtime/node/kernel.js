@@ -8,10 +8,25 @@
 // It sends `ready` first, then serves requests in order until EOF or `shutdown`. How a
 // cell keeps its declarations and runs top-level `await`: lib/rewrite.js. Interrupt is
 // SIGINT: a cell's synchronous part runs under vm's `breakOnSigint` (a busy loop ends
-// with KeyboardInterrupt); a cell that waits (await, timers) ends at once with
+// with KeyboardInterrupt); a cell that waits (await, timers) ends within POLL_MS with
 // KeyboardInterrupt. A busy loop in code that an await resumed cannot be broken from
 // JavaScript: the server's grace period then kills the kernel, and the reply says
 // state_lost.
+//
+// SIGINT goes to vm's watchdog, which the kernel starts once for its whole life (see
+// `sigintWatchdog`), never to a `process.on('SIGINT')` listener: with listeners, vm takes
+// them off for every run and libuv sets SIGINT's action back to the default (the process
+// dies of it) until the watchdog's thread has started; the watchdog, stopped, leaves an
+// action that exits the process. Started once, its action stays: a SIGINT during a run
+// breaks it, one between runs is kept as pending, and the kernel takes it at the next
+// check (before the cell's code runs, and every POLL_MS while a cell awaits); one still
+// pending when a cell ends is dropped, and so is one that comes while the kernel is idle
+// and no request has arrived, seen by sweeps IDLE_SWEEPS_MS apart once it went idle (an idle
+// kernel sets no timer after the last). The server signals only while a cell runs, after
+// it wrote its request and when no reply of the kernel's waits to be read, and again every
+// 200 ms until the cell ends (sessions.rs). A cell that adds its own SIGINT listener takes
+// the signal from the watchdog (libuv's action replaces its), and then only the grace
+// period ends its loops.
 
 // The server's `--max-old-space-size` is a V8 flag, and V8 takes the code cache Node ships
 // for its own modules only under the flags it was made with: with one changed, each module
@@ -63,6 +78,10 @@ const CELL_POS = /<cell (\d+)>:(\d+):(\d+)/g;
 // A cell without calls, loops or `new` cannot spin by itself (only through getters or
 // conversions it triggers).
 const MAY_RUN_LONG = /[(`]|\b(while|for|do|new)\b/;
+// How often a cell that awaits looks for a pending SIGINT.
+const POLL_MS = 10;
+// When an idle kernel drops a SIGINT that no request came with (see the header).
+const IDLE_SWEEPS_MS = [5, 50, 500, 5000];
 // A TypeScript cell without any of these characters or words is JavaScript as it stands
 // (`x + 1`, `f(2)`): it skips the compiler, which costs milliseconds per cell.
 const TS_SYNTAX =
@@ -74,6 +93,27 @@ const WARM_UP_CELL = '1 + 1';
 const WARM_UP_VALUES = [1.5, 'text', { key: [true, null] }, new Map([[1, 2]])];
 
 const runtimeRequire = Module.createRequire(path.join(MODULES, '..', 'kernel.js'));
+
+/**
+ * vm's SIGINT watchdog, started for the kernel's life (see the header): `take()` says
+ * whether a SIGINT came while no run was watched, and forgets it. Null where this Node
+ * has no such binding (the kernel then listens for SIGINT, with vm's windows).
+ */
+function sigintWatchdog() {
+  const binding = safe(() => process.binding('contextify'), null);
+  if (!binding || typeof binding.startSigintWatchdog !== 'function' || typeof binding.stopSigintWatchdog !== 'function') {
+    return null;
+  }
+  if (!binding.startSigintWatchdog()) return null;
+  return {
+    pending: () => binding.watchdogHasPendingSigint(),
+    // Started once more and stopped: a nested stop reports the pending signal and clears it.
+    take() {
+      binding.startSigintWatchdog();
+      return binding.stopSigintWatchdog();
+    },
+  };
+}
 
 class KeyboardInterrupt extends Error {
   constructor(message = '') {
@@ -151,6 +191,8 @@ class Kernel {
     this.count = 0;
     this.cells = new Map(); // file name → { source, map }
     this.onInterrupt = null;
+    this.watchdog = null;
+    this.sweep = null;
     // A cell's request is being served (from its first line to its reply), and SIGINT came
     // while it could not be delivered to the cell's code (see `onSigint`).
     this.executing = false;
@@ -181,7 +223,8 @@ class Kernel {
       Object.defineProperty(g, name, { value, enumerable: false, configurable: true, writable: true });
     }
     this.installStreams();
-    process.on('SIGINT', () => this.onSigint());
+    this.watchdog = sigintWatchdog();
+    if (!this.watchdog) process.on('SIGINT', () => this.onSigint());
     process.on('uncaughtException', (err) => this.background('Uncaught', err));
     process.on('unhandledRejection', (err) => this.background('Unhandled promise rejection:', err));
     // Warnings (deprecations of the user's packages) go to the cell's stderr.
@@ -307,7 +350,19 @@ class Kernel {
       }
     } finally {
       this.busy = false;
+      if (this.watchdog) this.sweepIdle(0);
     }
+  }
+
+  /** Drops a SIGINT that came while idle, at each of IDLE_SWEEPS_MS (see the header). */
+  sweepIdle(i) {
+    clearTimeout(this.sweep);
+    this.sweep = setTimeout(() => {
+      if (this.busy) return;
+      this.watchdog.take();
+      if (i + 1 < IDLE_SWEEPS_MS.length) this.sweepIdle(i + 1);
+    }, IDLE_SWEEPS_MS[i]);
+    this.sweep.unref();
   }
 
   async handle(msg) {
@@ -379,7 +434,7 @@ class Kernel {
       this.error(err);
     } finally {
       this.executing = false;
-      this.interruptPending = false;
+      this.takeInterrupt();
     }
     const reply = { type: 'execute_reply', id, status, execution_count: n, truncated: false, user_expressions: {} };
     const expressions = msg.user_expressions;
@@ -432,12 +487,13 @@ class Kernel {
     if (!script) script = new vm.Script(plan.code, { ...options, lineOffset: plan.lineOffset });
     // breakOnSigint starts and joins a watchdog thread (~0.5 ms): a cell that calls
     // nothing and loops nowhere (`x = 1`, `a + b`) runs without it.
-    const breakOnSigint = MAY_RUN_LONG.test(source);
-    // vm's breakOnSigint takes every SIGINT listener off for the run, and with them a
-    // SIGINT that libuv has received but not yet dispatched to us: one that came with this
-    // request. Two turns of the event loop first let it arrive (the signal can land after
-    // the poll that read the request collected its events, so only the next poll sees it).
-    if (breakOnSigint) {
+    // With the watchdog started for good, a watched run costs a lock and a counter. Without
+    // it each starts and joins a thread (~0.5 ms): a cell that calls nothing and loops
+    // nowhere (`x = 1`, `a + b`) runs unwatched. vm then takes every SIGINT listener off
+    // for the run, and with them a SIGINT that libuv has received but not yet dispatched:
+    // two turns of the event loop first let it arrive.
+    const breakOnSigint = Boolean(this.watchdog) || MAY_RUN_LONG.test(source);
+    if (breakOnSigint && !this.watchdog) {
       await new Promise(setImmediate);
       await new Promise(setImmediate);
     }
@@ -471,7 +527,8 @@ class Kernel {
   }
 
   /**
-   * SIGINT. A cell that awaits ends at once; one whose code has not started yet (its request
+   * SIGINT, where there is no watchdog to take it (see `sigintWatchdog`). A cell that
+   * awaits ends at once; one whose code has not started yet (its request
    * is being read, rewritten, compiled) ends as it starts. Idle, the interrupt is for the
    * request that arrives in this turn of the event loop: the server signals only after it
    * has written the cell's request, and writes the next request only after this cell's
@@ -490,24 +547,35 @@ class Kernel {
     }
   }
 
+  /** Whether an interrupt came that the cell's code has not got; forgets it. */
+  takeInterrupt() {
+    const pending = this.interruptPending || Boolean(this.watchdog && this.watchdog.take());
+    this.interruptPending = false;
+    return pending;
+  }
+
   /** Throws KeyboardInterrupt if an interrupt came before the cell's code could get it. */
   checkInterrupt() {
-    if (this.interruptPending) {
-      this.interruptPending = false;
-      throw new KeyboardInterrupt();
-    }
+    if (this.takeInterrupt()) throw new KeyboardInterrupt();
   }
 
   awaitCell(promise) {
+    let poll = null;
     return new Promise((resolve, reject) => {
-      if (this.interruptPending) {
-        this.interruptPending = false;
+      if (this.takeInterrupt()) {
         reject(new KeyboardInterrupt());
         return;
       }
       this.onInterrupt = () => reject(new KeyboardInterrupt());
+      if (this.watchdog) {
+        const watchdog = this.watchdog;
+        poll = setInterval(() => {
+          if (watchdog.pending() && watchdog.take()) this.onInterrupt?.();
+        }, POLL_MS);
+      }
       Promise.resolve(promise).then(resolve, reject);
     }).finally(() => {
+      if (poll) clearInterval(poll);
       this.onInterrupt = null;
     });
   }

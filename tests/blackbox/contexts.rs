@@ -212,6 +212,77 @@ fn an_interrupt_asked_for_as_the_cell_starts_stops_it() {
     }
 }
 
+/// One interrupt that the server accepted (`interrupted: true`, asked for as soon as the
+/// cell is busy) ends the cell, whatever the kernel was doing: the server once dropped an
+/// interrupt that came before its cell loop waited (while it wrote the request, or between
+/// two events), and a Node.js kernel could die of a SIGINT as vm's watchdog started.
+#[test]
+fn one_accepted_interrupt_ends_the_cell_in_every_language() {
+    let s = TestServer::shared().session();
+    let cases = [
+        (
+            "python",
+            "kept = 41",
+            "import time\ntime.sleep(30)",
+            "print(kept + 1)",
+        ),
+        ("bash", "KEPT=41", "sleep 30", "echo $((KEPT + 1))"),
+        (
+            "js",
+            "const kept = 41",
+            "let n = 0\nwhile (true) n++",
+            "console.log(kept + 1)",
+        ),
+        (
+            "js",
+            "var kept2 = 41",
+            "await new Promise(() => {})",
+            "console.log(kept2 + 1)",
+        ),
+        (
+            "ts",
+            "const kept: number = 41",
+            "while (true) {}",
+            "console.log(kept + 1)",
+        ),
+    ];
+    for (language, keep, long, check) in cases {
+        let ctx = context(&s, language);
+        ok(&s, &ctx, keep);
+        for round in 0..5 {
+            std::thread::scope(|scope| {
+                let cell = scope.spawn(|| run(&s, &ctx, long));
+                let deadline =
+                    std::time::Instant::now() + scaled(std::time::Duration::from_secs(20));
+                loop {
+                    let r = s.server.post(
+                        &format!("/v1/sessions/{}/contexts/{ctx}/interrupt", s.id),
+                        &json!({}),
+                    );
+                    assert_eq!(r.status(), 200, "interrupt");
+                    let body: Value = r.json().expect("interrupt body");
+                    if body["interrupted"] == true {
+                        break;
+                    }
+                    assert!(
+                        std::time::Instant::now() < deadline && !cell.is_finished(),
+                        "{language} round {round}: the cell never became busy"
+                    );
+                    std::thread::sleep(std::time::Duration::from_micros(300));
+                }
+                let v = cell.join().expect("cell");
+                assert_eq!(v["status"], "error", "{language} round {round}: {v:#}");
+                assert_eq!(
+                    v["error"]["name"], "KeyboardInterrupt",
+                    "{language} round {round}: {v:#}"
+                );
+                assert_eq!(v["state_lost"], false, "{language} round {round}: {v:#}");
+            });
+            assert_eq!(ok(&s, &ctx, check), "42\n", "{language} round {round}");
+        }
+    }
+}
+
 #[test]
 fn timeouts_interrupts_and_restarts_hold_per_context() {
     let s = TestServer::shared().session();

@@ -299,6 +299,38 @@ describe('interrupt', () => {
     const next = await k.execute('1 + 1');
     assert.equal(text(next), '2');
   });
+
+  // vm with SIGINT listeners leaves SIGINT's default action (death) set while its watchdog
+  // starts, and an exiting one after it stops: a signal at such a moment killed the kernel.
+  it('lives through SIGINTs at every moment of short cells', async () => {
+    const c = new KernelClient('javascript');
+    await c.ready();
+    let sent = 0;
+    const storm = setInterval(() => {
+      for (let i = 0; i < 3; i += 1) {
+        c.interrupt();
+        sent += 1;
+      }
+    }, 1);
+    const seen = { ok: 0, KeyboardInterrupt: 0 };
+    try {
+      for (let round = 0; round < 150; round += 1) {
+        const r = await c.execute(`let s${round} = 0\nfor (let i = 0; i < 20000; i++) s${round} += i\ns${round}`);
+        const what = r.reply.status === 'ok' ? 'ok' : r.error && r.error.ename;
+        assert.ok(what in seen, `round ${round}: ${JSON.stringify(r.error)}`);
+        seen[what] += 1;
+      }
+    } finally {
+      clearInterval(storm);
+    }
+    assert.equal(c.child.exitCode, null, `the kernel exited after ${sent} signals`);
+    assert.equal(c.child.signalCode, null, `the kernel died after ${sent} signals`);
+    assert.ok(seen.KeyboardInterrupt > 0, `no cell of 150 was interrupted (${sent} signals)`);
+    await new Promise((r) => setTimeout(r, 50));
+    const after = await c.execute('"alive"');
+    assert.equal(text(after), "'alive'");
+    await c.close();
+  });
 });
 
 describe('output cap', () => {

@@ -21,7 +21,7 @@
 //! that context alone. At most [`MAX_CONTEXTS`] per session.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
@@ -100,6 +100,9 @@ impl Language {
 pub(crate) struct KernelSlot {
     pub(crate) conn: Option<KernelConn>,
     pub(crate) execution_count: u64,
+    /// `Context::interrupts` as the running cell became busy: the cell interrupts its
+    /// kernel when the count moves past it.
+    pub(crate) interrupts_seen: u64,
 }
 
 /// Cells of a context as kept for notebook export, bounded in bytes.
@@ -174,6 +177,10 @@ pub struct Context {
     pub(crate) kernel: tokio::sync::Mutex<KernelSlot>,
     pub(crate) waiting: AtomicUsize,
     pub(crate) busy: AtomicBool,
+    /// Interrupts asked for: a cell interrupts its kernel when this count moves past the
+    /// one it read as it became busy (see [`Context::request_interrupt`]).
+    pub(crate) interrupts: AtomicU64,
+    /// Wakes a running cell when `interrupts` moves.
     pub(crate) interrupt: Notify,
     pub(crate) executions: AtomicU64,
     pub(crate) history: Mutex<History>,
@@ -223,9 +230,11 @@ impl Context {
             kernel: tokio::sync::Mutex::new(KernelSlot {
                 conn: Some(conn),
                 execution_count: 0,
+                interrupts_seen: 0,
             }),
             waiting: AtomicUsize::new(0),
             busy: AtomicBool::new(false),
+            interrupts: AtomicU64::new(0),
             interrupt: Notify::new(),
             executions: AtomicU64::new(0),
             history: Mutex::new(History::default()),
@@ -236,9 +245,16 @@ impl Context {
         }
     }
 
+    /// Asks the running cell, if any, to interrupt its kernel. Counted, not only notified:
+    /// a cell between two waits (writing its request, handling an event) sees the count
+    /// at its next wait, where a bare `Notify::notify_waiters` would have been lost.
+    pub(crate) fn request_interrupt(&self) {
+        self.interrupts.fetch_add(1, Ordering::SeqCst);
+        self.interrupt.notify_waiters();
+    }
+
     /// How doors show it.
     pub fn view(&self) -> ContextView {
-        use std::sync::atomic::Ordering;
         let execution_count = match self.kernel.try_lock() {
             Ok(slot) => slot.execution_count,
             Err(_) => self.executions.load(Ordering::Relaxed),

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use futures_util::FutureExt;
 use pyxis_protocol::{KernelEvent, KernelRequest, ReplyStatus};
 use pyxis_sandbox::ResourceLimits;
 use tokio::sync::mpsc;
@@ -564,7 +565,7 @@ impl Sessions {
         // Stop a running cell: its task sees the kernel die.
         session.sandbox.clone().kill_processes().await;
         for ctx in session.all_contexts() {
-            ctx.interrupt.notify_waiters();
+            ctx.request_interrupt();
         }
         self.launcher.destroy(session.sandbox.clone()).await;
         session.workspace_root.close();
@@ -687,7 +688,10 @@ impl Sessions {
         tx: mpsc::UnboundedSender<CellEvent>,
         input_rx: mpsc::Receiver<String>,
     ) {
-        ctx.busy.store(true, Ordering::Release);
+        // Read before `busy` is set: an interrupt that saw this cell busy counts past it
+        // (both sides are SeqCst), one asked for before (idle: refused) does not.
+        slot.interrupts_seen = ctx.interrupts.load(Ordering::SeqCst);
+        ctx.busy.store(true, Ordering::SeqCst);
         let started = Instant::now();
         let code = req.code.clone();
         let silent = req.silent;
@@ -813,23 +817,48 @@ impl Sessions {
         let mut timed_out = false;
         let mut interrupted = false;
         let mut failure_cause: Option<KernelError> = None;
-        let mut reply: Option<(ReplyStatus, u64, bool, JsonMap)> = None;
+        let mut reply: Option<CellReply> = None;
         let mut error: Option<CellError> = None;
         let mut input_open = true;
+        // Node.js can take a SIGINT without acting on it: one that arrives as vm's watched
+        // run begins waits behind the cell's busy loop. Its kernel is signalled again until
+        // the cell ends (see runtime/node/kernel.js).
+        let node = matches!(ctx.language, Language::JavaScript | Language::TypeScript);
+        let mut resend: Option<tokio::time::Instant> = None;
+        let mut signal_due = false;
         if let Err(e) = conn.send(&kreq).await {
             failure_cause = Some(e);
         }
         while failure_cause.is_none() && reply.is_none() {
+            // Armed before the count is read, so an interrupt asked for after the read
+            // wakes this wait; one asked for before (while the request was written or
+            // the last event handled) is seen by the read.
+            let wake = ctx.interrupt.notified();
+            tokio::pin!(wake);
+            wake.as_mut().enable();
+            if !interrupted
+                && !timed_out
+                && ctx.interrupts.load(Ordering::SeqCst) != slot.interrupts_seen
+            {
+                interrupted = true;
+                signal_due = true;
+                deadline = tokio::time::Instant::now() + self.cfg.interrupt_grace;
+            }
+            if signal_due {
+                // Events the kernel has already sent come first: a reply among them means
+                // the cell is over, and a signal now would reach an idle kernel (a Node.js
+                // one would take it for its next cell).
+                if let Some(ev) = conn.next_event().now_or_never() {
+                    on_cell_event(out, &id, ev, &mut reply, &mut error, &mut failure_cause);
+                    continue;
+                }
+                signal_due = false;
+                interrupt_kernel(session, ctx);
+                resend = node.then(|| tokio::time::Instant::now() + NODE_INTERRUPT_RESEND);
+            }
             tokio::select! {
-                ev = conn.next_event() => match ev {
-                    Ok(ev) => match out.kernel_event(&id, ev) {
-                        Some(Handled::Reply(status, count, truncated, exprs)) => {
-                            reply = Some((status, count, truncated, exprs));
-                        }
-                        Some(Handled::Error(e)) => error = Some(e),
-                        None => {}
-                    },
-                    Err(e) => failure_cause = Some(e),
+                ev = conn.next_event() => {
+                    on_cell_event(out, &id, ev, &mut reply, &mut error, &mut failure_cause);
                 },
                 value = input_rx.recv(), if input_open => match value {
                     Some(value) => {
@@ -847,15 +876,16 @@ impl Sessions {
                         self.kill_context(session, ctx).await;
                     } else {
                         timed_out = true;
-                        interrupt_kernel(session, ctx);
+                        signal_due = true;
                         deadline = tokio::time::Instant::now() + self.cfg.interrupt_grace;
                     }
                 },
-                _ = ctx.interrupt.notified(), if !interrupted && !timed_out => {
-                    interrupted = true;
-                    interrupt_kernel(session, ctx);
-                    deadline = tokio::time::Instant::now() + self.cfg.interrupt_grace;
+                _ = sleep_until_some(resend) => {
+                    resend = None;
+                    signal_due = true;
                 },
+                // The count is read at the top of the loop.
+                _ = &mut wake, if !interrupted && !timed_out => {},
             }
         }
         if let Some((_, count, _, _)) = &reply {
@@ -1032,8 +1062,8 @@ impl Sessions {
     pub fn interrupt(&self, session: &Arc<Session>) -> bool {
         let mut any = false;
         for ctx in session.all_contexts() {
-            if ctx.busy.load(Ordering::Acquire) {
-                ctx.interrupt.notify_waiters();
+            if ctx.busy.load(Ordering::SeqCst) {
+                ctx.request_interrupt();
                 any = true;
             }
         }
@@ -1451,7 +1481,7 @@ impl Sessions {
             all.retain(|c| !Arc::ptr_eq(c, &ctx));
         }
         self.kill_context(session, &ctx).await;
-        ctx.interrupt.notify_waiters();
+        ctx.request_interrupt();
         session.touch();
         Ok(())
     }
@@ -1465,12 +1495,48 @@ impl Sessions {
     /// Interrupts the running cell of context `id`; whether one was running.
     pub fn interrupt_context(&self, session: &Arc<Session>, id: &str) -> Result<bool> {
         let ctx = session.context(Some(id))?;
-        if ctx.busy.load(Ordering::Acquire) {
-            ctx.interrupt.notify_waiters();
+        if ctx.busy.load(Ordering::SeqCst) {
+            ctx.request_interrupt();
             Ok(true)
         } else {
             Ok(false)
         }
+    }
+}
+
+/// What a kernel answered a cell with: status, execution count, truncated, user expressions.
+type CellReply = (ReplyStatus, u64, bool, JsonMap);
+
+/// One event of a running cell's kernel: its output goes to `out`, its reply or error is
+/// kept, a broken connection is the cell's failure.
+fn on_cell_event(
+    out: &mut Emitter,
+    id: &str,
+    ev: std::result::Result<KernelEvent, KernelError>,
+    reply: &mut Option<CellReply>,
+    error: &mut Option<CellError>,
+    failure: &mut Option<KernelError>,
+) {
+    match ev {
+        Ok(ev) => match out.kernel_event(id, ev) {
+            Some(Handled::Reply(status, count, truncated, exprs)) => {
+                *reply = Some((status, count, truncated, exprs));
+            }
+            Some(Handled::Error(e)) => *error = Some(e),
+            None => {}
+        },
+        Err(e) => *failure = Some(e),
+    }
+}
+
+/// How often a Node.js kernel that was interrupted is signalled again while its cell runs.
+const NODE_INTERRUPT_RESEND: Duration = Duration::from_millis(200);
+
+/// Sleeps until `at`, or forever when there is none.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
