@@ -790,6 +790,32 @@ pub unsafe fn discard_pages(addr: usize, len: usize) -> io::Result<()> {
     cvt(unsafe { libc::madvise(addr as *mut libc::c_void, len, libc::MADV_DONTNEED) }).map(drop)
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::CStr;
+
+    #[test]
+    fn env_block_bounds_parse_stat_lines() {
+        let own = std::fs::read_to_string("/proc/self/stat").expect("stat");
+        let (start, end) = env_block_bounds(&own).expect("bounds");
+        assert!(start > 0 && end > start, "{start} {end}");
+        let tricky = format!("42 (a) b) c) {}", own.rsplit_once(") ").expect("fields").1);
+        assert_eq!(env_block_bounds(&tricky), Some((start, end)));
+        assert_eq!(env_block_bounds("1 (x) S 0"), None);
+    }
+
+    #[test]
+    fn write_c_message_truncates_and_terminates() {
+        let mut buf = [1 as c_char; 6];
+        // SAFETY: `buf` has 6 writable bytes.
+        unsafe { write_c_message(buf.as_mut_ptr(), buf.len(), "hello world") };
+        // SAFETY: write_c_message NUL-terminated it within the buffer.
+        let s = unsafe { CStr::from_ptr(buf.as_ptr()) };
+        assert_eq!(s.to_str(), Ok("hello"));
+    }
+}
+
 /// Moves this process off the CPU it runs on when its affinity has another, and returns
 /// that affinity, to give back with [`restore_affinity`]; `None` when it stays.
 ///
@@ -816,60 +842,5 @@ pub fn leave_this_cpu() -> Option<nix::sched::CpuSet> {
 pub fn restore_affinity(mask: Option<nix::sched::CpuSet>) {
     if let Some(mask) = mask {
         let _ = nix::sched::sched_setaffinity(Pid::from_raw(0), &mask);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::ffi::CStr;
-
-    #[test]
-    fn env_block_bounds_parse_stat_lines() {
-        let own = std::fs::read_to_string("/proc/self/stat").expect("stat");
-        let (start, end) = env_block_bounds(&own).expect("bounds");
-        assert!(start > 0 && end > start, "{start} {end}");
-        let tricky = format!("42 (a) b) c) {}", own.rsplit_once(") ").expect("fields").1);
-        assert_eq!(env_block_bounds(&tricky), Some((start, end)));
-        assert_eq!(env_block_bounds("1 (x) S 0"), None);
-    }
-
-    #[test]
-    fn write_c_message_truncates_and_terminates() {
-        let mut buf = [1 as c_char; 6];
-        // SAFETY: `buf` has 6 writable bytes.
-        unsafe { write_c_message(buf.as_mut_ptr(), buf.len(), "hello world") };
-        // SAFETY: write_c_message NUL-terminated it within the buffer.
-        let s = unsafe { CStr::from_ptr(buf.as_ptr()) };
-        assert_eq!(s.to_str(), Ok("hello"));
-    }
-
-    #[test]
-    fn leaving_the_cpu_narrows_the_affinity_and_restoring_gives_it_back() {
-        // In a thread of its own: the affinity set is the calling thread's.
-        std::thread::spawn(|| {
-            use nix::sched::{sched_getaffinity, CpuSet};
-            let before = sched_getaffinity(Pid::from_raw(0)).expect("affinity");
-            let cpus = |set: &CpuSet| -> Vec<usize> {
-                (0..CpuSet::count())
-                    .filter(|&i| set.is_set(i).unwrap_or(false))
-                    .collect()
-            };
-            let left = leave_this_cpu();
-            if cpus(&before).len() < 2 {
-                assert!(left.is_none(), "one CPU: nowhere to go");
-                return;
-            }
-            let narrowed = cpus(&sched_getaffinity(Pid::from_raw(0)).expect("affinity"));
-            assert_eq!(narrowed.len(), cpus(&before).len() - 1, "{narrowed:?}");
-            assert!(narrowed.iter().all(|c| cpus(&before).contains(c)));
-            restore_affinity(left);
-            assert_eq!(
-                sched_getaffinity(Pid::from_raw(0)).expect("affinity"),
-                before
-            );
-        })
-        .join()
-        .expect("thread");
     }
 }
