@@ -64,12 +64,6 @@ fn run() -> Result<i32, EnterError> {
     }
     // Not closed on the way out: `main` reports errors on it.
     let channel = std::mem::ManuallyDrop::new(sys::file_from_raw(CHANNEL));
-    // Off the caller's CPU, where it forks the kernel as soon as it reads `started`; back
-    // to the caller's affinity once the sandbox is built.
-    let affinity = sys::leave_this_cpu();
-    (&*channel)
-        .write_all(&SetupMessage::Started.encode())
-        .map_err(EnterError::Report)?;
     let line =
         read_line(&*channel, Instant::now() + WAIT).map_err(|message| EnterError::Setup {
             who: "the zygote",
@@ -80,7 +74,7 @@ fn run() -> Result<i32, EnterError> {
         mount_namespace_fd,
     } = InitSpec::from_json(line.as_bytes())?;
     let filters = seccomp::filters()?;
-    let (sigchld, mut egress) = build(&spec, mount_namespace_fd, filters, affinity)?;
+    let (sigchld, mut egress) = build(&spec, mount_namespace_fd, filters)?;
     (&*channel)
         .write_all(&SetupMessage::Ok.encode())
         .map_err(EnterError::Report)?;
@@ -114,7 +108,6 @@ fn build(
     spec: &SandboxSpec,
     mount_namespace_fd: Option<RawFd>,
     filters: &[seccompiler::BpfProgram],
-    affinity: Option<nix::sched::CpuSet>,
 ) -> Result<(SignalFd, Option<Egress>), EnterError> {
     // Nothing but the channel, /dev/null and what the spec names.
     let mut keep = vec![0, 1, 2, spec.workspace_fd];
@@ -164,7 +157,6 @@ fn build(
         .map_err(|e| EnterError::Signals(e.into()))?;
     let signals = SignalFd::with_flags(&sigchld, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .map_err(|e| EnterError::Signals(e.into()))?;
-    sys::restore_affinity(affinity);
     seccomp::install(filters)?;
     Ok((signals, egress))
 }

@@ -1,8 +1,8 @@
 //! The setup messages between the caller of [`crate::spawn`], the sandbox's init and its
 //! kernel: one JSON object per line, one type with one encoder and one decoder.
 //!
-//! - init → caller, on the init's channel: [`SetupMessage::Started`] first, as it runs its
-//!   program, then [`SetupMessage::Ok`] once the sandbox is built, or [`SetupMessage::Err`];
+//! - init → caller, on the init's channel: [`SetupMessage::Ok`] once the sandbox is built,
+//!   or [`SetupMessage::Err`];
 //! - caller → init: [`SetupMessage::Go`] once the kernel exists (pid 2), so the init starts
 //!   watching it;
 //! - kernel → caller, on the report pipe: [`SetupMessage::Ok`] or [`SetupMessage::Err`].
@@ -15,9 +15,6 @@ use serde::{Deserialize, Serialize};
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum SetupMessage {
-    /// The init runs its own program: its `execve` is over, so it no longer needs the
-    /// caller's address space (see `process::make_kernel`).
-    Started,
     /// The sender is ready.
     Ok,
     /// The sender failed; it exits after this.
@@ -62,7 +59,6 @@ mod tests {
     #[test]
     fn each_message_is_one_json_line_and_round_trips() {
         let all = [
-            SetupMessage::Started,
             SetupMessage::Ok,
             SetupMessage::Go,
             SetupMessage::err("mount tmpfs on /x: EPERM\nsecond line"),

@@ -295,8 +295,6 @@ fn make_kernel(
         || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| EnterError::Fork(e.into()));
     let (report_read, report_write) = pipe()?;
     let (gate_read, gate_write) = pipe()?;
-    // Not before B's `execve` is over (see `expect_started`).
-    expect_started(channel, deadline)?;
     if let Err(error) = sys::setns(init_fd.as_raw_fd(), libc::CLONE_NEWPID) {
         // B may have exited already: its report says why.
         expect_ok("the sandbox's init", channel, deadline)?;
@@ -369,67 +367,20 @@ fn expect_ok(who: &'static str, from: impl AsFd + Read, deadline: Instant) -> Re
     }
 }
 
-/// How long [`expect_started`] waits without sleeping.
-const STARTED_SPIN: std::time::Duration = std::time::Duration::from_millis(20);
-
-/// Waits for B's [`SetupMessage::Started`], without sleeping for the first
-/// [`STARTED_SPIN`], and reads nothing past it (B's `ok` may follow at once).
-///
-/// Until B says it, its `execve` is not over: B still holds the caller's address space, and
-/// the exec takes that space's lock to let go of it, which the fork of C holds for all of its
-/// page-table copy. Forked at once, C made B's exec wait ~2 ms (measured: cold create p50).
-/// A caller that slept for the message would be woken by B's write onto B's own core and
-/// fork there, beside B's setup; yielding instead keeps the two on two cores.
-fn expect_started(channel: &UnixStream, deadline: Instant) -> Result<()> {
-    let spin_until = Instant::now() + STARTED_SPIN;
-    while Instant::now() < spin_until && !sys::fd_readable_now(channel.as_raw_fd()).unwrap_or(true)
-    {
-        std::thread::yield_now();
-    }
-    let who = "the sandbox's init";
-    let line = read_line_bytewise(channel, deadline)
-        .map_err(|message| EnterError::Setup { who, message })?;
-    match SetupMessage::decode(&line) {
-        Ok(SetupMessage::Started) => Ok(()),
-        Ok(SetupMessage::Err { message }) => Err(EnterError::Setup { who, message }),
-        Ok(other) => Err(EnterError::Setup {
-            who,
-            message: format!("unexpected report {other:?}"),
-        }),
-        Err(message) => Err(EnterError::Setup { who, message }),
-    }
-}
-
 /// Longest line [`read_line`] accepts (a spec is about 1 KiB).
 const MAX_LINE: usize = 1 << 20;
 
 /// One line from `from`, without its newline; waits until `deadline`. The peer must send
 /// nothing after the line until it gets an answer (every exchange between the zygote, B and
-/// C is one line each way, but for B's `started`, read by [`read_line_bytewise`]), so
-/// reading in chunks consumes nothing that belongs to the next line.
+/// C is one line each way), so reading in chunks consumes nothing that belongs to the next
+/// line.
 pub(crate) fn read_line(
-    from: impl AsFd + Read,
-    deadline: Instant,
-) -> std::result::Result<String, String> {
-    read_line_in(from, deadline, &mut [0u8; 4096])
-}
-
-/// [`read_line`] a byte at a time: never reads past the newline, whatever follows it.
-fn read_line_bytewise(
-    from: impl AsFd + Read,
-    deadline: Instant,
-) -> std::result::Result<String, String> {
-    read_line_in(from, deadline, &mut [0u8; 1])
-}
-
-/// [`read_line`] in reads of at most `chunk`'s length.
-fn read_line_in(
     mut from: impl AsFd + Read,
     deadline: Instant,
-    chunk: &mut [u8],
 ) -> std::result::Result<String, String> {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let mut line = Vec::new();
+    let mut chunk = [0u8; 4096];
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -442,7 +393,7 @@ fn read_line_in(
             Ok(_) => {}
             Err(err) => return Err(err.to_string()),
         }
-        match from.read(chunk) {
+        match from.read(&mut chunk) {
             Ok(0) => return Err("exited during setup".into()),
             Ok(n) => line.extend_from_slice(&chunk[..n]),
             Err(err) if err.kind() == io::ErrorKind::Interrupted => {}

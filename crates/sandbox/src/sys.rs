@@ -815,32 +815,3 @@ mod tests {
         assert_eq!(s.to_str(), Ok("hello"));
     }
 }
-
-/// Moves this process off the CPU it runs on when its affinity has another, and returns
-/// that affinity, to give back with [`restore_affinity`]; `None` when it stays.
-///
-/// For the sandbox's init (B), started with `CLONE_VFORK` on its caller's CPU: the caller
-/// forks the kernel right after B's `started`, for ~3 ms of page-table copy, and the
-/// scheduler left B queued behind that fork on the same CPU while the other idled
-/// (measured with `perf sched timehist`): B's setup waited for all of the fork.
-pub fn leave_this_cpu() -> Option<nix::sched::CpuSet> {
-    use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
-    let mask = sched_getaffinity(Pid::from_raw(0)).ok()?;
-    // SAFETY: no arguments, no memory.
-    let cpu = usize::try_from(unsafe { libc::sched_getcpu() }).ok()?;
-    let mut others = mask;
-    others.unset(cpu).ok()?;
-    if !(0..CpuSet::count()).any(|i| others.is_set(i).unwrap_or(false)) {
-        return None;
-    }
-    sched_setaffinity(Pid::from_raw(0), &others).ok()?;
-    Some(mask)
-}
-
-/// Gives back the affinity [`leave_this_cpu`] returned (a failure leaves the narrower one,
-/// which only costs this process a CPU).
-pub fn restore_affinity(mask: Option<nix::sched::CpuSet>) {
-    if let Some(mask) = mask {
-        let _ = nix::sched::sched_setaffinity(Pid::from_raw(0), &mask);
-    }
-}
