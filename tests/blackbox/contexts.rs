@@ -226,6 +226,14 @@ fn one_accepted_interrupt_ends_the_cell_in_every_language() {
             "import time\ntime.sleep(30)",
             "print(kept + 1)",
         ),
+        // Output as fast as it can be made, while the server reads what waits before it
+        // signals.
+        (
+            "python",
+            "kept_f = 41",
+            "import itertools\nfor i in itertools.count():\n    print(i, flush=True)",
+            "print(kept_f + 1)",
+        ),
         ("bash", "KEPT=41", "sleep 30", "echo $((KEPT + 1))"),
         (
             "js",

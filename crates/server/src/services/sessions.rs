@@ -826,6 +826,7 @@ impl Sessions {
         let node = matches!(ctx.language, Language::JavaScript | Language::TypeScript);
         let mut resend: Option<tokio::time::Instant> = None;
         let mut signal_due = false;
+        let mut drained = 0;
         if let Err(e) = conn.send(&kreq).await {
             failure_cause = Some(e);
         }
@@ -847,11 +848,16 @@ impl Sessions {
             if signal_due {
                 // Events the kernel has already sent come first: a reply among them means
                 // the cell is over, and a signal now would reach an idle kernel (a Node.js
-                // one would take it for its next cell).
-                if let Some(ev) = conn.next_event().now_or_never() {
-                    on_cell_event(out, &id, ev, &mut reply, &mut error, &mut failure_cause);
-                    continue;
+                // one would take it for its next cell). A bounded number: a cell that
+                // floods output is signalled all the same.
+                if drained < MAX_DRAINED_BEFORE_SIGNAL {
+                    if let Some(ev) = conn.next_event().now_or_never() {
+                        drained += 1;
+                        on_cell_event(out, &id, ev, &mut reply, &mut error, &mut failure_cause);
+                        continue;
+                    }
                 }
+                drained = 0;
                 signal_due = false;
                 interrupt_kernel(session, ctx);
                 resend = node.then(|| tokio::time::Instant::now() + NODE_INTERRUPT_RESEND);
@@ -1528,6 +1534,9 @@ fn on_cell_event(
         Err(e) => *failure = Some(e),
     }
 }
+
+/// At most this many events already sent are read before a due signal goes out.
+const MAX_DRAINED_BEFORE_SIGNAL: usize = 256;
 
 /// How often a Node.js kernel that was interrupted is signalled again while its cell runs.
 const NODE_INTERRUPT_RESEND: Duration = Duration::from_millis(200);
