@@ -357,10 +357,14 @@ class Kernel {
   /** Drops a SIGINT that came while idle, at each of IDLE_SWEEPS_MS (see the header). */
   sweepIdle(i) {
     clearTimeout(this.sweep);
+    // The take waits for the poll phase of the loop's turn: a request that is readable now
+    // (with the SIGINT that came after it) is read first, and the kernel is busy by then.
     this.sweep = setTimeout(() => {
-      if (this.busy) return;
-      this.watchdog.take();
-      if (i + 1 < IDLE_SWEEPS_MS.length) this.sweepIdle(i + 1);
+      setImmediate(() => {
+        if (this.busy) return;
+        this.watchdog.take();
+        if (i + 1 < IDLE_SWEEPS_MS.length) this.sweepIdle(i + 1);
+      });
     }, IDLE_SWEEPS_MS[i]);
     this.sweep.unref();
   }
